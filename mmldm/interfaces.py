@@ -1,0 +1,299 @@
+"""Abstract interfaces of mmldm's components.
+
+Every sample is a tensor ``[B, C, *spatial]`` with ``len(spatial) == dims`` and
+``dims`` in ``{1, 2, 3}``. A batch is a dict ``{"x": Tensor, "cond": {...}}``;
+missing condition keys mean "unconditional".
+
+The core package defines these classes and owns no concrete model: plugins
+subclass them and register factories through
+:func:`mmldm.hookspecs.mmldm_register_components`.
+
+Factory conventions (what :meth:`mmldm.registry.Registry.build` passes):
+
+========== ==============================================================
+kind       factory call
+========== ==============================================================
+modality   ``factory(cfg)``
+regularizer ``factory(cfg, *, latent_channels)``
+autoencoder ``factory(cfg, *, dims, in_channels, regularizer)``
+denoiser   ``factory(cfg, *, dims, in_channels, out_channels, context_dim,
+           concat_channels, vector_dim)``
+conditioner ``factory(cfg, *, modality)``
+sampler    the entry *is* the sampler function (see :mod:`mmldm.diffusion`)
+vocoder    ``factory(cfg, **kwargs)``
+dataset    ``factory(cfg, **kwargs)``
+metric     ``factory(cfg, **kwargs)``
+========== ==============================================================
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+#: The names of the three ways a condition reaches the denoiser.
+CONDITIONING_KINDS = ("crossattn", "concat", "vector")
+
+
+class LatentDistribution(abc.ABC):
+    """What :meth:`Autoencoder.encode` returns: a distribution over latents.
+
+    All tensors are ``[B, c, *latent_spatial]``.
+    """
+
+    @abc.abstractmethod
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """A draw ``z ~ q(z|x)`` (reparameterized, differentiable)."""
+
+    @abc.abstractmethod
+    def mode(self) -> Tensor:
+        """The most likely latent (the mean for a Gaussian)."""
+
+    @abc.abstractmethod
+    def kl(self) -> Tensor:
+        """KL divergence to N(0, I) per sample, summed over latent elements: ``[B]``."""
+
+
+@dataclass
+class RegularizerOutput:
+    """What a :class:`Regularizer` returns in training.
+
+    Args:
+        z (`Tensor`): the latent handed to the decoder, ``[B, c, *spatial]``.
+        loss (`Tensor`): scalar regularization loss, already weighted.
+        logs (`dict[str, Tensor]`): scalars to log (detached).
+        distribution (`LatentDistribution`): the posterior the latent came from.
+    """
+
+    z: Tensor
+    loss: Tensor
+    logs: dict[str, Tensor]
+    distribution: LatentDistribution
+
+
+class Regularizer(nn.Module, abc.ABC):
+    """Sits between encoder and decoder (KL, VQ, plain AE, ...).
+
+    The encoder emits ``latent_channels * encoder_channel_factor`` channels
+    (a diagonal Gaussian needs mean and log-variance: factor 2).
+    """
+
+    #: How many encoder output channels per latent channel this regularizer needs.
+    encoder_channel_factor: int = 1
+
+    @abc.abstractmethod
+    def distribution(self, h: Tensor) -> LatentDistribution:
+        """Encoder output ``h [B, c*factor, *s]`` -> posterior over ``z [B, c, *s]``."""
+
+    @abc.abstractmethod
+    def forward(self, h: Tensor) -> RegularizerOutput:
+        """Training path: latent for the decoder plus the regularization loss."""
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        """Map a latent seen by diffusion to the decoder's input.
+
+        Identity by default; a VQ regularizer that lets diffusion work on the
+        pre-quantization latent quantizes here (the LDM "quantizer in the
+        decoder" variant).
+        """
+        return z
+
+
+@dataclass
+class AutoencoderOutput:
+    """Result of :meth:`Autoencoder.forward`: ``reconstruction [B, C, *spatial]``,
+    the latent ``z``, the regularizer's scalar ``loss`` and ``logs``."""
+
+    reconstruction: Tensor
+    z: Tensor
+    loss: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Autoencoder(nn.Module, abc.ABC):
+    """Perceptual compression ``x [B, C, *s] -> z [B, c, *s/f] -> x~ [B, C, *s]``.
+
+    Attributes:
+        dims (`int`): number of spatial dimensions (1, 2 or 3).
+        in_channels (`int`): ``C``.
+        latent_channels (`int`): ``c``.
+        downsample_factor (`int`): ``f = 2**m``, the spatial reduction per axis.
+    """
+
+    dims: int
+    in_channels: int
+    latent_channels: int
+    downsample_factor: int
+
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> LatentDistribution:
+        """``x [B, C, *s]`` -> posterior over ``z [B, c, *s/f]``."""
+
+    @abc.abstractmethod
+    def decode(self, z: Tensor) -> Tensor:
+        """``z [B, c, *s/f]`` -> ``x~ [B, C, *s]``."""
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> AutoencoderOutput:
+        """Training path: encode, regularize, decode."""
+
+    def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """``(C, *s)`` -> ``(c, *s/f)``; raises ``ValueError`` when ``f`` does not divide ``s``."""
+        spatial = tuple(input_shape[1:])
+        if len(spatial) != self.dims:
+            raise ValueError(
+                f"input shape {tuple(input_shape)} has {len(spatial)} spatial dims, "
+                f"the autoencoder expects (C, *spatial) with {self.dims}"
+            )
+        f = self.downsample_factor
+        bad = [s for s in spatial if s % f]
+        if bad:
+            raise ValueError(
+                f"input size {spatial} is not divisible by the autoencoder's "
+                f"downsampling factor f={f} (size {bad[0]} % {f} != 0); "
+                f"pad/crop the data to a multiple of {f} or change channel_mult"
+            )
+        return (self.latent_channels, *(s // f for s in spatial))
+
+
+@dataclass
+class Conditioning:
+    """What a :class:`Conditioner` hands the denoiser; each part optional.
+
+    Args:
+        crossattn (`Tensor`, *optional*): tokens ``[B, M, d_tau]`` for cross-attention.
+        concat (`Tensor`, *optional*): maps ``[B, c_y, *latent_spatial]`` concatenated with ``z_t``.
+        vector (`Tensor`, *optional*): ``[B, d_vec]`` added to the time embedding.
+    """
+
+    crossattn: Tensor | None = None
+    concat: Tensor | None = None
+    vector: Tensor | None = None
+
+    def items(self) -> list[tuple[str, Tensor]]:
+        return [(k, getattr(self, k)) for k in CONDITIONING_KINDS if getattr(self, k) is not None]
+
+    def merge(self, other: "Conditioning") -> "Conditioning":
+        """Combine two conditionings from different conditioners.
+
+        Tokens are joined along ``M``, maps along channels and vectors along features.
+        """
+        dims = {"crossattn": 1, "concat": 1, "vector": 1}
+        out = {}
+        for k in CONDITIONING_KINDS:
+            a, b = getattr(self, k), getattr(other, k)
+            out[k] = a if b is None else b if a is None else torch.cat([a, b], dim=dims[k])
+        return Conditioning(**out)
+
+    @staticmethod
+    def stack(first: "Conditioning", second: "Conditioning") -> "Conditioning":
+        """Concatenate along the batch, for one forward pass over cond and uncond."""
+        out = {}
+        for f in fields(Conditioning):
+            a, b = getattr(first, f.name), getattr(second, f.name)
+            if (a is None) != (b is None):
+                raise ValueError(f"cannot stack conditionings: '{f.name}' is set in only one of them")
+            out[f.name] = None if a is None else torch.cat([a, b], dim=0)
+        return Conditioning(**out)
+
+    def repeat(self, n: int) -> "Conditioning":
+        """Repeat every part ``n`` times along the batch."""
+        return Conditioning(
+            **{k: v.repeat_interleave(n, dim=0) for k, v in self.items()}
+        )
+
+
+class Conditioner(nn.Module, abc.ABC):
+    """tau_theta: maps a condition ``y`` to a :class:`Conditioning`.
+
+    Attributes:
+        key (`str`): which entry of ``batch["cond"]`` it reads ("class", "text", ...).
+        outputs (`tuple[str, ...]`): the parts of :class:`Conditioning` it fills,
+            declared, never inferred from tensor rank.
+        context_dim (`int | None`): ``d_tau`` of the cross-attention tokens.
+        concat_channels (`int`): channels of the concatenated maps.
+        vector_dim (`int | None`): size of the vector.
+    """
+
+    key: str
+    outputs: tuple[str, ...]
+    context_dim: int | None = None
+    concat_channels: int = 0
+    vector_dim: int | None = None
+
+    @abc.abstractmethod
+    def forward(self, cond: Mapping[str, Any], batch_size: int) -> Conditioning:
+        """Encode ``cond[self.key]``; entries marked dropped use the null condition."""
+
+    @abc.abstractmethod
+    def null(self, batch_size: int) -> Conditioning:
+        """The unconditional input used for classifier-free guidance."""
+
+
+class Denoiser(nn.Module, abc.ABC):
+    """``eps_theta(z_t, t, tau(y))``: the network of phase 2.
+
+    ``forward(z_t [B, c, *s], t [B] float, conditioning) -> [B, c_out, *s]``
+    in the configured parameterization (eps, v or x0). ``t`` is the
+    continuous or discrete timestep the schedule feeds the network.
+    """
+
+    dims: int
+    in_channels: int
+    out_channels: int
+
+    @abc.abstractmethod
+    def forward(self, z_t: Tensor, t: Tensor, conditioning: Conditioning | None = None) -> Tensor: ...
+
+
+class Vocoder(nn.Module, abc.ABC):
+    """Turns a feature tensor (e.g. a log-mel spectrogram ``[B, n_mels, T]``) into a waveform ``[B, N]``."""
+
+    sample_rate: int
+
+    @abc.abstractmethod
+    def forward(self, features: Tensor) -> Tensor: ...
+
+
+class Modality(abc.ABC):
+    """Everything modality-specific: data, files a person opens, metrics.
+
+    Attributes:
+        name (`str`): registry name ("voxel", "image", "audio", ...).
+        dims (`int`): spatial dims of a sample.
+        channels (`int`): ``C`` of a sample.
+        num_classes (`int`): number of class labels of the data (0 if none).
+        sample_shape (`tuple[int, ...]`): ``(C, *spatial)``.
+    """
+
+    name: str
+    dims: int
+    channels: int
+    num_classes: int = 0
+
+    @property
+    @abc.abstractmethod
+    def sample_shape(self) -> tuple[int, ...]: ...
+
+    @abc.abstractmethod
+    def dataset(self, split: str) -> torch.utils.data.Dataset:
+        """Split ``"train"`` or ``"val"``; items are ``{"x": Tensor[C, *s], "cond": {...}}``."""
+
+    @abc.abstractmethod
+    def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
+        """Write one file set per sample of ``samples [B, C, *s]`` plus a preview; return the paths."""
+
+    @abc.abstractmethod
+    def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
+        """Quality of ``x_rec`` against ``x`` (both ``[B, C, *s]``), e.g. PSNR or IoU."""
+
+    def generation_metrics(
+        self, real: Tensor, generated: Tensor, labels: Tensor | None = None
+    ) -> dict[str, float]:
+        """Quality of a set of generated samples against real ones. Empty when not defined."""
+        return {}

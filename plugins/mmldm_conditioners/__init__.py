@@ -1,0 +1,1 @@
+"""mmldm built-in plugin: conditioners (under construction)."""
