@@ -1,0 +1,1 @@
+"""mmldm's Hydra config tree, installed as the package ``mmldm_configs``."""

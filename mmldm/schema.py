@@ -1,0 +1,141 @@
+"""Structured-config schemas of the core groups (``trainer``, ``data``, ``diffusion``, ``stage``, ...).
+
+YAML options in ``configs/<group>/`` extend these schemas (``defaults: [base_<group>]``),
+so a typo in a key or a value of the wrong type fails when the config is
+composed, before any work starts. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of ``lightning.Trainer`` shared by both phases.
+
+    Args:
+        max_steps: optimizer steps per phase unless the phase sets its own.
+        accelerator, devices, num_nodes, strategy, precision: as in Lightning;
+            ``strategy: ddp`` on CPU uses the gloo backend.
+        log_every_n_steps, val_check_interval: Lightning's logging/validation cadence.
+        checkpoint_every_n_steps: how often ``last.ckpt`` is refreshed.
+    """
+
+    max_steps: int = 2000
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    val_check_interval: Optional[int] = None  # steps between validations; None = end of epoch
+    limit_val_batches: Optional[int] = 8
+    checkpoint_every_n_steps: int = 500
+    gradient_clip_val: Optional[float] = 1.0
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Data loading shared by both phases (the modality decides what the data is)."""
+
+    batch_size: int = 16
+    num_workers: int = 0
+    # batches used to measure the latent statistics after phase 1
+    stats_batches: int = 50
+
+
+@dataclass
+class StageConfig:
+    """Which phases a ``train`` run executes."""
+
+    autoencoder: bool = True
+    diffusion: bool = True
+
+
+@dataclass
+class AutoencoderTrainingConfig:
+    """Phase 1: optimizer and step budget. The loss comes with the autoencoder's config."""
+
+    lr: float = 2.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    max_steps: Optional[int] = None  # None: trainer.max_steps
+    # an exported autoencoder folder to reuse instead of training phase 1
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class DiffusionConfig:
+    """Phase 2: the noising process, the loss and the optimizer.
+
+    Args:
+        schedule: "linear", "scaled_linear" or "cosine".
+        zero_terminal_snr: rescale the schedule to zero SNR at t=T (Lin et al. 2023).
+        parameterization: what the denoiser predicts: "eps", "v" or "x0".
+        weighting: "uniform" or "min_snr" (Hang et al. 2023, with ``min_snr_gamma``).
+        cond_dropout: probability of replacing a condition by the null condition
+            in training, for classifier-free guidance.
+        ema_decay: decay of the EMA of the denoiser weights used for sampling and export.
+    """
+
+    num_timesteps: int = 1000
+    schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    zero_terminal_snr: bool = False
+    parameterization: str = "eps"
+    weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
+    cond_dropout: float = 0.1
+    lr: float = 2.0e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    max_steps: Optional[int] = None  # None: trainer.max_steps
+    # cache latents of the training set once (the phase-2 default)
+    latent_cache: bool = True
+
+
+@dataclass
+class SamplingConfig:
+    """What a run samples at its end and ``mmldm sample`` defaults to."""
+
+    num_samples: int = 16
+    steps: int = 25
+    guidance: float = 3.0
+    eta: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    """The primary ``train`` config (groups are filled by the defaults list)."""
+
+    modality: Any = MISSING
+    stage: StageConfig = field(default_factory=StageConfig)
+    autoencoder: Any = MISSING
+    regularizer: Any = MISSING
+    denoiser: Any = MISSING
+    conditioner: Any = MISSING
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    phase1: AutoencoderTrainingConfig = field(default_factory=AutoencoderTrainingConfig)
+    sample: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int = 0
+    # resume from <run dir>/.../last.ckpt when it exists
+    resume: bool = True
+
+
+#: (group, schema) pairs stored as ``base_<group>`` so YAML options can extend them.
+SCHEMAS: dict[str, type] = {
+    "trainer": TrainerConfig,
+    "data": DataConfig,
+    "stage": StageConfig,
+    "diffusion": DiffusionConfig,
+}

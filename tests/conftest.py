@@ -1,0 +1,50 @@
+"""Shared fixtures: repository paths, real data, throw-away plugin packages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (real data for tests); skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (expected ../shared/data beside the checkout)")
+    return SHARED_DATA
+
+
+def make_plugin_package(root: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "1.2.3") -> Path:
+    """Create an importable package with an ``mmldm`` entry point, discoverable by importlib.metadata.
+
+    Writes the modules and a ``<dist>-<version>.dist-info`` folder (METADATA +
+    entry_points.txt) into ``root``, the same files ``pip install`` would leave
+    in site-packages; putting ``root`` on ``sys.path``/``PYTHONPATH`` installs it.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    eps = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[mmldm]\n{eps}\n")
+    return root
+
+
+def run_cli(*args: str, env_extra: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m mmldm.cli <args>`` in a subprocess and capture its output."""
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mmldm.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+    )

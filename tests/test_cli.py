@@ -1,0 +1,104 @@
+"""The `mmldm` command: help, validation before work, config composition, installed wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+from mmldm.configuration import ConfigProblem, compose, validate
+
+from .conftest import ROOT, run_cli
+
+
+def test_unknown_modality_fails_fast_listing_choices(tmp_path):
+    start = time.perf_counter()
+    out = run_cli("train", "modality=nope", cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 2
+    assert "unknown modality 'nope'" in out.stderr
+    assert "valid choices for modality: audio, image, voxel" in out.stderr
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert not (tmp_path / "outputs").exists(), "no run directory may be created for a bad override"
+
+
+def test_unknown_key_names_key_value_and_valid_keys():
+    with pytest.raises(ConfigProblem) as e:
+        validate(["trainer.max_stepz=10"])
+    msg = str(e.value)
+    assert "unknown config key 'trainer.max_stepz' (value '10')" in msg
+    assert "max_steps" in msg and "valid keys under 'trainer'" in msg
+
+
+def test_bad_value_type_is_reported():
+    with pytest.raises(ConfigProblem, match="invalid value 'ten' for config key 'trainer.max_steps'"):
+        validate(["trainer.max_steps=ten"])
+
+
+def test_sweep_values_are_checked_one_by_one():
+    with pytest.raises(ConfigProblem, match="unknown regularizer 'kk'.*valid choices for regularizer: ae, kl, vq"):
+        validate(["regularizer=kl,kk"])
+    assert validate(["regularizer=kl,vq"]).regularizer.name == "kl"
+
+
+def test_modality_selects_its_preset():
+    for modality in ("voxel", "image", "audio"):
+        cfg = compose([f"modality={modality}", "trainer=quick"])
+        assert cfg.modality.name == modality
+        assert cfg.trainer.accelerator == "cpu"
+    assert compose(["trainer.max_steps=10"]).trainer.max_steps == 10
+
+
+@pytest.mark.parametrize("verb", ["train", "sample", "encode", "evaluate", "plugins"])
+def test_every_verb_has_help(verb):
+    out = run_cli(verb, "--help")
+    assert out.returncode == 0, out.stderr
+    assert f"usage: mmldm {verb}" in out.stdout
+    if verb in ("train", "encode", "evaluate"):
+        assert "modality" in out.stdout and "voxel" in out.stdout and "--multirun" in out.stdout
+
+
+def test_main_help_and_unknown_command():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "train" in out.stdout and "plugins" in out.stdout
+    bad = run_cli("trian")
+    assert bad.returncode == 2 and "unknown command; valid commands:" in bad.stderr
+
+
+def test_cfg_job_prints_composed_config_without_work(tmp_path):
+    out = run_cli("train", "modality=audio", "trainer=quick", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "name: audio" in out.stdout and "max_steps: 300" in out.stdout
+
+
+def test_non_editable_install_finds_configs_and_plugins(tmp_path):
+    """`pip install .` (a wheel, not a source link): the CLI works from another directory."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    # reuse this environment's dependencies, install only mmldm itself
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    target = tmp_path / "installed"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT)],
+        check=True, capture_output=True,
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    python = venv / "bin" / "python"
+    where = subprocess.run([str(python), "-c", "import mmldm, mmldm_configs; print(mmldm.__file__); print(mmldm_configs.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    assert all(str(target) in line for line in where.stdout.splitlines()), where.stdout
+    out = subprocess.run([str(python), "-m", "mmldm.cli", "plugins"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for name in ("image", "voxel", "audio"):
+        assert f"modality: {name}" in out.stdout
+    cfg = subprocess.run([str(python), "-m", "mmldm.cli", "train", "modality=voxel", "trainer=quick", "--cfg", "job"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert cfg.returncode == 0, cfg.stderr
+    assert "name: voxel" in cfg.stdout
