@@ -15,7 +15,8 @@ kind       factory call
 ========== ==============================================================
 modality   ``factory(cfg)``
 regularizer ``factory(cfg, *, latent_channels)``
-autoencoder ``factory(cfg, *, dims, in_channels, regularizer)``
+autoencoder ``factory(cfg, *, dims, in_channels, regularizer)``; every
+           autoencoder config has ``latent_channels``
 denoiser   ``factory(cfg, *, dims, in_channels, out_channels, context_dim,
            concat_channels, vector_dim)``
 conditioner ``factory(cfg, *, modality)``
@@ -297,3 +298,17 @@ class Modality(abc.ABC):
     ) -> dict[str, float]:
         """Quality of a set of generated samples against real ones. Empty when not defined."""
         return {}
+
+    def postprocess(self, decoded: Tensor) -> Tensor:
+        """Map the decoder's raw output to the modality's layout (e.g. occupancy logits -> probabilities)."""
+        return decoded
+
+    def state_dict(self) -> dict[str, Any]:
+        """Statistics measured on the data that an exported model needs (e.g. feature normalization).
+
+        Plain lists/numbers only: they are written to ``config.yaml``.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""

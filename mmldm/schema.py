@@ -102,12 +102,10 @@ class DiffusionConfig:
 
 @dataclass
 class SamplingConfig:
-    """What a run samples at its end and ``mmldm sample`` defaults to."""
+    """What a run samples at its end (the sampler and its steps are the ``sampler`` group)."""
 
     num_samples: int = 16
-    steps: int = 25
-    guidance: float = 3.0
-    eta: float = 0.0
+    guidance: float = 3.0  # classifier-free guidance weight (1: none)
     seed: int = 0
 
 

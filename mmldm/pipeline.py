@@ -1,0 +1,235 @@
+"""``LatentDiffusion``: a trained model as one object (load, sample, encode, decode, export).
+
+An exported folder::
+
+    config.yaml                 component configs, latent shape and statistics, modality state
+    autoencoder.safetensors     phase 1
+    denoiser.safetensors        phase 2 (EMA weights), absent for an autoencoder-only export
+    conditioner.safetensors     tau_theta, when the model is conditional
+
+Loading reads YAML and safetensors only (no pickle), and builds every
+component by its registry name, so any installed plugin's component loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from . import __version__
+from .build import build_autoencoder, build_conditioners, build_denoiser, build_modality
+from .export import ExportError, load_config, load_weights, save_config, save_weights
+from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Modality
+from .latents import LatentStats
+
+
+def _to_container(node: Any) -> Any:
+    if node is None or isinstance(node, (int, float, str, bool, list, dict)):
+        return node
+    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return OmegaConf.to_container(OmegaConf.structured(node), resolve=True)
+
+
+def condition(conditioners: Sequence[Conditioner], cond: Mapping[str, Any] | None, batch_size: int) -> Conditioning | None:
+    """Merge what every conditioner makes of ``cond`` (``None`` when unconditional)."""
+    if not conditioners:
+        return None
+    out = Conditioning()
+    for c in conditioners:
+        out = out.merge(c(cond or {}, batch_size))
+    return out
+
+
+def null_condition(conditioners: Sequence[Conditioner], batch_size: int) -> Conditioning | None:
+    """The merged null conditioning used for classifier-free guidance."""
+    if not conditioners:
+        return None
+    out = Conditioning()
+    for c in conditioners:
+        out = out.merge(c.null(batch_size))
+    return out
+
+
+@torch.no_grad()
+def sample_latents(
+    denoiser: nn.Module,
+    conditioners: Sequence[Conditioner],
+    schedule: Any,
+    parameterization: str,
+    shape: Sequence[int],
+    cond: Mapping[str, Any] | None = None,
+    sampler: str = "dpmpp_2m",
+    steps: int = 25,
+    guidance: float = 1.0,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    **sampler_options: Any,
+) -> Tensor:
+    """Draw normalized latents ``[n, c, *s]`` (``shape``) with a registered sampler.
+
+    The sampler sees the sigma-space denoiser of :class:`~mmldm.diffusion.DenoiserWrapper`;
+    with conditioners and ``guidance != 1`` it is wrapped by classifier-free guidance
+    (one batched forward pass for cond and uncond).
+    """
+    from .diffusion import DenoiserWrapper, cfg_denoiser
+    from .plugins import registry
+
+    sample_fn = registry().get("sampler", sampler).resolve()
+    device = next(denoiser.parameters()).device
+    n = shape[0]
+    sigmas = schedule.sigmas_for(steps, spacing).to(device=device, dtype=torch.float32)
+    x = torch.randn(tuple(shape), generator=generator, device=device) * sigmas[0]
+    model = DenoiserWrapper(denoiser, schedule, parameterization)
+    c = condition(conditioners, cond, n)
+    if c is None:
+        model_fn = lambda x, sigma, **kw: model(x, sigma, conditioning=None, **kw)  # noqa: E731
+    else:
+        model_fn = cfg_denoiser(model, c, null_condition(conditioners, n), guidance)
+    return sample_fn(model_fn, x, sigmas, generator=generator, disable=not progress, **sampler_options)
+
+
+class LatentDiffusion(nn.Module):
+    """A latent diffusion model: modality, autoencoder, latent statistics, denoiser, conditioners.
+
+    Use :meth:`from_pretrained` on a folder written by :meth:`save_pretrained`
+    (``mmldm train`` leaves one in ``<run dir>/export/``)::
+
+        pipe = LatentDiffusion.from_pretrained("outputs/voxel/<run>/export")
+        shapes = pipe.sample(8, cond={"class": [0, 1, 2, 3, 4, 5, 0, 1]}, guidance=3.0, seed=0)
+
+    Args:
+        modality (`Modality`), autoencoder (`Autoencoder`), stats (`LatentStats`): phase 1.
+        denoiser (`Denoiser`, *optional*): phase 2 (the EMA weights); ``None`` for an
+            autoencoder-only export.
+        conditioners (`list[Conditioner]`): tau_theta, empty when unconditional.
+        config (`dict`): the component configs, written to ``config.yaml``.
+    """
+
+    def __init__(
+        self,
+        modality: Modality,
+        autoencoder: Autoencoder,
+        stats: LatentStats,
+        config: Mapping[str, Any],
+        denoiser: Denoiser | None = None,
+        conditioners: Sequence[Conditioner] = (),
+    ):
+        super().__init__()
+        self.modality = modality
+        self.autoencoder = autoencoder
+        self.stats = stats
+        self.denoiser = denoiser
+        self.conditioners = nn.ModuleList(conditioners)
+        self.config = {k: _to_container(v) for k, v in config.items()}
+        self.latent_shape = tuple(autoencoder.latent_shape(modality.sample_shape))
+        self.schedule = None
+        if denoiser is not None:
+            from .diffusion import DiscreteSchedule
+
+            d = self.config["diffusion"]
+            self.schedule = DiscreteSchedule.from_name(
+                d["schedule"], d["num_timesteps"], beta_start=d["beta_start"], beta_end=d["beta_end"],
+                zero_terminal_snr=d["zero_terminal_snr"],
+            )
+
+    # ----------------------------------------------------------------- phase 1
+    @torch.no_grad()
+    def encode(self, x: Tensor, sample: bool = False) -> Tensor:
+        """``x [B, C, *s]`` -> normalized latents ``[B, c, *s/f]`` (the posterior mode unless ``sample``)."""
+        posterior = self.autoencoder.encode(x)
+        return self.stats.normalize(posterior.sample() if sample else posterior.mode())
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Normalized latents ``[B, c, *s/f]`` -> samples in the modality's layout ``[B, C, *s]``."""
+        return self.modality.postprocess(self.autoencoder.decode(self.stats.denormalize(z)))
+
+    # ----------------------------------------------------------------- phase 2
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: Mapping[str, Any] | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance: float = 1.0,
+        seed: int | None = None,
+        progress: bool = True,
+        return_latents: bool = False,
+        **sampler_options: Any,
+    ) -> Tensor:
+        """Generate ``n`` samples ``[n, C, *s]`` (decoded, in the modality's layout).
+
+        Args:
+            n (`int`): number of samples.
+            cond (`dict`, *optional*): e.g. ``{"class": LongTensor[n]}``; missing keys mean
+                unconditional.
+            steps (`int`, *optional*): sampler steps (default: the exported sampler config).
+            sampler (`str`, *optional*): a registered sampler (``ddpm``, ``ddim``, ``euler``,
+                ``heun``, ``dpmpp_2m``, ...).
+            guidance (`float`, defaults to 1): classifier-free guidance weight.
+            seed (`int`, *optional*): makes the result reproducible.
+            return_latents (`bool`): return normalized latents instead of decoded samples.
+        """
+        if self.denoiser is None:
+            raise RuntimeError("this export holds an autoencoder only (no denoiser): train phase 2 to sample")
+        scfg = dict(self.config.get("sampler") or {})
+        name = sampler or scfg.get("name", "dpmpp_2m")
+        options = {k: v for k, v in scfg.items() if k not in ("name", "steps", "spacing")} if name == scfg.get("name") else {}
+        options.update(sampler_options)
+        device = next(self.denoiser.parameters()).device
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        z = sample_latents(
+            self.denoiser, list(self.conditioners), self.schedule, self.config["diffusion"]["parameterization"],
+            (n, *self.latent_shape), cond, name, steps or scfg.get("steps", 25), guidance,
+            scfg.get("spacing", "trailing"), generator, progress, **options,
+        )
+        return z if return_latents else self.decode(z)
+
+    # ----------------------------------------------------------------- export
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.yaml`` and safetensors weights into ``directory`` (created)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "mmldm_version": __version__,
+            **self.config,
+            "latent": {"shape": list(self.latent_shape), "stats": self.stats.to_dict()},
+            "modality_state": self.modality.state_dict(),
+        }
+        save_weights(self.autoencoder, directory / "autoencoder.safetensors")
+        if self.denoiser is not None:
+            save_weights(self.denoiser, directory / "denoiser.safetensors")
+        if len(self.conditioners):
+            save_weights(self.conditioners, directory / "conditioner.safetensors")
+        save_config(config, directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "LatentDiffusion":
+        """Rebuild a model from an exported folder (YAML + safetensors; nothing is unpickled)."""
+        directory = Path(directory)
+        cfg = load_config(directory)
+        missing = [k for k in ("modality", "autoencoder", "regularizer", "latent") if k not in cfg]
+        if missing:
+            raise ExportError(f"{directory / 'config.yaml'} lacks the key(s) {missing}; is this an mmldm export?")
+        modality = build_modality(cfg.modality)
+        modality.load_state_dict(OmegaConf.to_container(cfg.get("modality_state") or {}))
+        autoencoder = load_weights(build_autoencoder(cfg.autoencoder, cfg.regularizer, modality), directory / "autoencoder.safetensors")
+        stats = LatentStats.from_dict(OmegaConf.to_container(cfg.latent.stats))
+        denoiser, conditioners = None, []
+        if cfg.get("denoiser") is not None:
+            conditioners = build_conditioners(cfg.get("conditioner"), modality)
+            if conditioners:
+                load_weights(nn.ModuleList(conditioners), directory / "conditioner.safetensors")
+            denoiser = build_denoiser(cfg.denoiser, list(cfg.latent.shape), conditioners)
+            load_weights(denoiser, directory / "denoiser.safetensors")
+        keep = {k: cfg[k] for k in ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler") if k in cfg}
+        pipe = cls(modality, autoencoder, stats, keep, denoiser, conditioners)
+        return pipe.to(device).eval()

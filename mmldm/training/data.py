@@ -1,0 +1,145 @@
+"""Data for both phases: loaders and the latent cache of phase 2.
+
+The latent cache encodes a dataset once with the frozen autoencoder and keeps
+the posterior mean and standard deviation as ``.npy`` files that are opened
+memory-mapped, so phase 2 samples ``z = mean + std * eps`` without running
+the encoder (for a KL posterior; ``std`` is zero for AE/VQ latents).
+Conditions are kept beside them: tensors as ``.npy``, strings as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm.auto import tqdm
+
+from ..latents import LatentStats
+
+MANIFEST = "manifest.json"
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, drop_last: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader with a seeded shuffle (data order is part of a run's reproducibility)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
+        generator=generator if shuffle else None, persistent_workers=num_workers > 0,
+    )
+
+
+def _cond_arrays(cond: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in cond.items():
+        out[key] = value.cpu().numpy() if isinstance(value, Tensor) else list(value)
+    return out
+
+
+@torch.no_grad()
+def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Path, batch_size: int = 32, progress: bool = True) -> Path:
+    """Encode ``dataset`` into ``directory``: ``mean.npy``, ``std.npy``, conditions and a manifest.
+
+    Returns ``directory``. An existing complete cache (its manifest lists the
+    same number of items and latent shape) is reused.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("encode_dataset: the dataset is empty, nothing to encode")
+    autoencoder.eval()
+    device = next(autoencoder.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    mean_mm = std_mm = None
+    conds: dict[str, list] = {}
+    start = 0
+    for batch in tqdm(loader, desc="encoding latents", disable=not progress, leave=False):
+        posterior = autoencoder.encode(batch["x"].to(device))
+        mean = posterior.mode().float().cpu().numpy()
+        std = getattr(posterior, "std", None)
+        std = np.zeros_like(mean) if std is None else std.float().cpu().numpy()
+        if mean_mm is None:
+            shape = (n, *mean.shape[1:])
+            mean_mm = np.lib.format.open_memmap(directory / "mean.npy", mode="w+", dtype=np.float32, shape=shape)
+            std_mm = np.lib.format.open_memmap(directory / "std.npy", mode="w+", dtype=np.float32, shape=shape)
+        end = start + mean.shape[0]
+        mean_mm[start:end], std_mm[start:end] = mean, std
+        for key, value in _cond_arrays(batch.get("cond", {})).items():
+            conds.setdefault(key, []).append(value)
+        start = end
+    mean_mm.flush()
+    std_mm.flush()
+    cond_files = {}
+    for key, parts in conds.items():
+        if isinstance(parts[0], np.ndarray):
+            np.save(directory / f"cond_{key}.npy", np.concatenate(parts))
+            cond_files[key] = f"cond_{key}.npy"
+        else:
+            (directory / f"cond_{key}.json").write_text(json.dumps([v for p in parts for v in p]))
+            cond_files[key] = f"cond_{key}.json"
+    manifest = {"items": n, "latent_shape": list(mean_mm.shape[1:]), "cond": cond_files}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return directory
+
+
+class LatentCacheDataset(Dataset):
+    """Items ``{"z": normalized latent [c, *s], "cond": {...}}`` from an :func:`encode_dataset` folder.
+
+    Args:
+        directory (`Path`): the cache folder.
+        stats (`LatentStats`): normalization applied to every latent.
+        sample (`bool`): draw ``mean + std * eps`` each time (KL posteriors); else the mean.
+    """
+
+    def __init__(self, directory: Path, stats: LatentStats, sample: bool = True):
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no latent cache at {directory} ({MANIFEST} missing); run `mmldm encode` first")
+        self.manifest = json.loads(manifest_path.read_text())
+        self.mean = np.load(directory / "mean.npy", mmap_mode="r")
+        self.std = np.load(directory / "std.npy", mmap_mode="r")
+        self.sample = sample and bool(np.any(self.std[: min(len(self.std), 8)]))
+        self.stats = stats
+        self.cond: dict[str, Any] = {}
+        for key, name in self.manifest["cond"].items():
+            path = directory / name
+            self.cond[key] = np.load(path, mmap_mode="r") if name.endswith(".npy") else json.loads(path.read_text())
+
+    def __len__(self) -> int:
+        return int(self.manifest["items"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        z = torch.from_numpy(np.array(self.mean[i]))
+        if self.sample:
+            z = z + torch.from_numpy(np.array(self.std[i])) * torch.randn_like(z)
+        z = self.stats.normalize(z[None])[0]
+        cond = {k: (torch.from_numpy(np.array(v[i])) if isinstance(v, np.ndarray) else v[i]) for k, v in self.cond.items()}
+        return {"z": z, "cond": cond}
+
+
+class EncodingDataset(Dataset):
+    """The uncached path: encode each item with the frozen autoencoder when it is read."""
+
+    def __init__(self, dataset: Dataset, autoencoder: torch.nn.Module, stats: LatentStats, sample: bool = True):
+        self.dataset, self.autoencoder, self.stats, self.sample = dataset, autoencoder.eval(), stats, sample
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @torch.no_grad()
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        posterior = self.autoencoder.encode(item["x"][None])
+        z = posterior.sample() if self.sample else posterior.mode()
+        return {"z": self.stats.normalize(z)[0], "cond": item.get("cond", {})}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` (kept as a named function so loaders pickle for worker processes)."""
+    return default_collate(items)

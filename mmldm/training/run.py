@@ -1,0 +1,197 @@
+"""What ``mmldm train|encode|evaluate`` do with a composed config.
+
+A ``train`` run leaves in its directory::
+
+    autoencoder/   checkpoints/last.ckpt, logs/, export/ (autoencoder + latent statistics),
+                   reconstructions/ (inputs beside reconstructions), diagnostics.{json,md}
+    latents/       the latent cache of phase 2
+    diffusion/     checkpoints/last.ckpt, logs/
+    export/        the exported model (LatentDiffusion.from_pretrained)
+    samples/       generated samples as the modality's files
+    metrics.json   every measured figure
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..build import build_autoencoder, build_conditioners, build_denoiser, build_modality
+from ..diagnostics import autoencoder_diagnostics, write_diagnostics
+from ..interfaces import Modality
+from ..latents import LatentStats
+from ..pipeline import LatentDiffusion
+from .data import EncodingDataset, LatentCacheDataset, encode_dataset, make_loader
+from .trainer import last_checkpoint, make_trainer
+
+log = logging.getLogger("mmldm")
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
+def _component_configs(cfg: DictConfig) -> dict[str, Any]:
+    keys = ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler")
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+
+
+def _max_steps(phase_steps: int | None, cfg: DictConfig) -> int:
+    return int(phase_steps if phase_steps is not None else cfg.trainer.max_steps)
+
+
+# ---------------------------------------------------------------------------- phase 1
+def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> LatentDiffusion:
+    """Phase 1: fit the autoencoder, measure latent statistics, export, diagnose."""
+    from .phase1 import AutoencoderModule
+
+    root = run_dir / "autoencoder"
+    autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
+    module = AutoencoderModule.from_config(autoencoder, cfg.autoencoder, cfg.phase1)
+    train = make_loader(modality.dataset("train"), cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
+    val = make_loader(modality.dataset("val"), cfg.data.batch_size, False, cfg.data.num_workers)
+    trainer = make_trainer(cfg.trainer, root, _max_steps(cfg.phase1.max_steps, cfg))
+    trainer.fit(module, train, val, ckpt_path=last_checkpoint(root) if cfg.resume else None)
+    autoencoder = module.autoencoder.cpu().eval()
+    stats = LatentStats.measure(autoencoder, train, max_batches=cfg.data.stats_batches)
+    pipe = LatentDiffusion(modality, autoencoder, stats, _component_configs(cfg))
+    if _is_rank_zero():
+        pipe.save_pretrained(root / "export")
+        diag = autoencoder_diagnostics(autoencoder, stats, modality, val, max_batches=8, seed=cfg.seed)
+        write_diagnostics(diag, root)
+        batch = next(iter(val))
+        with torch.no_grad():
+            recon = modality.postprocess(autoencoder(batch["x"][:8]).reconstruction)
+        modality.save(batch["x"][:8], root / "reconstructions", prefix="input")
+        modality.save(recon, root / "reconstructions", prefix="reconstruction")
+        _update_metrics(run_dir, {"autoencoder": diag})
+    return pipe
+
+
+def load_autoencoder(cfg: DictConfig) -> LatentDiffusion:
+    """Phase 1 from ``phase1.checkpoint`` (an exported folder)."""
+    if not cfg.phase1.checkpoint:
+        raise ValueError(
+            "stage=diffusion (and encode/evaluate) need a trained autoencoder: set "
+            "phase1.checkpoint=<run dir>/autoencoder/export (or a full model export)"
+        )
+    return LatentDiffusion.from_pretrained(cfg.phase1.checkpoint)
+
+
+# ---------------------------------------------------------------------------- phase 2
+def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path):
+    """Training latents: the on-disk cache (default) or encoding on the fly."""
+    sample = cfg.regularizer.name == "kl"
+    train = phase1.modality.dataset("train")
+    if not cfg.diffusion.latent_cache:
+        return EncodingDataset(train, phase1.autoencoder, phase1.stats, sample=sample)
+    cache = run_dir / "latents"
+    if _is_rank_zero() and not (cache / "manifest.json").is_file():
+        encode_dataset(phase1.autoencoder, train, cache, batch_size=cfg.data.batch_size)
+    _barrier()
+    return LatentCacheDataset(cache, phase1.stats, sample=sample)
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> LatentDiffusion:
+    """Phase 2: fit the denoiser on normalized latents, export, sample, measure."""
+    from .phase2 import DiffusionModule
+
+    modality = phase1.modality
+    root = run_dir / "diffusion"
+    conditioners = build_conditioners(cfg.conditioner, modality)
+    denoiser = build_denoiser(cfg.denoiser, phase1.latent_shape, conditioners)
+    module = DiffusionModule.from_config(denoiser, conditioners, cfg.diffusion)
+    data = latent_dataset(cfg, phase1, run_dir)
+    loader = make_loader(data, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
+    trainer = make_trainer(cfg.trainer, root, _max_steps(cfg.diffusion.max_steps, cfg), limit_val_batches=0)
+    start = time.perf_counter()
+    trainer.fit(module, loader, ckpt_path=last_checkpoint(root) if cfg.resume else None)
+    seconds = time.perf_counter() - start
+    configs = _component_configs(cfg)
+    pipe = LatentDiffusion(modality, phase1.autoencoder, phase1.stats, configs, module.ema_denoiser().cpu().eval(), [c.cpu() for c in module.conditioners])
+    if _is_rank_zero():
+        pipe.save_pretrained(run_dir / "export")
+        metrics = sample_and_measure(pipe, cfg, run_dir / "samples")
+        metrics["train_seconds"] = seconds
+        metrics["steps"] = int(trainer.global_step)
+        _update_metrics(run_dir, {"diffusion": metrics})
+    return pipe
+
+
+def _labels(pipe: LatentDiffusion, n: int) -> torch.Tensor | None:
+    classes = [c for c in pipe.conditioners if getattr(c, "key", None) == "class"]
+    return torch.arange(n) % classes[0].num_classes if classes else None
+
+
+def sample_and_measure(pipe: LatentDiffusion, cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Sample ``cfg.sample.num_samples`` (classes in turn when class-conditional), save, measure."""
+    n = cfg.sample.num_samples
+    labels = _labels(pipe, n)
+    cond = {"class": labels} if labels is not None else None
+    samples = pipe.sample(n, cond=cond, guidance=cfg.sample.guidance, seed=cfg.sample.seed)
+    pipe.modality.save(samples, out, prefix="sample")
+    real = torch.stack([pipe.modality.dataset("val")[i]["x"] for i in range(min(n, len(pipe.modality.dataset("val"))))])
+    return {"num_samples": n, "generation": pipe.modality.generation_metrics(real, samples, labels)}
+
+
+def _update_metrics(run_dir: Path, new: dict[str, Any]) -> Path:
+    path = Path(run_dir) / "metrics.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(new)
+    path.write_text(json.dumps(data, indent=2, default=float))
+    return path
+
+
+# ---------------------------------------------------------------------------- verbs
+def train(cfg: DictConfig, run_dir: Path) -> None:
+    """Both phases (or the one ``stage`` selects)."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    modality = build_modality(cfg.modality)
+    phase1 = train_autoencoder(cfg, modality, run_dir) if cfg.stage.autoencoder else load_autoencoder(cfg)
+    if cfg.stage.diffusion:
+        train_diffusion(cfg, phase1, run_dir)
+    if _is_rank_zero():
+        log.info("run directory: %s", run_dir)
+        print(f"mmldm: done; results in {run_dir} (metrics.json, export/, samples/)")
+
+
+def encode(cfg: DictConfig, run_dir: Path) -> None:
+    """Cache the training set's latents under ``<run dir>/latents``."""
+    phase1 = load_autoencoder(cfg)
+    path = encode_dataset(phase1.autoencoder, phase1.modality.dataset("train"), run_dir / "latents", cfg.data.batch_size)
+    print(f"mmldm: latents written to {path}")
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> None:
+    """Autoencoder diagnostics on held-out data (and generation metrics for a full model)."""
+    phase1 = load_autoencoder(cfg)
+    val = make_loader(phase1.modality.dataset("val"), cfg.data.batch_size, False)
+    diag = autoencoder_diagnostics(phase1.autoencoder, phase1.stats, phase1.modality, val, seed=cfg.seed)
+    js, md = write_diagnostics(diag, run_dir)
+    metrics = {"autoencoder": diag}
+    if phase1.denoiser is not None and cfg.stage.diffusion:
+        metrics["diffusion"] = sample_and_measure(phase1, cfg, run_dir / "samples")
+    _update_metrics(run_dir, metrics)
+    print(md.read_text())
+
+
+def run(verb: str, cfg: DictConfig, run_dir: str | Path) -> None:
+    """Dispatch a CLI verb."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    {"train": train, "encode": encode, "evaluate": evaluate}[verb](cfg, run_dir)
