@@ -159,7 +159,7 @@ def _explain(error: Exception, overrides: list[str], config_name: str, hydra_com
     cause = error.__cause__ or error
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
-        if f"'{key}'" not in text:
+        if f"'{key}'" not in text and o not in text:
             continue
         parent, _, leaf = key.rpartition(".")
         rest = [x for x in overrides if x != o]

@@ -1,0 +1,1 @@
+"""mmldm test suite."""
