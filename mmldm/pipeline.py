@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from . import __version__
 from .build import build_autoencoder, build_conditioners, build_denoiser, build_modality
 from .export import ExportError, load_config, load_weights, save_config, save_weights
-from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Modality
+from .interfaces import Autoencoder, Conditioner, Denoiser, Modality
 from .latents import LatentStats
 
 
@@ -33,65 +33,6 @@ def _to_container(node: Any) -> Any:
     if isinstance(node, DictConfig) or OmegaConf.is_list(node):
         return OmegaConf.to_container(node, resolve=True)
     return OmegaConf.to_container(OmegaConf.structured(node), resolve=True)
-
-
-def condition(conditioners: Sequence[Conditioner], cond: Mapping[str, Any] | None, batch_size: int) -> Conditioning | None:
-    """Merge what every conditioner makes of ``cond`` (``None`` when unconditional)."""
-    if not conditioners:
-        return None
-    out = Conditioning()
-    for c in conditioners:
-        out = out.merge(c(cond or {}, batch_size))
-    return out
-
-
-def null_condition(conditioners: Sequence[Conditioner], batch_size: int) -> Conditioning | None:
-    """The merged null conditioning used for classifier-free guidance."""
-    if not conditioners:
-        return None
-    out = Conditioning()
-    for c in conditioners:
-        out = out.merge(c.null(batch_size))
-    return out
-
-
-@torch.no_grad()
-def sample_latents(
-    denoiser: nn.Module,
-    conditioners: Sequence[Conditioner],
-    schedule: Any,
-    parameterization: str,
-    shape: Sequence[int],
-    cond: Mapping[str, Any] | None = None,
-    sampler: str = "dpmpp_2m",
-    steps: int = 25,
-    guidance: float = 1.0,
-    spacing: str = "trailing",
-    generator: torch.Generator | None = None,
-    progress: bool = True,
-    **sampler_options: Any,
-) -> Tensor:
-    """Draw normalized latents ``[n, c, *s]`` (``shape``) with a registered sampler.
-
-    The sampler sees the sigma-space denoiser of :class:`~mmldm.diffusion.DenoiserWrapper`;
-    with conditioners and ``guidance != 1`` it is wrapped by classifier-free guidance
-    (one batched forward pass for cond and uncond).
-    """
-    from .diffusion import DenoiserWrapper, cfg_denoiser
-    from .plugins import registry
-
-    sample_fn = registry().get("sampler", sampler).resolve()
-    device = next(denoiser.parameters()).device
-    n = shape[0]
-    sigmas = schedule.sigmas_for(steps, spacing).to(device=device, dtype=torch.float32)
-    x = torch.randn(tuple(shape), generator=generator, device=device) * sigmas[0]
-    model = DenoiserWrapper(denoiser, schedule, parameterization)
-    c = condition(conditioners, cond, n)
-    if c is None:
-        model_fn = lambda x, sigma, **kw: model(x, sigma, conditioning=None, **kw)  # noqa: E731
-    else:
-        model_fn = cfg_denoiser(model, c, null_condition(conditioners, n), guidance)
-    return sample_fn(model_fn, x, sigmas, generator=generator, disable=not progress, **sampler_options)
 
 
 class LatentDiffusion(nn.Module):
@@ -132,11 +73,7 @@ class LatentDiffusion(nn.Module):
         if denoiser is not None:
             from .diffusion import DiscreteSchedule
 
-            d = self.config["diffusion"]
-            self.schedule = DiscreteSchedule.from_name(
-                d["schedule"], d["num_timesteps"], beta_start=d["beta_start"], beta_end=d["beta_end"],
-                zero_terminal_snr=d["zero_terminal_snr"],
-            )
+            self.schedule = DiscreteSchedule.from_config(self.config["diffusion"])
 
     # ----------------------------------------------------------------- phase 1
     @torch.no_grad()
@@ -185,6 +122,8 @@ class LatentDiffusion(nn.Module):
         options.update(sampler_options)
         device = next(self.denoiser.parameters()).device
         generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        from .diffusion import sample_latents
+
         z = sample_latents(
             self.denoiser, list(self.conditioners), self.schedule, self.config["diffusion"]["parameterization"],
             (n, *self.latent_shape), cond, name, steps or scfg.get("steps", 25), guidance,

@@ -113,7 +113,7 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
     root = run_dir / "diffusion"
     conditioners = build_conditioners(cfg.conditioner, modality)
     denoiser = build_denoiser(cfg.denoiser, phase1.latent_shape, conditioners)
-    module = DiffusionModule.from_config(denoiser, conditioners, cfg.diffusion)
+    module = DiffusionModule.from_config(denoiser, conditioners, phase1.latent_shape, cfg.diffusion)
     data = latent_dataset(cfg, phase1, run_dir)
     loader = make_loader(data, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
     trainer = make_trainer(cfg.trainer, root, _max_steps(cfg.diffusion.max_steps, cfg), limit_val_batches=0)
@@ -121,7 +121,8 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
     trainer.fit(module, loader, ckpt_path=last_checkpoint(root) if cfg.resume else None)
     seconds = time.perf_counter() - start
     configs = _component_configs(cfg)
-    pipe = LatentDiffusion(modality, phase1.autoencoder, phase1.stats, configs, module.ema_denoiser().cpu().eval(), [c.cpu() for c in module.conditioners])
+    ema = module.sampling_model().cpu().eval()  # EMA weights of denoiser and conditioners
+    pipe = LatentDiffusion(modality, phase1.autoencoder, phase1.stats, configs, ema["denoiser"], list(ema["conditioners"]))
     if _is_rank_zero():
         pipe.save_pretrained(run_dir / "export")
         metrics = sample_and_measure(pipe, cfg, run_dir / "samples")

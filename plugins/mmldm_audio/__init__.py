@@ -1,1 +1,27 @@
-"""mmldm built-in plugin: audio (under construction)."""
+"""mmldm built-in plugin: the audio modality (log-mel ``[B, n_mels, T]`` or ``[B, 1, n_mels, T]``)
+and the Griffin-Lim vocoder.
+
+Kept torch-free at import: components are registered as lazy ``"module:attr"`` factories.
+"""
+
+from mmldm import hookimpl
+
+from .config import AudioConfig, GriffinLimConfig
+
+
+@hookimpl
+def mmldm_register_components(registry):  # type: ignore[no-untyped-def]
+    registry.add(
+        "modality",
+        "audio",
+        "mmldm_audio.modality:AudioModality",
+        config=AudioConfig,
+        description="audio as normalized log-mel [B,n_mels,T] (1d) or [B,1,n_mels,T] (2d): synthesized sounds (default) or a folder",
+    )
+    registry.add(
+        "vocoder",
+        "griffinlim",
+        "mmldm_audio.vocoder:GriffinLimVocoder",
+        config=GriffinLimConfig,
+        description="log-mel -> waveform by inverse mel scale and Griffin-Lim (no training); factory(cfg, modality=...)",
+    )

@@ -1,0 +1,163 @@
+"""Phase 2: latent diffusion training as a Lightning module (Rombach et al. 2022, Sec. 3.3)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..diffusion.parameterization import check_parameterization, diffusion_loss
+from ..diffusion.sampling import sample_latents
+from ..diffusion.schedules import DiscreteSchedule
+from ..interfaces import CONDITIONING_KINDS, Conditioner, Conditioning, Denoiser
+
+
+def _replace_rows(kept: Conditioning, null: Conditioning, drop: Tensor, key: str) -> Conditioning:
+    """Rows of ``kept`` where ``drop [B]`` is True replaced by the rows of ``null``."""
+    out = {}
+    for kind in CONDITIONING_KINDS:
+        a, b = getattr(kept, kind), getattr(null, kind)
+        if a is None or b is None:
+            if (a is None) != (b is None):
+                raise ValueError(f"conditioner '{key}': forward() fills '{kind}' but null() does not (or the reverse)")
+            continue
+        if a.shape != b.shape:
+            raise ValueError(f"conditioner '{key}': null().{kind} has shape {tuple(b.shape)}, forward() "
+                             f"{tuple(a.shape)}; they must match for condition dropout")
+        out[kind] = torch.where(drop.view(-1, *([1] * (a.ndim - 1))), b.to(a), a)
+    return Conditioning(**out)
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains a :class:`Denoiser` on normalized latents and samples from it.
+
+    Batches are ``{"z": Tensor [B, c, *s] (normalized latents), "cond": {key: ...}}``.
+
+    Args:
+        denoiser (`Denoiser`): the network, predicting in ``parameterization``.
+        conditioners (`Sequence[Conditioner]`): their outputs are merged with :meth:`Conditioning.merge`.
+        schedule (`DiscreteSchedule`): the noise schedule.
+        latent_shape (`Sequence[int]`): ``(c, *s)`` of a latent, for sampling.
+        parameterization (`str`): ``"eps"``, ``"v"`` or ``"x0"``.
+        weighting (`str`): ``"uniform"`` or ``"min_snr"``; ``min_snr_gamma`` its gamma.
+        cond_dropout (`Mapping[str, float]`): per conditioner key, the probability that a training sample
+            gets the null condition instead (Ho & Salimans 2022), which classifier-free guidance needs.
+        lr (`float`): AdamW learning rate. ``weight_decay`` its decay.
+        ema_decay (`float`, *optional*): EMA of denoiser and conditioner weights; the EMA copy is what
+            :meth:`sample` and export use. None or 0 disables it.
+    """
+
+    def __init__(
+        self, denoiser: Denoiser, conditioners: Sequence[Conditioner], schedule: DiscreteSchedule,
+        latent_shape: Sequence[int], parameterization: str = "eps", weighting: str = "uniform",
+        min_snr_gamma: float = 5.0, cond_dropout: Mapping[str, float] | None = None, lr: float = 1e-4,
+        weight_decay: float = 0.0, ema_decay: float | None = 0.999,
+    ):
+        super().__init__()
+        self.model = nn.ModuleDict({"denoiser": denoiser, "conditioners": nn.ModuleList(conditioners)})
+        self.schedule, self.latent_shape = schedule, tuple(latent_shape)
+        self.parameterization = check_parameterization(parameterization)
+        self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
+        self.cond_dropout = dict(cond_dropout or {})
+        unknown = set(self.cond_dropout) - {c.key for c in conditioners}
+        if unknown:
+            raise ValueError(f"cond_dropout names unknown conditioner key(s) {sorted(unknown)}; "
+                             f"conditioners read {[c.key for c in conditioners]}")
+        self.lr, self.weight_decay = lr, weight_decay
+        self.ema = None
+        if ema_decay:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+
+    @classmethod
+    def from_config(
+        cls, denoiser: Denoiser, conditioners: Sequence[Conditioner], latent_shape: Sequence[int], cfg: Any
+    ) -> "DiffusionModule":
+        """Build from a :class:`mmldm.schema.DiffusionConfig` node (dropout applies to every conditioner)."""
+        return cls(
+            denoiser, conditioners, DiscreteSchedule.from_config(cfg), latent_shape, cfg.parameterization,
+            cfg.weighting, cfg.min_snr_gamma, {c.key: cfg.cond_dropout for c in conditioners}, cfg.lr,
+            cfg.weight_decay, cfg.ema_decay,
+        )
+
+    @property
+    def denoiser(self) -> Denoiser:
+        return self.model["denoiser"]
+
+    def conditioning(self, model: nn.ModuleDict, cond: Mapping[str, Any], batch_size: int,
+                     dropout: bool = False, null: bool = False) -> Conditioning:
+        """Merged conditioning of ``model``'s conditioners; missing keys (or ``null``) give the null condition."""
+        out = Conditioning()
+        for conditioner in model["conditioners"]:
+            if null or conditioner.key not in cond:
+                part = conditioner.null(batch_size)
+            else:
+                part = conditioner(cond, batch_size)
+                p = self.cond_dropout.get(conditioner.key, 0.0) if dropout else 0.0
+                if p > 0:
+                    drop = torch.rand(batch_size, device=self.device) < p
+                    part = _replace_rows(part, conditioner.null(batch_size), drop, conditioner.key)
+            out = out.merge(part)
+        return out
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        z = batch["z"]
+        cond = self.conditioning(self.model, batch.get("cond", {}), z.shape[0], dropout=True)
+        loss = diffusion_loss(
+            lambda z_t, t: self.denoiser(z_t, t, cond), z, self.schedule, self.parameterization,
+            self.weighting, min_snr_gamma=self.min_snr_gamma,
+        ).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        z = batch["z"]
+        model = self.sampling_model()
+        cond = self.conditioning(model, batch.get("cond", {}), z.shape[0])
+        gen = torch.Generator(device="cpu").manual_seed(batch_idx)
+        loss = diffusion_loss(lambda z_t, t: model["denoiser"](z_t, t, cond), z, self.schedule,
+                              self.parameterization, self.weighting, gen, self.min_snr_gamma).mean()
+        self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def sampling_model(self) -> nn.ModuleDict:
+        """The EMA copy of denoiser and conditioners when EMA is on, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, cond: Mapping[str, Any] | None = None, steps: int = 50,
+        sampler: str | Callable[..., Tensor] = "dpmpp_2m", guidance: float = 1.0,
+        generator: torch.Generator | None = None, spacing: str = "trailing", **sampler_opts: Any,
+    ) -> Tensor:
+        """Draw ``n`` normalized latents ``[n, c, *s]`` with the EMA weights.
+
+        Args:
+            cond (`Mapping`, *optional*): condition values for the conditioners (``{"class": LongTensor[n]}``);
+                missing keys are unconditional.
+            sampler (`str | Callable`): a name of :data:`~mmldm.diffusion.SAMPLERS` or a sampler function.
+            guidance (`float`): classifier-free guidance scale (1 = no guidance).
+            spacing (`str`): sigma spacing, see :meth:`DiscreteSchedule.sigmas_for`.
+            sampler_opts: extra sampler options (``eta`` for DDIM).
+        """
+        model = self.sampling_model()
+        was_training = model.training
+        model.eval()
+        try:
+            return sample_latents(
+                model["denoiser"], list(model["conditioners"]), self.schedule, self.parameterization,
+                (n, *self.latent_shape), cond, sampler, steps, guidance, spacing, generator, **sampler_opts,
+            )
+        finally:
+            model.train(was_training)

@@ -1,0 +1,217 @@
+"""The audio modality: fixed-length mono clips as normalized log-mel spectrograms.
+
+``layout="1d"``: ``x [n_mels, T]`` (``dims=1``, mel bins as channels);
+``layout="2d"``: ``x [1, n_mels, T]`` (``dims=2``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from einops import rearrange
+from matplotlib import colormaps
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmldm.interfaces import Modality
+
+from . import sources
+from .config import AUDIO_LAYOUTS, AUDIO_SOURCES, AudioConfig, GriffinLimConfig
+from .features import LogMel, denormalize, f_max_of, fix_length, measure_stats, normalize
+
+SPLITS = ("train", "val")
+
+
+def validate(cfg: AudioConfig) -> None:
+    """Raise ``ValueError`` naming the first bad key of ``cfg``."""
+    checks = [
+        (cfg.source in AUDIO_SOURCES, f"audio.source='{cfg.source}' is not one of {', '.join(AUDIO_SOURCES)}"),
+        (cfg.layout in AUDIO_LAYOUTS, f"audio.layout='{cfg.layout}' is not one of {', '.join(AUDIO_LAYOUTS)}"),
+        (cfg.num_frames > 0 and cfg.num_frames % 8 == 0,
+         f"audio.num_frames={cfg.num_frames} must be a positive multiple of 8 (the autoencoder halves time up to "
+         f"3 times); e.g. {max(8, cfg.num_frames // 8 * 8)}"),
+        (cfg.layout != "2d" or cfg.n_mels % 8 == 0,
+         f"audio.n_mels={cfg.n_mels} must be a multiple of 8 with layout '2d' (mel bins are a spatial axis)"),
+        (0 <= cfg.f_min < f_max_of(cfg) <= cfg.sample_rate / 2,
+         f"audio.f_min={cfg.f_min}, f_max={cfg.f_max}: need 0 <= f_min < f_max <= sample_rate/2={cfg.sample_rate / 2}"),
+        (cfg.log_floor > 0, f"audio.log_floor={cfg.log_floor} must be > 0"),
+        (cfg.source != "folder" or bool(cfg.root), f"audio.source='folder' needs audio.root (a directory), got {cfg.root!r}"),
+        (0.0 <= cfg.val_fraction < 1.0, f"audio.val_fraction={cfg.val_fraction} must be in [0, 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    if cfg.label_pattern:
+        try:
+            re.compile(cfg.label_pattern)
+        except re.error as e:
+            raise ValueError(f"audio.label_pattern={cfg.label_pattern!r} is not a valid regex: {e}") from e
+
+
+class AudioDataset(Dataset):
+    """Items ``{"x": FloatTensor[n_mels, T] or [1, n_mels, T], "cond": {"class": int, "text": str}}``.
+
+    Waveforms are cropped (randomly when ``random_crop``, else centred) or
+    padded to the modality's clip length, then turned into normalized log-mel.
+    """
+
+    def __init__(self, data: sources.AudioSet, modality: "AudioModality", random_crop: bool) -> None:
+        self.data = data
+        self.modality = modality
+        self.random_crop = random_crop
+
+    def __len__(self) -> int:
+        return len(self.data.waves)
+
+    def __getitem__(self, i: int) -> dict:
+        wave = fix_length(self.data.waves[i], self.modality.length, self.random_crop)
+        x = self.modality.features(wave[None])[0]
+        cond: dict = {"text": self.data.texts[i]} if self.data.texts is not None else {}
+        if self.data.labels is not None:
+            cond["class"] = int(self.data.labels[i])
+        return {"x": x, "cond": cond}
+
+
+class AudioModality(Modality):
+    """Audio as normalized log-mel spectrograms (see :class:`AudioConfig`).
+
+    Attributes:
+        length (`int`): samples per clip, ``(num_frames - 1) * hop_length``.
+        stats (`dict[str, Tensor]`): per-mel-bin ``mean``/``std`` ``[n_mels]`` of
+            the training log-mel (measured on first use; :meth:`state_dict` exports them).
+    """
+
+    name = "audio"
+
+    def __init__(self, cfg: AudioConfig) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.dims = 1 if cfg.layout == "1d" else 2
+        self.channels = cfg.n_mels if cfg.layout == "1d" else 1
+        self.sample_rate = cfg.sample_rate
+        self.length = (cfg.num_frames - 1) * cfg.hop_length
+        self.logmel = LogMel(cfg)
+        self._sets: dict[str, sources.AudioSet] = {}
+        self._stats: dict[str, Tensor] | None = None
+        self._vocoder = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        spatial = (self.cfg.num_frames,) if self.dims == 1 else (self.cfg.n_mels, self.cfg.num_frames)
+        return (self.channels, *spatial)
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        return len(self.waveforms("train").class_names)
+
+    def waveforms(self, split: str) -> sources.AudioSet:
+        """The raw clips of ``split`` (cached): synth clips ``[length]``, folder clips of any length."""
+        if split not in SPLITS:
+            raise ValueError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+        if split not in self._sets:
+            c = self.cfg
+            if c.source == "synth":
+                n_val = int(round(c.num_samples * c.val_fraction))
+                n_train = c.num_samples - n_val
+                indices = range(n_train) if split == "train" else range(n_train, c.num_samples)
+                self._sets[split] = sources.load_synth(indices, c.seed, c.sample_rate, self.length)
+            else:
+                if "all" not in self._sets:
+                    self._sets["all"] = sources.load_folder(Path(c.root), c.sample_rate, c.label_pattern)
+                full = self._sets["all"]
+                order = np.random.default_rng(c.seed).permutation(len(full.waves))
+                n_val = int(round(len(order) * c.val_fraction))
+                self._sets[split] = full.subset(order[len(order) - n_val :] if split == "val" else order[: len(order) - n_val])
+        return self._sets[split]
+
+    @property
+    def stats(self) -> dict[str, Tensor]:
+        if self._stats is None:
+            waves = [fix_length(w, self.length, random_crop=False) for w in self.waveforms("train").waves]
+            with torch.no_grad():
+                logmel = torch.cat([self.logmel(torch.stack(waves[i : i + 256])) for i in range(0, len(waves), 256)])
+            self._stats = measure_stats(logmel)
+        return self._stats
+
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        """``{"stats": {"mean": [n_mels], "std": [n_mels]}}``: what an exported model needs."""
+        return {"stats": {k: v.clone() for k, v in self.stats.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        stats = {k: torch.as_tensor(state["stats"][k], dtype=torch.float32) for k in ("mean", "std")}
+        if stats["mean"].shape != (self.cfg.n_mels,):
+            raise ValueError(f"stats have {tuple(stats['mean'].shape)} mel bins, audio.n_mels={self.cfg.n_mels}")
+        self._stats, self._vocoder = stats, None
+
+    def features(self, wave: Tensor) -> Tensor:
+        """``wave [B, N]`` -> normalized log-mel ``[B, C, *s]`` in the configured layout."""
+        with torch.no_grad():
+            return normalize(self.logmel(wave), self.stats, self.cfg.layout)
+
+    def to_logmel(self, x: Tensor) -> Tensor:
+        """Normalized ``[B, C, *s]`` -> log-mel ``[B, n_mels, T]``."""
+        return denormalize(x.float(), self.stats, self.cfg.layout)
+
+    def dataset(self, split: str) -> AudioDataset:
+        data = self.waveforms(split)
+        self.stats  # measured here once, not in every data-loader worker
+        return AudioDataset(data, self, random_crop=split == "train")
+
+    def vocoder(self, cfg: GriffinLimConfig | None = None):  # type: ignore[no-untyped-def]
+        """A Griffin-Lim vocoder for these features (default config cached)."""
+        from .vocoder import GriffinLimVocoder
+
+        if cfg is not None:
+            return GriffinLimVocoder(cfg, modality=self)
+        if self._vocoder is None:
+            self._vocoder = GriffinLimVocoder(GriffinLimConfig(name="griffinlim"), modality=self)
+        return self._vocoder
+
+    def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
+        """Per sample ``{prefix}_{i:04d}.wav`` (Griffin-Lim) and ``.png`` (spectrogram), plus ``{prefix}_grid.png``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        waves = self.vocoder()(samples.detach().cpu())
+        pictures = spectrogram_pictures(self.to_logmel(samples.detach().cpu()), math.log(self.cfg.log_floor))
+        paths: list[Path] = []
+        for i, (wave, picture) in enumerate(zip(waves, pictures)):
+            paths.append(directory / f"{prefix}_{i:04d}.wav")
+            sf.write(paths[-1], wave.numpy(), self.sample_rate, subtype="PCM_16")
+            paths.append(directory / f"{prefix}_{i:04d}.png")
+            Image.fromarray(picture).save(paths[-1])
+        paths.append(directory / f"{prefix}_grid.png")
+        Image.fromarray(tile(pictures)).save(paths[-1])
+        return paths
+
+    def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
+        """``logmel_l1``: mean |log-mel difference|; ``spectral_convergence``: per clip
+        ``||M - M~||_F / ||M||_F`` on linear mel magnitudes (Arik et al. 2018), averaged."""
+        a, b = self.to_logmel(x), self.to_logmel(x_rec)
+        mag_a, mag_b = (a / 2).exp(), (b / 2).exp()  # power -> magnitude
+        sc = torch.linalg.matrix_norm(mag_a - mag_b) / torch.linalg.matrix_norm(mag_a).clamp(min=1e-12)
+        return {"logmel_l1": float((a - b).abs().mean()), "spectral_convergence": float(sc.mean())}
+
+
+def spectrogram_pictures(logmel: Tensor, vmin: float, scale: int = 3) -> np.ndarray:
+    """``logmel [B, n_mels, T]`` -> RGB uint8 ``[B, n_mels*scale, T*scale, 3]``, low frequencies at the bottom,
+    "magma" colours over ``[vmin, batch max]``."""
+    values = ((logmel - vmin) / (logmel.max() - vmin).clamp(min=1e-6)).clamp(0, 1).flip(1).numpy()
+    rgb = colormaps["magma"](values)[..., :3]  # (B, n_mels, T, 3)
+    rgb = rgb.repeat(scale, axis=1).repeat(scale, axis=2)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def tile(pictures: np.ndarray, pad: int = 2) -> np.ndarray:
+    """uint8 ``[B, H, W, 3]`` -> one grid picture, ``ceil(sqrt(B))`` per row, white gaps."""
+    b = len(pictures)
+    ncol = math.ceil(math.sqrt(b))
+    nrow = math.ceil(b / ncol)
+    padded = np.pad(pictures, ((0, nrow * ncol - b), (pad, 0), (pad, 0), (0, 0)), constant_values=255)
+    out = rearrange(padded, "(r c) h w ch -> (r h) (c w) ch", r=nrow, c=ncol)
+    return np.pad(out, ((0, pad), (0, pad), (0, 0)), constant_values=255)

@@ -1,0 +1,105 @@
+"""Audio sources: synthesized clips or a folder of WAV/FLAC/OGG files, as mono waveforms."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from torch import Tensor
+
+from .synth import CLASSES, synthesize
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+@dataclass
+class AudioSet:
+    """Mono float32 waveforms ``[N_i]`` at the configured rate, with labels and captions."""
+
+    waves: list[Tensor]
+    labels: np.ndarray | None = None  # int64 [N]
+    texts: list[str] | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    def subset(self, idx: np.ndarray) -> "AudioSet":
+        return AudioSet(
+            [self.waves[i] for i in idx],
+            None if self.labels is None else self.labels[idx],
+            None if self.texts is None else [self.texts[i] for i in idx],
+            self.class_names,
+        )
+
+
+def load_synth(indices: range, seed: int, sample_rate: int, length: int) -> AudioSet:
+    """Synthesized clips ``indices`` of ``seed`` (see :mod:`.synth`)."""
+    clips = [synthesize(seed, i, sample_rate, length) for i in indices]
+    return AudioSet(
+        [torch.from_numpy(w) for w, _, _ in clips],
+        np.array([k for _, k, _ in clips], dtype=np.int64),
+        [t for _, _, t in clips],
+        list(CLASSES),
+    )
+
+
+def read_audio(path: Path, sample_rate: int) -> Tensor:
+    """A file as mono float32 ``[N]`` resampled to ``sample_rate``; ``ValueError`` when it has no samples."""
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
+    if data.size == 0:
+        raise ValueError("no samples")
+    wave = torch.from_numpy(data.mean(axis=1))
+    if rate != sample_rate:
+        wave = torchaudio.functional.resample(wave, rate, sample_rate)
+    return wave
+
+
+def _label(path: Path, root: Path, pattern: re.Pattern | None) -> str:
+    """The label of ``path``: the regex's first group on the file name, or the first sub-folder."""
+    if pattern is None:
+        parts = path.relative_to(root).parts
+        if len(parts) < 2:
+            raise ValueError(f"audio.label_pattern=null takes labels from sub-folders, but {path} is at the top of {root}")
+        return parts[0]
+    match = pattern.search(path.name)
+    if match is None or not match.groups():
+        raise ValueError(
+            f"file name '{path.name}' does not match audio.label_pattern={pattern.pattern!r} "
+            "(its first group is the label); fix the pattern or set it to null for sub-folder labels"
+        )
+    return match.group(1)
+
+
+def _class_names(labels: list[str]) -> list[str]:
+    """Sorted distinct labels, numerically when all are integers (so label "3" gets id 3 for 0..9)."""
+    names = sorted(set(labels))
+    return sorted(names, key=int) if all(n.isdigit() for n in names) else names
+
+
+def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> AudioSet:
+    """Every WAV/FLAC/OGG under ``root``; corrupt or empty files are skipped with one warning naming each."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"audio.root={root} is not a directory (source 'folder' reads WAV/FLAC/OGG files)")
+    pattern = re.compile(label_pattern) if label_pattern else None
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    waves, labels, texts, skipped = [], [], [], []
+    for path in files:
+        label = _label(path, root, pattern)
+        try:
+            waves.append(read_audio(path, sample_rate))
+        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+            skipped.append(f"{path.relative_to(root)} ({type(e).__name__}: {e})")
+            continue
+        labels.append(label)
+        caption = path.with_suffix(".txt")
+        texts.append(caption.read_text().strip() if caption.exists() else f"a recording of {label}")
+    if skipped:
+        warnings.warn(f"audio folder {root}: skipped {len(skipped)} unreadable file(s): {'; '.join(skipped)}", stacklevel=2)
+    if not waves:
+        raise FileNotFoundError(f"audio.root={root}: no readable {'/'.join(AUDIO_SUFFIXES)} files")
+    names = _class_names(labels)
+    return AudioSet(waves, np.array([names.index(k) for k in labels], dtype=np.int64), texts, names)

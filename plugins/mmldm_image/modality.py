@@ -1,0 +1,159 @@
+"""The image modality: 2D samples ``[C, H, W]`` in [-1, 1] with class, caption and mask conditions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmldm.interfaces import Modality
+
+from . import metrics, sources
+from .config import IMAGE_SOURCES, ImageConfig
+from .preview import save_pngs
+
+#: Channels of each source when ``channels`` is left unset.
+NATIVE_CHANNELS = {"shapes": 3, "digits": 1, "mnist": 1, "folder": 3}
+SPLITS = ("train", "val")
+
+
+def split_indices(n: int, val_fraction: float, split: str, seed: int, shuffle: bool) -> np.ndarray:
+    """Indices of ``split`` among ``n`` items: the last ``round(n * val_fraction)`` are val.
+
+    With ``shuffle`` the order is first permuted by ``seed`` (so class folders mix across splits).
+    """
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    n_val = int(round(n * val_fraction))
+    return order[n - n_val :] if split == "val" else order[: n - n_val]
+
+
+def flip_caption(text: str) -> str:
+    """Swap the words "left" and "right" (for horizontally flipped images)."""
+    swap = {"left": "right", "right": "left"}
+    return " ".join(swap.get(w, w) for w in text.split(" "))
+
+
+class ImageDataset(Dataset):
+    """Items ``{"x": FloatTensor[C, H, W] in [-1, 1], "cond": {"class": int, "text": str,
+    "segmentation": LongTensor[1, H, W]}}``; each cond key present only if the source has it.
+
+    Args:
+        data (`sources.ImageSet`): decoded images of one split.
+        flip (`bool`): flip each item horizontally with probability 1/2
+            (the mask and "left"/"right" in the caption follow).
+    """
+
+    def __init__(self, data: sources.ImageSet, flip: bool = False) -> None:
+        self.x = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # uint8 [N, C, H, W]
+        self.labels = data.labels
+        self.texts = data.texts
+        self.masks = None if data.masks is None else torch.from_numpy(data.masks.astype(np.int64))[:, None]
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.x[i].float() / 127.5 - 1.0
+        cond: dict = {}
+        if self.labels is not None:
+            cond["class"] = int(self.labels[i])
+        if self.texts is not None:
+            cond["text"] = self.texts[i]
+        if self.masks is not None:
+            cond["segmentation"] = self.masks[i]
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+            if "segmentation" in cond:
+                cond["segmentation"] = cond["segmentation"].flip(-1)
+            if "text" in cond:
+                cond["text"] = flip_caption(cond["text"])
+        return {"x": x, "cond": cond}
+
+
+class ImageModality(Modality):
+    """Images ``[B, C, H, W]`` in [-1, 1] (``dims=2``) from the source :class:`ImageConfig` names.
+
+    Segmentation masks hold 0 for background and ``k + 1`` for a pixel of
+    class ``k``: ``segmentation_classes = num_classes + 1`` labels in all.
+    """
+
+    name = "image"
+    dims = 2
+
+    def __init__(self, cfg: ImageConfig) -> None:
+        if cfg.source not in IMAGE_SOURCES:
+            raise ValueError(f"image.source='{cfg.source}' is not one of {', '.join(IMAGE_SOURCES)}")
+        native = NATIVE_CHANNELS[cfg.source]
+        channels = native if cfg.channels is None else cfg.channels
+        if channels not in (1, 3):
+            raise ValueError(f"image.channels={cfg.channels} must be 1 or 3 (or null for the source's own)")
+        if native == 1 and channels != 1:
+            raise ValueError(
+                f"image.channels={cfg.channels} but source '{cfg.source}' is grayscale: "
+                "set image.channels=1 or leave it null"
+            )
+        if cfg.source in ("mnist", "folder") and not cfg.root:
+            raise ValueError(f"image.source='{cfg.source}' needs image.root (a directory), got {cfg.root!r}")
+        if not 0.0 <= cfg.val_fraction < 1.0:
+            raise ValueError(f"image.val_fraction={cfg.val_fraction} must be in [0, 1)")
+        self.cfg = cfg
+        self.channels = channels
+        self._data: sources.ImageSet | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.cfg.size, self.cfg.size)
+
+    def _load(self) -> sources.ImageSet:
+        """Decode the whole source once (cached)."""
+        if self._data is None:
+            c = self.cfg
+            if c.source == "shapes":
+                self._data = sources.load_shapes(c.num_samples, c.size, c.seed, self.channels)
+            elif c.source == "digits":
+                self._data = sources.load_digits(c.size)
+            elif c.source == "mnist":
+                self._data = sources.load_mnist(Path(c.root), c.size)
+            else:
+                self._data = sources.load_folder(Path(c.root), c.size, self.channels)
+        return self._data
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        return len(self._load().class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._load().class_names)
+
+    @property
+    def segmentation_classes(self) -> int:
+        """Number of mask labels (background included), 0 when the source has no masks."""
+        return self.num_classes + 1 if self._load().masks is not None else 0
+
+    def dataset(self, split: str) -> ImageDataset:
+        if split not in SPLITS:
+            raise ValueError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+        data = self._load()
+        idx = split_indices(len(data.images), self.cfg.val_fraction, split, self.cfg.seed,
+                            shuffle=self.cfg.source in ("digits", "folder"))
+        subset = sources.ImageSet(
+            data.images[idx],
+            None if data.labels is None else data.labels[idx],
+            None if data.texts is None else [data.texts[i] for i in idx],
+            None if data.masks is None else data.masks[idx],
+            data.class_names,
+        )
+        return ImageDataset(subset, flip=self.cfg.flip and split == "train")
+
+    def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
+        """PNG per sample of ``[B, C, H, W]`` plus ``{prefix}_grid.png``."""
+        return save_pngs(samples, Path(directory), prefix)
+
+    def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
+        """``psnr`` (dB, mean of per-image values; inf when identical) and ``ssim`` on [0, 1]-mapped images."""
+        return {"psnr": float(metrics.psnr(x, x_rec)), "ssim": float(metrics.ssim(x, x_rec))}

@@ -1,0 +1,145 @@
+"""Contract tests of the N-d U-Net denoiser over dims 1, 2 and 3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mmldm.interfaces import Conditioning, Denoiser
+from mmldm.plugins import load_plugins
+from mmldm_unet.config import UNetConfig
+from mmldm_unet.unet import UNet, build_unet
+
+TINY = dict(model_channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[1], num_heads=2)
+SIZE = {1: (8,), 2: (4, 4), 3: (4, 4, 4)}
+B, C = 2, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscribing small machines (much faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(dims, conditioned, **kw):
+    extra = dict(context_dim=6, concat_channels=2, vector_dim=5) if conditioned else {}
+    return build_unet(UNetConfig(name="unet", **{**TINY, **kw}), dims=dims, in_channels=C, out_channels=C, **extra)
+
+
+def inputs(dims, conditioned, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, C, *SIZE[dims], generator=g)
+    t = torch.tensor([3.0, 750.5])
+    cond = Conditioning(
+        crossattn=torch.randn(B, 4, 6, generator=g), concat=torch.randn(B, 2, *SIZE[dims], generator=g),
+        vector=torch.randn(B, 5, generator=g),
+    ) if conditioned else None
+    return z, t, cond
+
+
+def randomize(model: nn.Module, seed=0) -> nn.Module:
+    """Undo zero-initializations so every parameter influences the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_shape_and_zero_initialized_output(dims, conditioned):
+    model = make(dims, conditioned)
+    assert isinstance(model, Denoiser) and model.dims == dims
+    z, t, cond = inputs(dims, conditioned)
+    out = model(z, t, cond)
+    assert out.shape == z.shape
+    assert out.abs().max() == 0  # zero-init output conv: the untrained model predicts 0
+    out.sum().backward()
+    assert model.out[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_gradients_reach_every_parameter_and_the_conditioning(dims, conditioned):
+    model = randomize(make(dims, conditioned))
+    z, t, cond = inputs(dims, conditioned)
+    if cond is not None:
+        for _, v in cond.items():
+            v.requires_grad_(True)
+    model(z, t, cond).square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing
+    if cond is not None:
+        assert all(v.grad.abs().sum() > 0 for _, v in cond.items())
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_conditioning_changes_the_output(dims):
+    model = randomize(make(dims, True)).eval()
+    z, t, cond = inputs(dims, True)
+    base = model(z, t, cond)
+    for kind in ("crossattn", "concat", "vector"):
+        other = Conditioning(**{k: v for k, v in cond.items()})
+        setattr(other, kind, getattr(cond, kind) + 1.0)
+        assert not torch.allclose(model(z, t, other), base), kind
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_checkpointing_gives_equal_outputs_and_gradients(dims):
+    plain = randomize(make(dims, True))
+    ckpt = make(dims, True, use_checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    z, t, cond = inputs(dims, True)
+    out_a, out_b = plain(z, t, cond), ckpt(z, t, cond)
+    torch.testing.assert_close(out_a, out_b)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_gives_equal_outputs(dims):
+    plain = randomize(make(dims, True)).eval()
+    fast = make(dims, True, channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    assert fast.out[-1].weight.is_contiguous(memory_format=fmt)
+    z, t, cond = inputs(dims, True)
+    torch.testing.assert_close(fast(z, t, cond), plain(z, t, cond), rtol=1e-4, atol=1e-5)
+
+
+def test_head_dim_sets_the_number_of_heads():
+    model = make(2, False, head_dim=4)
+    attn = model.mid.layers[1].blocks[0].attn1
+    assert attn.heads == 16 // 4
+    with pytest.raises(ValueError, match="head_dim=3 does not divide the 16 channels"):
+        make(2, False, head_dim=3)
+
+
+def test_clear_errors():
+    model = make(2, True)
+    z, t, cond = inputs(2, True)
+    with pytest.raises(ValueError, match="conditioning.concat is None"):
+        model(z, t, Conditioning(crossattn=cond.crossattn, vector=cond.vector))
+    with pytest.raises(ValueError, match=r"must be divisible by 2"):
+        model(torch.randn(B, C, 5, 4), t, cond)
+    with pytest.raises(ValueError, match=r"expected z_t of shape \[B, 3, \*spatial\] with 2 spatial dims"):
+        model(torch.randn(B, C, 4, 4, 4), t, cond)
+    with pytest.raises(ValueError, match="attention_levels .* contains 2"):
+        make(1, False, attention_levels=[2])
+
+
+@pytest.mark.parametrize("name,dims", [("unet", 2), ("unet1d", 1), ("unet2d", 2), ("unet3d", 3), ("unet3d", 1)])
+def test_registered_names_build_the_same_class_with_dims_from_the_call(name, dims):
+    registry = load_plugins(report=False).registry
+    cfg = {"name": name, "model_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "head_dim": None}
+    model = registry.build("denoiser", cfg, dims=dims, in_channels=2, out_channels=4, context_dim=None,
+                           concat_channels=0, vector_dim=None)
+    assert type(model) is UNet and model.dims == dims
+    assert model(torch.randn(1, 2, *[4] * dims), torch.tensor([10.0])).shape == (1, 4, *[4] * dims)
