@@ -1,0 +1,1 @@
+"""Hydra presets shipped by the voxel plugin (``preset/voxel.yaml``)."""

@@ -1,0 +1,32 @@
+"""Configuration of the voxel modality (torch-free: the CLI validates it before importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from mmldm.config import ComponentConfig
+
+
+@dataclass
+class VoxelConfig(ComponentConfig):
+    """Settings of :class:`mmldm_voxel.modality.VoxelModality`.
+
+    Samples are grids ``[1, R, R, R]`` over the unit cube ``[-0.5, 0.5]^3``.
+    ``representation="occupancy"`` stores solid occupancy in ``{0, 1}`` (kept as
+    float, not mapped to [-1, 1]: the autoencoder reconstructs it with
+    BCE-with-logits); ``"sdf"`` stores a truncated signed distance divided by
+    ``sdf_truncation``, in ``[-1, 1]``, negative inside.
+    """
+
+    resolution: int = 32  # R; 16 for quick runs
+    num_shapes: int = 2000  # procedural shapes made when `root` is None
+    seed: int = 0  # seeds procedural shapes and the train/val split
+    root: Optional[str] = None  # folder of meshes / point clouds / .binvox / .npy; None: procedural shapes
+    representation: str = "occupancy"  # "occupancy" or "sdf"
+    sdf_truncation: float = 0.1  # in unit-cube units (about 3 voxels at R=32)
+    occupancy_rays: int = 3  # odd; rays voted per voxel for inside/outside of closed folder meshes
+    val_fraction: float = 0.1
+    cache_dir: Optional[str] = None  # None: $MMLDM_CACHE/voxel or ~/.cache/mmldm/voxel
+    batch_size: int = 16  # data loader
+    num_workers: int = 0

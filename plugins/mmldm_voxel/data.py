@@ -1,0 +1,186 @@
+"""Voxel data: procedural or folder grids, their on-disk cache and the torch Dataset.
+
+A :class:`VoxelData` holds every grid of a source (``[N, R, R, R]``), labels,
+captions, class names and the files skipped while reading a folder. Building
+it once costs seconds to minutes, so the arrays are cached as ``.npz`` under
+a key hashing every setting (and, for folders, each file's path, size and
+modification time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .readers import SUFFIXES, load_grid
+from .shapes import CLASS_NAMES, generate
+
+logger = logging.getLogger(__name__)
+_CACHE_VERSION = 1  # bump when the generated content changes for the same settings
+_NO_CLASS = "(none)"
+
+
+@dataclass
+class VoxelData:
+    """All grids of one source: ``grids [N, R, R, R]`` (uint8 occupancy or float16 SDF),
+    ``labels int64 [N]``, ``captions``, ``class_names`` and ``skipped`` file names."""
+
+    grids: np.ndarray
+    labels: np.ndarray
+    captions: list[str]
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+
+def default_cache_dir() -> Path:
+    """``$MMLDM_CACHE/voxel``, else ``$XDG_CACHE_HOME/mmldm/voxel``, else ``~/.cache/mmldm/voxel``."""
+    if os.environ.get("MMLDM_CACHE"):
+        return Path(os.environ["MMLDM_CACHE"]) / "voxel"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmldm" / "voxel"
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of JSON-serializable settings."""
+    text = json.dumps({"version": _CACHE_VERSION, **settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def cached(path: Path, build: Callable[[], VoxelData]) -> VoxelData:
+    """Load ``path`` if it exists, else ``build()`` and write it atomically (compressed;
+    SDF grids kept as float16, enough for values in [-1, 1], and returned as stored)."""
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            return VoxelData(
+                f["grids"], f["labels"], f["captions"].tolist(), f["class_names"].tolist(), f["skipped"].tolist()
+            )
+    data = build()
+    if data.grids.dtype.kind == "f":
+        data.grids = data.grids.astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        grids=data.grids,
+        labels=data.labels,
+        captions=np.asarray(data.captions, dtype=str),
+        class_names=np.asarray(data.class_names, dtype=str),
+        skipped=np.asarray(data.skipped, dtype=str),
+    )
+    os.replace(tmp, path)
+    logger.info("cached %d voxel grids in %s", len(data.grids), path)
+    return data
+
+
+def procedural_data(settings: dict[str, Any], cache_dir: Path) -> VoxelData:
+    """Procedural shapes for ``settings`` (num_shapes, seed, resolution, representation, sdf_truncation)."""
+    def build() -> VoxelData:
+        grids, labels, captions = generate(**settings)
+        return VoxelData(grids, labels, captions, list(CLASS_NAMES))
+
+    return cached(cache_dir / f"procedural-{settings_key(settings)}.npz", build)
+
+
+def list_files(root: Path) -> list[Path]:
+    """Supported files under ``root`` (recursive, sorted)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"voxel data root '{root}' is not a directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+
+
+def class_of(path: Path, root: Path) -> str:
+    """The class of a file: its top-level sub-folder under ``root`` (``(none)`` for files in ``root``)."""
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else _NO_CLASS
+
+
+def folder_class_names(files: list[Path], root: Path) -> list[str]:
+    """Sorted class names; empty when no file sits in a sub-folder (unconditional data)."""
+    names = sorted({class_of(p, root) for p in files})
+    return [] if names == [_NO_CLASS] else names
+
+
+def caption_of(path: Path, class_name: str) -> str:
+    """Caption of a file: ``<stem>.txt`` beside it, else ``captions.json`` in its folder
+    (``{stem or file name: caption}``), else ``"a <class>"`` (empty without a class)."""
+    sidecar = path.with_suffix(".txt")
+    if sidecar.is_file():
+        return sidecar.read_text().strip()
+    table = path.parent / "captions.json"
+    if table.is_file():
+        captions = json.loads(table.read_text())
+        for key in (path.stem, path.name):
+            if key in captions:
+                return str(captions[key])
+    return "" if class_name == _NO_CLASS else f"a {class_name.replace('_', ' ')}"
+
+
+def _read_folder(root: Path, files: list[Path], **settings: Any) -> VoxelData:
+    names = folder_class_names(files, root)
+    grids, labels, captions, skipped = [], [], [], []
+    for path in files:
+        try:
+            grids.append(load_grid(path, **settings))
+        except (ValueError, OSError, RuntimeError) as e:
+            warnings.warn(f"skipping unreadable voxel data file '{path}': {e}", stacklevel=2)
+            skipped.append(str(path.relative_to(root)))
+            continue
+        cls = class_of(path, root)
+        labels.append(names.index(cls) if names else 0)
+        captions.append(caption_of(path, cls))
+    if not grids:
+        raise ValueError(f"no readable voxel data under '{root}' ({len(skipped)} files skipped)")
+    return VoxelData(np.stack(grids), np.asarray(labels, dtype=np.int64), captions, names, skipped)
+
+
+def folder_data(root: str | Path, settings: dict[str, Any], cache_dir: Path) -> VoxelData:
+    """Grids of every supported file under ``root``; ``settings`` are :func:`load_grid`'s keywords."""
+    root = Path(root).resolve()
+    files = list_files(root)
+    if not files:
+        raise ValueError(f"no voxel data under '{root}': expected files ending in {', '.join(SUFFIXES)}")
+    stamp = [(str(p.relative_to(root)), p.stat().st_mtime_ns, p.stat().st_size) for p in files]
+    key = settings_key({"root": str(root), "files": stamp, **settings})
+    data = cached(cache_dir / f"folder-{key}.npz", lambda: _read_folder(root, files, **settings))
+    if data.skipped:
+        logger.warning(
+            "voxel data: skipped %d unreadable of %d files under %s", len(data.skipped), len(files), root
+        )
+    return data
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Deterministic train/val split of ``n`` items (at least one val item when ``val_fraction > 0``)."""
+    order = np.random.default_rng([seed, 1]).permutation(n)
+    n_val = min(n - 1, max(1, round(n * val_fraction))) if val_fraction > 0 and n > 1 else 0
+    return {"val": np.sort(order[:n_val]), "train": np.sort(order[n_val:])}
+
+
+class VoxelDataset(torch.utils.data.Dataset):
+    """Items ``{"x": FloatTensor [1, R, R, R], "cond": {"class": int, "text": str}}``.
+
+    ``x`` is occupancy in {0, 1} (float) or a truncated SDF in [-1, 1]; ``class``
+    is omitted when the data has no classes.
+    """
+
+    def __init__(self, data: VoxelData, indices: np.ndarray):
+        self.data, self.indices = data, np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = int(self.indices[i])
+        x = torch.from_numpy(np.asarray(self.data.grids[j], dtype=np.float32))[None]  # (1, R, R, R)
+        cond: dict[str, Any] = {"text": self.data.captions[j]}
+        if self.data.class_names:
+            cond["class"] = int(self.data.labels[j])
+        return {"x": x, "cond": cond}

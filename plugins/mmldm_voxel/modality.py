@@ -1,0 +1,150 @@
+"""The voxel modality: 3D grids ``[B, 1, R, R, R]`` over the unit cube.
+
+Data are solid occupancy in {0, 1} (kept as float; the autoencoder should
+reconstruct it with BCE-with-logits, see :attr:`VoxelModality.reconstruction_loss`)
+or a truncated SDF in [-1, 1] (negative inside). By default the data are
+procedural shapes (:mod:`.shapes`); ``root`` points to a folder of meshes,
+point clouds, binvox files or arrays instead (:mod:`.readers`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmldm.interfaces import Modality
+
+from . import metrics
+from .config import VoxelConfig
+from .data import VoxelData, VoxelDataset, default_cache_dir, folder_class_names, folder_data, list_files
+from .data import procedural_data, split_indices
+from .output import save_grids
+from .shapes import CLASS_NAMES
+from .voxelize import REPRESENTATIONS
+
+SPLITS = ("train", "val")
+
+
+def _check(cfg: VoxelConfig) -> None:
+    problems = []
+    if cfg.representation not in REPRESENTATIONS:
+        problems.append(f"representation={cfg.representation!r} (expected one of {REPRESENTATIONS})")
+    if cfg.resolution < 8:
+        problems.append(f"resolution={cfg.resolution} (expected >= 8)")
+    if cfg.occupancy_rays < 1 or cfg.occupancy_rays % 2 == 0:
+        problems.append(f"occupancy_rays={cfg.occupancy_rays} (expected an odd number >= 1)")
+    if not 0 <= cfg.val_fraction < 1:
+        problems.append(f"val_fraction={cfg.val_fraction} (expected 0 <= val_fraction < 1)")
+    if cfg.sdf_truncation <= 0:
+        problems.append(f"sdf_truncation={cfg.sdf_truncation} (expected > 0)")
+    if cfg.root is None and cfg.num_shapes < 1:
+        problems.append(f"num_shapes={cfg.num_shapes} (expected >= 1)")
+    if problems:
+        raise ValueError("invalid voxel modality config: " + "; ".join(problems))
+
+
+class VoxelModality(Modality):
+    """Voxel grids: data, PLY/PNG output and IoU/Chamfer/MMD/COV/1-NNA metrics.
+
+    Args:
+        cfg (`VoxelConfig`): see :class:`mmldm_voxel.config.VoxelConfig`.
+
+    Attributes:
+        reconstruction_loss (`str`): hint for the autoencoder: ``"bce"`` (with
+            logits) for occupancy, ``"l1"`` for a truncated SDF.
+        class_names (`list[str]`): names of the class labels.
+        skipped (`list[str]`): folder files that could not be read (after data load).
+    """
+
+    name = "voxel"
+    dims = 3
+    channels = 1
+
+    def __init__(self, cfg: VoxelConfig):
+        _check(cfg)
+        self.cfg = cfg
+        self.reconstruction_loss = "bce" if cfg.representation == "occupancy" else "l1"
+        self.cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+        if cfg.root is None:
+            self.class_names = list(CLASS_NAMES)
+        else:
+            root = Path(cfg.root).expanduser().resolve()
+            self.class_names = folder_class_names(list_files(root), root)
+        self.num_classes = len(self.class_names)
+        self._data: VoxelData | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        r = self.cfg.resolution
+        return (1, r, r, r)
+
+    # ---- data -------------------------------------------------------------
+    @property
+    def data(self) -> VoxelData:
+        """All grids, built (or read from the cache) on first access."""
+        if self._data is None:
+            c = self.cfg
+            common = {
+                "resolution": c.resolution,
+                "representation": c.representation,
+                "sdf_truncation": c.sdf_truncation,
+            }
+            if c.root is None:
+                settings = {"num_shapes": c.num_shapes, "seed": c.seed, **common}
+                self._data = procedural_data(settings, self.cache_dir)
+            else:
+                settings = {**common, "rays": c.occupancy_rays}
+                self._data = folder_data(Path(c.root).expanduser(), settings, self.cache_dir)
+        return self._data
+
+    @property
+    def skipped(self) -> list[str]:
+        return list(self.data.skipped)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.data.skipped)
+
+    def dataset(self, split: str) -> VoxelDataset:
+        """Items ``{"x": FloatTensor [1, R, R, R], "cond": {"class": int, "text": str}}``;
+        ``split`` is ``"train"`` or ``"val"`` (deterministic under ``seed``)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        indices = split_indices(len(self.data.grids), self.cfg.val_fraction, self.cfg.seed)[split]
+        return VoxelDataset(self.data, indices)
+
+    # ---- outputs ------------------------------------------------------------
+    def postprocess(self, decoded: Tensor) -> Tensor:
+        """Decoder output ``[B, 1, R, R, R]`` -> data space: occupancy probabilities
+        (sigmoid of logits) or an SDF clamped to [-1, 1]."""
+        if self.cfg.representation == "occupancy":
+            return torch.sigmoid(decoded)
+        return decoded.clamp(-1.0, 1.0)
+
+    def occupancy(self, x: Tensor) -> np.ndarray:
+        """Boolean occupancy ``[B, R, R, R]`` of data-space grids ``[B, 1, R, R, R]``
+        (occupancy > 0.5, or SDF < 0)."""
+        grids = x.detach().float().cpu().numpy()[:, 0]
+        return grids > 0.5 if self.cfg.representation == "occupancy" else grids < 0.0
+
+    def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
+        """Per sample of ``samples [B, 1, R, R, R]`` (data space) a marching-cubes PLY
+        mesh and a PNG render, plus ``{prefix}_grid.png``; returns the written paths."""
+        grids = samples.detach().float().cpu().numpy()[:, 0]
+        occupancy = self.cfg.representation == "occupancy"
+        level, outside = (0.5, 0.0) if occupancy else (0.0, 1.0)
+        return save_grids(grids, Path(directory), prefix, level=level, outside=outside)
+
+    # ---- metrics ------------------------------------------------------------
+    def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
+        """Mean IoU (threshold 0.5 on occupancy) and Chamfer distance of surface points."""
+        return metrics.reconstruction_metrics(self.occupancy(x), self.occupancy(x_rec))
+
+    def generation_metrics(
+        self, real: Tensor, generated: Tensor, labels: Tensor | None = None
+    ) -> dict[str, float]:
+        """MMD-CD, COV-CD and 1-NNA-CD on surface points of the two sets (labels unused)."""
+        return metrics.generation_metrics(self.occupancy(real), self.occupancy(generated))
