@@ -122,10 +122,10 @@ def _run_hydra_verb(verb: str, args: Sequence[str]) -> int:
     except ValueError as e:
         return _fail(verb, str(e))
 
-    from .configuration import ConfigProblem, config_dir, validate, with_searchpath
+    from .configuration import ConfigProblem, config_dir, validate
 
     try:
-        validate(overrides)
+        final = validate(overrides).overrides
     except ConfigProblem as e:
         return _fail(verb, str(e))
 
@@ -139,7 +139,7 @@ def _run_hydra_verb(verb: str, args: Sequence[str]) -> int:
         run(verb, cfg, HydraConfig.get().runtime.output_dir)
 
     saved = sys.argv
-    sys.argv = [f"{PROG} {verb}", *flags, *with_searchpath(overrides)]
+    sys.argv = [f"{PROG} {verb}", *flags, *final]
     try:
         hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(task)()
     except SystemExit as e:  # hydra reports errors itself and exits

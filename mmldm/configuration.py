@@ -78,17 +78,12 @@ def with_searchpath(overrides: Sequence[str], loaded: Plugins | None = None) -> 
 def compose(overrides: Sequence[str] = (), config_name: str = PRIMARY) -> DictConfig:
     """Compose the run config as ``mmldm train <overrides>`` would (for the Python API and tests).
 
-    Example::
+    Raises :class:`ConfigProblem` for an override that does not fit. Example::
 
         cfg = compose(["modality=voxel", "trainer=quick"])
         cfg.trainer.max_steps  # 300
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    store_configs()
-    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="mmldm"):
-        return hydra_compose(config_name, overrides=with_searchpath(overrides), return_hydra_config=False)
+    return validate(overrides, config_name).config
 
 
 @dataclass
@@ -111,12 +106,41 @@ def _visible(options: list[str]) -> list[str]:
     return sorted(o for o in options if not o.startswith("base_"))
 
 
-def validate(overrides: Sequence[str], config_name: str = PRIMARY) -> DictConfig:
-    """Compose once per choice of every override and return the first composition.
+@dataclass
+class Validated:
+    """A validated command line: the first composition and the overrides to hand Hydra."""
 
-    Raises :class:`ConfigProblem` naming the key, the bad value and the valid
-    choices (group options or keys) for the first override that does not fit.
-    Sweeps (``regularizer=kl,vq``) are checked value by value.
+    config: DictConfig
+    overrides: list[str]
+
+
+def _preset_overrides(parsed: list, groups: dict[str, list[str]]) -> list[str]:  # noqa: ANN001
+    """``preset=<modality>`` for ``modality=<modality>`` (or ``~preset`` when it ships none).
+
+    The defaults list selects ``preset/voxel`` with the default modality; a
+    preset may override other groups' choices, which Hydra forbids in an
+    interpolated defaults entry, so the choice is made here.
+    """
+    keys = {o.key_or_group: o for o in parsed}
+    if "preset" in keys or "modality" not in keys or keys["modality"].is_delete():
+        return []
+    modality = keys["modality"]
+    if modality.is_sweep_override():
+        raise ConfigProblem(
+            "sweeping modality with -m is not supported: each modality applies its own preset; "
+            "run one multirun per modality (or pass preset=... / ~preset explicitly)"
+        )
+    value = modality.get_value_element_as_str()
+    return [f"preset={value}"] if value in groups["preset"] else ["~preset"]
+
+
+def validate(overrides: Sequence[str], config_name: str = PRIMARY) -> Validated:
+    """Check a command line by composing it (once per value of every sweep).
+
+    Returns the first composition and the overrides to pass on (with the
+    modality's preset and the plugins' config directories). Raises
+    :class:`ConfigProblem` naming the key, the bad value and the valid choices
+    (group options or keys) for the first override that does not fit.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -147,10 +171,13 @@ def validate(overrides: Sequence[str], config_name: str = PRIMARY) -> DictConfig
                             f"{', '.join(groups[key]) or '(none installed)'}"
                         )
             single.append(f"{o.get_key_element()}={values[0]}" if o.is_sweep_override() and values else text)
+        preset = _preset_overrides(parsed, groups)
+        single += preset
         try:
-            return hydra_compose(config_name, overrides=with_searchpath(single))
+            cfg = hydra_compose(config_name, overrides=with_searchpath(single))
         except (HydraException, OmegaConfBaseException) as e:
             raise ConfigProblem(_explain(e, single, config_name, hydra_compose)) from None
+    return Validated(cfg, with_searchpath([*overrides, *preset]))
 
 
 def _explain(error: Exception, overrides: list[str], config_name: str, hydra_compose) -> str:  # noqa: ANN001

@@ -43,7 +43,7 @@ def test_bad_value_type_is_reported():
 def test_sweep_values_are_checked_one_by_one():
     with pytest.raises(ConfigProblem, match="unknown regularizer 'kk'.*valid choices for regularizer: ae, kl, vq"):
         validate(["regularizer=kl,kk"])
-    assert validate(["regularizer=kl,vq"]).regularizer.name == "kl"
+    assert validate(["regularizer=kl,vq"]).config.regularizer.name == "kl"
 
 
 def test_modality_selects_its_preset():

@@ -25,3 +25,9 @@ def mmldm_register_components(registry):  # type: ignore[no-untyped-def]
         config=GriffinLimConfig,
         description="log-mel -> waveform by inverse mel scale and Griffin-Lim (no training); factory(cfg, modality=...)",
     )
+
+
+@hookimpl
+def mmldm_config_dirs():  # type: ignore[no-untyped-def]
+    """Presets applied by `modality=audio` (`preset/audio.yaml`)."""
+    return ["pkg://mmldm_audio.conf"]

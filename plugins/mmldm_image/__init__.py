@@ -17,3 +17,9 @@ def mmldm_register_components(registry):  # type: ignore[no-untyped-def]
         config=ImageConfig,
         description="2D images [B,1|3,H,W] in [-1,1]: procedural shapes (default), digits, MNIST, a folder",
     )
+
+
+@hookimpl
+def mmldm_config_dirs():  # type: ignore[no-untyped-def]
+    """Presets applied by `modality=image` (`preset/image.yaml`)."""
+    return ["pkg://mmldm_image.conf"]

@@ -1,0 +1,1 @@
+"""Config directory of the image plugin (Hydra search path: pkg://mmldm_image.conf)."""
