@@ -143,6 +143,19 @@ class Autoencoder(nn.Module, abc.ABC):
     def forward(self, x: Tensor) -> AutoencoderOutput:
         """Training path: encode, regularize, decode."""
 
+    def make_loss(self, reconstruction: str = "l1") -> nn.Module:
+        """The phase-1 objective for this autoencoder (an ``nn.Module``, e.g. with a discriminator).
+
+        Called as ``loss(x, out: AutoencoderOutput, step=..., last_layer=...) -> (total, logs)``
+        and ``loss.reconstruction_loss(x, x_rec) -> Tensor``; its own trainable parameters
+        are optimized too. ``reconstruction`` is the modality's suggestion
+        (:attr:`Modality.reconstruction_loss`) for configs that leave the choice to it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define make_loss(); an autoencoder plugin must provide "
+            "its phase-1 objective to be trained with mmldm"
+        )
+
     def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """``(C, *s)`` -> ``(c, *s/f)``; raises ``ValueError`` when ``f`` does not divide ``s``."""
         spatial = tuple(input_shape[1:])
@@ -270,12 +283,15 @@ class Modality(abc.ABC):
         channels (`int`): ``C`` of a sample.
         num_classes (`int`): number of class labels of the data (0 if none).
         sample_shape (`tuple[int, ...]`): ``(C, *spatial)``.
+        reconstruction_loss (`str`): the reconstruction loss that suits the data
+            ("l1" for images and spectrograms, "bce" for occupancy grids).
     """
 
     name: str
     dims: int
     channels: int
     num_classes: int = 0
+    reconstruction_loss: str = "l1"
 
     @property
     @abc.abstractmethod

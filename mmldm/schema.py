@@ -47,7 +47,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 0
     # batches used to measure the latent statistics after phase 1
-    stats_batches: int = 50
+    stats_batches: int = 20
 
 
 @dataclass
@@ -60,10 +60,15 @@ class StageConfig:
 
 @dataclass
 class AutoencoderTrainingConfig:
-    """Phase 1: optimizer and step budget. The loss comes with the autoencoder's config."""
+    """Phase 1: optimizer and step budget. The loss comes with the autoencoder's config
+    (``autoencoder.loss``), since it depends on the autoencoder plugin."""
 
-    lr: float = 2.0e-4
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    lr: float = 1.0e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # LDM uses (0.5, 0.9) with the GAN on
+    disc_lr: Optional[float] = None  # None: lr
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # constant | cosine (to 0 at the last step)
     max_steps: Optional[int] = None  # None: trainer.max_steps
     # an exported autoencoder folder to reuse instead of training phase 1
     checkpoint: Optional[str] = None

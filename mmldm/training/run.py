@@ -55,7 +55,7 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
 
     root = run_dir / "autoencoder"
     autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
-    module = AutoencoderModule.from_config(autoencoder, cfg.autoencoder, cfg.phase1)
+    module = AutoencoderModule.from_config(autoencoder, cfg.phase1, modality.reconstruction_loss)
     train = make_loader(modality.dataset("train"), cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
     val = make_loader(modality.dataset("val"), cfg.data.batch_size, False, cfg.data.num_workers)
     trainer = make_trainer(cfg.trainer, root, _max_steps(cfg.phase1.max_steps, cfg))

@@ -1,1 +1,42 @@
-"""mmldm built-in plugin: autoencoders (under construction)."""
+"""mmldm built-in plugin: the N-d convolutional autoencoder of phase 1 and its regularizers.
+
+Registers autoencoder ``conv`` and regularizers ``kl``, ``vq`` and ``ae``.
+Imports no torch: factories are lazy ``"module:attr"`` references.
+"""
+
+from __future__ import annotations
+
+from mmldm import hookimpl
+
+from .config import (
+    AERegularizerConfig,
+    AutoencoderLossConfig,
+    ConvAutoencoderConfig,
+    KLRegularizerConfig,
+    VQRegularizerConfig,
+)
+
+__all__ = [
+    "AERegularizerConfig", "AutoencoderLossConfig", "ConvAutoencoderConfig",
+    "KLRegularizerConfig", "VQRegularizerConfig", "mmldm_register_components",
+]
+
+
+@hookimpl
+def mmldm_register_components(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add(
+        "autoencoder", "conv", "mmldm_autoencoders.model:build_conv_autoencoder", config=ConvAutoencoderConfig,
+        description="N-d conv encoder/decoder (ResBlocks, mid attention), f = 2**(len(channel_mult)-1)",
+    )
+    registry.add(
+        "regularizer", "kl", "mmldm_autoencoders.regularizers:build_kl", config=KLRegularizerConfig,
+        description="diagonal Gaussian posterior with a KL penalty to N(0, I) (LDM KL-reg)",
+    )
+    registry.add(
+        "regularizer", "vq", "mmldm_autoencoders.vq:build_vq", config=VQRegularizerConfig,
+        description="vector quantization: straight-through, EMA codebook, dead-code restart",
+    )
+    registry.add(
+        "regularizer", "ae", "mmldm_autoencoders.regularizers:build_ae", config=AERegularizerConfig,
+        description="deterministic latent with optional tanh/clamp bound, variance pull and noise",
+    )
