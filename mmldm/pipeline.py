@@ -159,7 +159,8 @@ class LatentDiffusion(nn.Module):
         if missing:
             raise ExportError(f"{directory / 'config.yaml'} lacks the key(s) {missing}; is this an mmldm export?")
         modality = build_modality(cfg.modality)
-        modality.load_state_dict(OmegaConf.to_container(cfg.get("modality_state") or {}))
+        state = cfg.get("modality_state")
+        modality.load_state_dict(OmegaConf.to_container(state) if state else {})
         autoencoder = load_weights(build_autoencoder(cfg.autoencoder, cfg.regularizer, modality), directory / "autoencoder.safetensors")
         stats = LatentStats.from_dict(OmegaConf.to_container(cfg.latent.stats))
         denoiser, conditioners = None, []

@@ -22,6 +22,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of tiny-tensor tests (avoids oversubscribing small
+    machines; much faster). torch is imported here, not at the top, so CLI-only tests stay fast."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_plugin_package(root: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "1.2.3") -> Path:
     """Create an importable package with an ``mmldm`` entry point, discoverable by importlib.metadata.
 

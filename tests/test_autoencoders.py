@@ -1,10 +1,7 @@
 """Contract and behaviour tests of phase 1: autoencoders, regularizers, latent statistics, losses.
 
-:class:`AutoencoderContract` and :class:`RegularizerContract` are bases in
-the manner of diffusers' ``SchedulerCommonTest``: a plugin subclasses one as
-``class TestMyThing(AutoencoderContract)``, implements ``build(dims)`` and
-inherits every check over dims 1, 2 and 3 (override the ``dims`` fixture to
-narrow that).
+The built-in autoencoders and regularizers subclass the contracts of
+:mod:`mmldm.testing` (the same bases third-party plugins use) and add their own checks.
 """
 
 from __future__ import annotations
@@ -18,9 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmldm.distributions import DeterministicLatent, DiagonalGaussian
-from mmldm.interfaces import Autoencoder, Regularizer
+from mmldm.interfaces import Autoencoder
 from mmldm.latents import LatentStats
 from mmldm.plugins import registry
+from mmldm.testing import AutoencoderContract, RegularizerContract
 from mmldm.training.phase1 import AutoencoderModule
 from mmldm_autoencoders.config import AERegularizerConfig, AutoencoderLossConfig, ConvAutoencoderConfig
 from mmldm_autoencoders.discriminator import PatchDiscriminator
@@ -33,75 +31,6 @@ def build_conv(dims: int, regularizer: dict, in_channels: int = 2, **overrides) 
     """Autoencoder ``conv`` with ``regularizer``, both built by registry name."""
     reg = registry().build("regularizer", regularizer, latent_channels=overrides.get("latent_channels", 3))
     return registry().build("autoencoder", {**TINY, **overrides}, dims=dims, in_channels=in_channels, regularizer=reg)
-
-
-class AutoencoderContract:
-    """Checks every :class:`~mmldm.interfaces.Autoencoder` must pass. Subclass and implement :meth:`build`."""
-
-    in_channels = 2
-    size = 8  #: spatial size per axis, a multiple of the downsampling factor
-
-    def build(self, dims: int) -> Autoencoder:
-        raise NotImplementedError
-
-    @pytest.fixture(params=[1, 2, 3], ids=lambda d: f"{d}d")
-    def dims(self, request) -> int:
-        return request.param
-
-    @pytest.fixture
-    def model(self, dims) -> Autoencoder:
-        torch.manual_seed(0)
-        return self.build(dims)
-
-    def data(self, dims: int, batch: int = 2) -> torch.Tensor:
-        return torch.rand(batch, self.in_channels, *([self.size] * dims), generator=torch.Generator().manual_seed(1))
-
-    def test_forward_shapes(self, model, dims):
-        x = self.data(dims)
-        out = model(x)
-        assert out.reconstruction.shape == x.shape
-        assert out.z.shape == (2, *model.latent_shape(x.shape[1:]))
-        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-        assert all(not v.requires_grad for v in out.logs.values())
-
-    def test_latent_shape(self, model, dims):
-        f = model.downsample_factor
-        expected = (model.latent_channels, *([self.size // f] * dims))
-        assert model.latent_shape((self.in_channels, *([self.size] * dims))) == expected
-        posterior = model.encode(self.data(dims))
-        assert posterior.mode().shape == posterior.sample().shape == (2, *expected)
-        assert posterior.kl().shape == (2,)
-
-    def test_encode_decode_round_trip_shape(self, model, dims):
-        x = self.data(dims)
-        assert model.decode(model.encode(x).mode()).shape == x.shape
-
-    def test_gradients_reach_encoder(self, model, dims):
-        x = self.data(dims)
-        out = model(x)
-        ((out.reconstruction - x).abs().sum() + out.loss).backward()
-        grads = [p.grad for p in model.parameters() if p.requires_grad]
-        assert all(g is not None for g in grads[:2]), "first encoder parameters got no gradient"
-        assert grads[0].abs().sum() > 0
-
-    def test_state_dict_round_trip(self, model, dims):
-        x = self.data(dims)
-        torch.manual_seed(123)
-        other = self.build(dims)
-        other.load_state_dict(model.state_dict())
-        model.eval(), other.eval()
-        with torch.no_grad():
-            a = model.decode(model.encode(x).mode())
-            b = other.decode(other.encode(x).mode())
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-    def test_divisibility_error_names_both_numbers(self, model, dims):
-        f = model.downsample_factor
-        bad = self.size + 1
-        with pytest.raises(ValueError, match=rf"{bad}.*f={f}"):
-            model.latent_shape((self.in_channels, *([bad] * dims)))
-        with pytest.raises(ValueError, match=str(bad)):
-            model.encode(torch.zeros(1, self.in_channels, *([bad] * dims)))
 
 
 class TestConvKL(AutoencoderContract):
@@ -138,39 +67,6 @@ class TestConvVQInDecoder(AutoencoderContract):
 class TestConvAE(AutoencoderContract):
     def build(self, dims):
         return build_conv(dims, {"name": "ae", "bound": "tanh"}, self.in_channels, attention=False, downsample="pool")
-
-
-class RegularizerContract:
-    """Checks every :class:`~mmldm.interfaces.Regularizer` must pass. Subclass and implement :meth:`build`."""
-
-    latent_channels = 3
-
-    def build(self) -> Regularizer:
-        raise NotImplementedError
-
-    @pytest.fixture(params=[1, 2, 3], ids=lambda d: f"{d}d")
-    def dims(self, request) -> int:
-        return request.param
-
-    def features(self, reg: Regularizer, dims: int, batch: int = 4) -> torch.Tensor:
-        c = self.latent_channels * reg.encoder_channel_factor
-        return torch.randn(batch, c, *([4] * dims), generator=torch.Generator().manual_seed(0), requires_grad=True)
-
-    def test_shapes(self, dims):
-        reg = self.build()
-        h = self.features(reg, dims)
-        latent = (4, self.latent_channels, *([4] * dims))
-        out = reg(h)
-        assert out.z.shape == latent and out.loss.ndim == 0
-        dist = reg.distribution(h)
-        assert dist.sample().shape == dist.mode().shape == latent and dist.kl().shape == (4,)
-        assert reg.decoder_input(dist.mode()).shape == latent
-        assert all(v.ndim == 0 and not v.requires_grad for v in out.logs.values())
-
-    def test_wrong_channels_raise(self):
-        reg = self.build()
-        with pytest.raises(ValueError, match=str(self.latent_channels)):
-            reg.distribution(torch.zeros(1, self.latent_channels * reg.encoder_channel_factor + 1, 4))
 
 
 class TestKLRegularizer(RegularizerContract):

@@ -16,13 +16,7 @@ SIZE = {1: (8,), 2: (4, 4), 3: (4, 4, 4)}
 B, C = 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing small machines (much faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(dims, conditioned, **kw):

@@ -39,8 +39,11 @@ def _is_rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
-def _component_configs(cfg: DictConfig) -> dict[str, Any]:
-    keys = ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler")
+PHASE1_KEYS = ("modality", "autoencoder", "regularizer")
+PHASE2_KEYS = ("denoiser", "conditioner", "diffusion", "sampler")
+
+
+def _component_configs(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
 
 
@@ -62,7 +65,7 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
     trainer.fit(module, train, val, ckpt_path=last_checkpoint(root) if cfg.resume else None)
     autoencoder = module.autoencoder.cpu().eval()
     stats = LatentStats.measure(autoencoder, train, max_batches=cfg.data.stats_batches)
-    pipe = LatentDiffusion(modality, autoencoder, stats, _component_configs(cfg))
+    pipe = LatentDiffusion(modality, autoencoder, stats, _component_configs(cfg, PHASE1_KEYS))
     if _is_rank_zero():
         pipe.save_pretrained(root / "export")
         diag = autoencoder_diagnostics(autoencoder, stats, modality, val, max_batches=8, seed=cfg.seed)
@@ -120,7 +123,7 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=last_checkpoint(root) if cfg.resume else None)
     seconds = time.perf_counter() - start
-    configs = _component_configs(cfg)
+    configs = {**phase1.config, **_component_configs(cfg, PHASE2_KEYS)}
     ema = module.sampling_model().cpu().eval()  # EMA weights of denoiser and conditioners
     pipe = LatentDiffusion(modality, phase1.autoencoder, phase1.stats, configs, ema["denoiser"], list(ema["conditioners"]))
     if _is_rank_zero():

@@ -48,8 +48,6 @@ class AudioConfig(ComponentConfig):
     num_samples: int = 1000
     seed: int = 0
     val_fraction: float = 0.1
-    batch_size: int = 32
-    num_workers: int = 0
 
 
 @dataclass

@@ -19,13 +19,13 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmldm.data import check_split, split_indices
 from mmldm.interfaces import Modality
 
 from . import sources
 from .config import AUDIO_LAYOUTS, AUDIO_SOURCES, AudioConfig, GriffinLimConfig
 from .features import LogMel, denormalize, f_max_of, fix_length, measure_stats, normalize
 
-SPLITS = ("train", "val")
 
 
 def validate(cfg: AudioConfig) -> None:
@@ -112,22 +112,17 @@ class AudioModality(Modality):
 
     def waveforms(self, split: str) -> sources.AudioSet:
         """The raw clips of ``split`` (cached): synth clips ``[length]``, folder clips of any length."""
-        if split not in SPLITS:
-            raise ValueError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+        check_split(split)
         if split not in self._sets:
             c = self.cfg
-            if c.source == "synth":
-                n_val = int(round(c.num_samples * c.val_fraction))
-                n_train = c.num_samples - n_val
-                indices = range(n_train) if split == "train" else range(n_train, c.num_samples)
+            if c.source == "synth":  # clip i is synthesized from (seed, i): the val clips are the last ones
+                indices = split_indices(c.num_samples, c.val_fraction, split, c.seed, shuffle=False)
                 self._sets[split] = sources.load_synth(indices, c.seed, c.sample_rate, self.length)
             else:
                 if "all" not in self._sets:
                     self._sets["all"] = sources.load_folder(Path(c.root), c.sample_rate, c.label_pattern)
                 full = self._sets["all"]
-                order = np.random.default_rng(c.seed).permutation(len(full.waves))
-                n_val = int(round(len(order) * c.val_fraction))
-                self._sets[split] = full.subset(order[len(order) - n_val :] if split == "val" else order[: len(order) - n_val])
+                self._sets[split] = full.subset(split_indices(len(full.waves), c.val_fraction, split, c.seed))
         return self._sets[split]
 
     @property
@@ -139,9 +134,9 @@ class AudioModality(Modality):
             self._stats = measure_stats(logmel)
         return self._stats
 
-    def state_dict(self) -> dict[str, dict[str, Tensor]]:
-        """``{"stats": {"mean": [n_mels], "std": [n_mels]}}``: what an exported model needs."""
-        return {"stats": {k: v.clone() for k, v in self.stats.items()}}
+    def state_dict(self) -> dict[str, dict[str, list[float]]]:
+        """``{"stats": {"mean": [n_mels], "std": [n_mels]}}`` as plain lists (written to an export's config.yaml)."""
+        return {"stats": {k: v.tolist() for k, v in self.stats.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         stats = {k: torch.as_tensor(state["stats"][k], dtype=torch.float32) for k in ("mean", "std")}

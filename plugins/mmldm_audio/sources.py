@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
-import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,11 @@ import torch
 import torchaudio
 from torch import Tensor
 
+from mmldm.data import SkippedFiles
+
 from .synth import CLASSES, synthesize
+
+logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -36,7 +41,7 @@ class AudioSet:
         )
 
 
-def load_synth(indices: range, seed: int, sample_rate: int, length: int) -> AudioSet:
+def load_synth(indices: Iterable[int], seed: int, sample_rate: int, length: int) -> AudioSet:
     """Synthesized clips ``indices`` of ``seed`` (see :mod:`.synth`)."""
     clips = [synthesize(seed, i, sample_rate, length) for i in indices]
     return AudioSet(
@@ -86,19 +91,18 @@ def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> Audi
         raise FileNotFoundError(f"audio.root={root} is not a directory (source 'folder' reads WAV/FLAC/OGG files)")
     pattern = re.compile(label_pattern) if label_pattern else None
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    waves, labels, texts, skipped = [], [], [], []
+    waves, labels, texts, skipped = [], [], [], SkippedFiles()
     for path in files:
         label = _label(path, root, pattern)
         try:
             waves.append(read_audio(path, sample_rate))
         except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-            skipped.append(f"{path.relative_to(root)} ({type(e).__name__}: {e})")
+            skipped.add(path.relative_to(root), e)
             continue
         labels.append(label)
         caption = path.with_suffix(".txt")
         texts.append(caption.read_text().strip() if caption.exists() else f"a recording of {label}")
-    if skipped:
-        warnings.warn(f"audio folder {root}: skipped {len(skipped)} unreadable file(s): {'; '.join(skipped)}", stacklevel=2)
+    skipped.warn(logger, f"audio folder {root}")
     if not waves:
         raise FileNotFoundError(f"audio.root={root}: no readable {'/'.join(AUDIO_SUFFIXES)} files")
     names = _class_names(labels)

@@ -27,9 +27,10 @@ class ImageConfig(ComponentConfig):
             error rather than a silent replication.
         num_samples (`int`): number of shapes scenes (train + val); other
             sources use all their files.
-        val_fraction (`float`): held-out share; for mnist the *last* items of
-            the files (10,000 test images -> 9,000 train / 1,000 val), for the
-            other sources a seeded permutation.
+        val_fraction (`float`): held-out share (see :func:`mmldm.data.split_indices`);
+            for shapes and mnist the *last* items (10,000 mnist test images ->
+            9,000 train / 1,000 val), for digits and folder the last items of
+            a permutation seeded by ``seed``.
         flip (`bool`): random horizontal flips in the train split ("left" and
             "right" in captions and the mask are flipped along).
     """
@@ -41,6 +42,4 @@ class ImageConfig(ComponentConfig):
     seed: int = 0
     root: Optional[str] = None  # required by "mnist" and "folder"
     val_fraction: float = 0.1
-    batch_size: int = 32
-    num_workers: int = 0
     flip: bool = False  # off by default: flipped digits are not digits

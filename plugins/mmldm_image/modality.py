@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmldm.data import check_split, split_indices
 from mmldm.interfaces import Modality
 
 from . import metrics, sources
@@ -17,17 +18,6 @@ from .preview import save_pngs
 
 #: Channels of each source when ``channels`` is left unset.
 NATIVE_CHANNELS = {"shapes": 3, "digits": 1, "mnist": 1, "folder": 3}
-SPLITS = ("train", "val")
-
-
-def split_indices(n: int, val_fraction: float, split: str, seed: int, shuffle: bool) -> np.ndarray:
-    """Indices of ``split`` among ``n`` items: the last ``round(n * val_fraction)`` are val.
-
-    With ``shuffle`` the order is first permuted by ``seed`` (so class folders mix across splits).
-    """
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    n_val = int(round(n * val_fraction))
-    return order[n - n_val :] if split == "val" else order[: n - n_val]
 
 
 def flip_caption(text: str) -> str:
@@ -136,8 +126,7 @@ class ImageModality(Modality):
         return self.num_classes + 1 if self._load().masks is not None else 0
 
     def dataset(self, split: str) -> ImageDataset:
-        if split not in SPLITS:
-            raise ValueError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+        check_split(split)
         data = self._load()
         idx = split_indices(len(data.images), self.cfg.val_fraction, split, self.cfg.seed,
                             shuffle=self.cfg.source in ("digits", "folder"))

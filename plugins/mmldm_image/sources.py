@@ -8,14 +8,18 @@ them, class labels ``[N]``, captions and segmentation masks ``[N, H, W]``
 from __future__ import annotations
 
 import gzip
-import warnings
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mmldm.data import SkippedFiles
+
 from .shapes import SHAPES, render_scene
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_SUFFIX = ".mask.png"
@@ -154,15 +158,14 @@ def load_folder(root: Path, size: int, channels: int) -> ImageSet:
         p for p in root.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.lower().endswith(MASK_SUFFIX)
     )
-    paths, records, skipped = [], [], []
+    paths, records, skipped = [], [], SkippedFiles()
     for path in files:
         try:
             records.append(_read_image(path, size, channels))
             paths.append(path)
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            skipped.append(f"{path.relative_to(root)} ({type(e).__name__})")
-    if skipped:
-        warnings.warn(f"image folder {root}: skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", stacklevel=2)
+            skipped.add(path.relative_to(root), e)
+    skipped.warn(logger, f"image folder {root}")
     if not records:
         raise FileNotFoundError(f"image.root={root}: no readable {'/'.join(IMAGE_SUFFIXES)} files")
     labels, folders = _folder_labels(root, paths)

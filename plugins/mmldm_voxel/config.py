@@ -28,5 +28,3 @@ class VoxelConfig(ComponentConfig):
     occupancy_rays: int = 3  # odd; rays voted per voxel for inside/outside of closed folder meshes
     val_fraction: float = 0.1
     cache_dir: Optional[str] = None  # None: $MMLDM_CACHE/voxel or ~/.cache/mmldm/voxel
-    batch_size: int = 16  # data loader
-    num_workers: int = 0

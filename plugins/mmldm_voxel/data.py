@@ -1,7 +1,7 @@
 """Voxel data: procedural or folder grids, their on-disk cache and the torch Dataset.
 
 A :class:`VoxelData` holds every grid of a source (``[N, R, R, R]``), labels,
-captions, class names and the files skipped while reading a folder. Building
+captions, class names and the files skipped (with the reason) while reading a folder. Building
 it once costs seconds to minutes, so the arrays are cached as ``.npz`` under
 a key hashing every setting (and, for folders, each file's path, size and
 modification time).
@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,24 +20,26 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mmldm.data import SkippedFiles
+
 from .readers import SUFFIXES, load_grid
 from .shapes import CLASS_NAMES, generate
 
 logger = logging.getLogger(__name__)
-_CACHE_VERSION = 1  # bump when the generated content changes for the same settings
+_CACHE_VERSION = 2  # bump when the generated content changes for the same settings
 _NO_CLASS = "(none)"
 
 
 @dataclass
 class VoxelData:
     """All grids of one source: ``grids [N, R, R, R]`` (uint8 occupancy or float16 SDF),
-    ``labels int64 [N]``, ``captions``, ``class_names`` and ``skipped`` file names."""
+    ``labels int64 [N]``, ``captions``, ``class_names`` and the ``skipped`` files (relative paths, reasons)."""
 
     grids: np.ndarray
     labels: np.ndarray
     captions: list[str]
     class_names: list[str]
-    skipped: list[str] = field(default_factory=list)
+    skipped: SkippedFiles = field(default_factory=SkippedFiles)
 
 
 def default_cache_dir() -> Path:
@@ -59,9 +60,8 @@ def cached(path: Path, build: Callable[[], VoxelData]) -> VoxelData:
     SDF grids kept as float16, enough for values in [-1, 1], and returned as stored)."""
     if path.exists():
         with np.load(path, allow_pickle=False) as f:
-            return VoxelData(
-                f["grids"], f["labels"], f["captions"].tolist(), f["class_names"].tolist(), f["skipped"].tolist()
-            )
+            skipped = SkippedFiles(list(zip(f["skipped"].tolist(), f["skipped_reasons"].tolist())))
+            return VoxelData(f["grids"], f["labels"], f["captions"].tolist(), f["class_names"].tolist(), skipped)
     data = build()
     if data.grids.dtype.kind == "f":
         data.grids = data.grids.astype(np.float16)
@@ -73,7 +73,8 @@ def cached(path: Path, build: Callable[[], VoxelData]) -> VoxelData:
         labels=data.labels,
         captions=np.asarray(data.captions, dtype=str),
         class_names=np.asarray(data.class_names, dtype=str),
-        skipped=np.asarray(data.skipped, dtype=str),
+        skipped=np.asarray(data.skipped.paths, dtype=str),
+        skipped_reasons=np.asarray([reason for _, reason in data.skipped.items], dtype=str),
     )
     os.replace(tmp, path)
     logger.info("cached %d voxel grids in %s", len(data.grids), path)
@@ -125,24 +126,24 @@ def caption_of(path: Path, class_name: str) -> str:
 
 def _read_folder(root: Path, files: list[Path], **settings: Any) -> VoxelData:
     names = folder_class_names(files, root)
-    grids, labels, captions, skipped = [], [], [], []
+    grids, labels, captions, skipped = [], [], [], SkippedFiles()
     for path in files:
         try:
             grids.append(load_grid(path, **settings))
         except (ValueError, OSError, RuntimeError) as e:
-            warnings.warn(f"skipping unreadable voxel data file '{path}': {e}", stacklevel=2)
-            skipped.append(str(path.relative_to(root)))
+            skipped.add(path.relative_to(root), e)
             continue
         cls = class_of(path, root)
         labels.append(names.index(cls) if names else 0)
         captions.append(caption_of(path, cls))
     if not grids:
-        raise ValueError(f"no readable voxel data under '{root}' ({len(skipped)} files skipped)")
+        raise ValueError(skipped.message(f"no readable voxel data under '{root}'"))
     return VoxelData(np.stack(grids), np.asarray(labels, dtype=np.int64), captions, names, skipped)
 
 
 def folder_data(root: str | Path, settings: dict[str, Any], cache_dir: Path) -> VoxelData:
-    """Grids of every supported file under ``root``; ``settings`` are :func:`load_grid`'s keywords."""
+    """Grids of every supported file under ``root``; ``settings`` are :func:`load_grid`'s keywords.
+    Unreadable files are skipped with one warning naming each (repeated when read from the cache)."""
     root = Path(root).resolve()
     files = list_files(root)
     if not files:
@@ -150,18 +151,8 @@ def folder_data(root: str | Path, settings: dict[str, Any], cache_dir: Path) -> 
     stamp = [(str(p.relative_to(root)), p.stat().st_mtime_ns, p.stat().st_size) for p in files]
     key = settings_key({"root": str(root), "files": stamp, **settings})
     data = cached(cache_dir / f"folder-{key}.npz", lambda: _read_folder(root, files, **settings))
-    if data.skipped:
-        logger.warning(
-            "voxel data: skipped %d unreadable of %d files under %s", len(data.skipped), len(files), root
-        )
+    data.skipped.warn(logger, f"voxel data under {root} ({len(files)} files)")
     return data
-
-
-def split_indices(n: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Deterministic train/val split of ``n`` items (at least one val item when ``val_fraction > 0``)."""
-    order = np.random.default_rng([seed, 1]).permutation(n)
-    n_val = min(n - 1, max(1, round(n * val_fraction))) if val_fraction > 0 and n > 1 else 0
-    return {"val": np.sort(order[:n_val]), "train": np.sort(order[n_val:])}
 
 
 class VoxelDataset(torch.utils.data.Dataset):

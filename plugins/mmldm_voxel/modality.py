@@ -15,17 +15,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmldm.data import check_split, split_indices
 from mmldm.interfaces import Modality
 
 from . import metrics
 from .config import VoxelConfig
 from .data import VoxelData, VoxelDataset, default_cache_dir, folder_class_names, folder_data, list_files
-from .data import procedural_data, split_indices
+from .data import procedural_data
 from .output import save_grids
 from .shapes import CLASS_NAMES
 from .voxelize import REPRESENTATIONS
-
-SPLITS = ("train", "val")
 
 
 def _check(cfg: VoxelConfig) -> None:
@@ -102,18 +101,17 @@ class VoxelModality(Modality):
 
     @property
     def skipped(self) -> list[str]:
-        return list(self.data.skipped)
+        return self.data.skipped.paths
 
     @property
     def num_skipped(self) -> int:
-        return len(self.data.skipped)
+        return self.data.skipped.count
 
     def dataset(self, split: str) -> VoxelDataset:
         """Items ``{"x": FloatTensor [1, R, R, R], "cond": {"class": int, "text": str}}``;
         ``split`` is ``"train"`` or ``"val"`` (deterministic under ``seed``)."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        indices = split_indices(len(self.data.grids), self.cfg.val_fraction, self.cfg.seed)[split]
+        check_split(split)
+        indices = split_indices(len(self.data.grids), self.cfg.val_fraction, split, self.cfg.seed)
         return VoxelDataset(self.data, indices)
 
     # ---- outputs ------------------------------------------------------------

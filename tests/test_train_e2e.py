@@ -1,0 +1,79 @@
+"""End to end through the `mmldm` command: both phases, export, sample, evaluate, multirun.
+
+Sizes are tiny (a few steps) so the whole file runs in about a minute; the
+quality of trained models is measured in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import run_cli
+
+TINY = [
+    "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+    "data.batch_size=4", "data.stats_batches=2", "sample.num_samples=2", "sampler.steps=3",
+]
+TINY_MODALITY = {
+    "voxel": ["preset=voxel_quick", "modality.num_shapes=24", "modality.resolution=16"],
+    "image": ["modality.num_samples=24", "autoencoder.channels=8", "denoiser.model_channels=16"],
+    "audio": ["modality.num_samples=24", "autoencoder.channels=16", "denoiser.model_channels=16"],
+}
+
+
+def _train(tmp_path, modality, *extra, name=None):
+    run = tmp_path / (name or f"run_{modality}")
+    env = {"MMLDM_CACHE": str(tmp_path / "cache")}
+    out = run_cli("train", f"modality={modality}", *TINY_MODALITY[modality], *TINY, *extra,
+                  f"hydra.run.dir={run}", env_extra=env, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return run, env
+
+
+@pytest.mark.parametrize("modality", ["voxel", "image", "audio"])
+def test_train_leaves_a_complete_run_directory(tmp_path, modality):
+    run, _ = _train(tmp_path, modality)
+    for path in ("export/config.yaml", "export/autoencoder.safetensors", "export/denoiser.safetensors",
+                 "autoencoder/export/config.yaml", "autoencoder/checkpoints/last.ckpt",
+                 "diffusion/checkpoints/last.ckpt", "autoencoder/diagnostics.md", "latents/manifest.json",
+                 "mmldm.log"):
+        assert (run / path).is_file(), f"{path} missing"
+    assert len(list((run / "samples").glob("sample_*"))) >= 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["diffusion"]["steps"] == 3 and metrics["diffusion"]["num_samples"] == 2
+    assert set(metrics["autoencoder"]) == {"reconstruction", "latent", "regularizer", "robustness"}
+    assert len(metrics["autoencoder"]["latent"]["normalization"]["std"]) == 4
+
+
+def test_sample_evaluate_and_reuse_of_a_trained_autoencoder(tmp_path):
+    run, env = _train(tmp_path, "voxel")
+    out = run_cli("sample", str(run / "export"), "n=3", "steps=2", "class=1", f"out={tmp_path / 's'}", env_extra=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list((tmp_path / "s").glob("sample_*.ply"))) == 3
+    bad = run_cli("sample", str(run / "export"), "n=three")
+    assert bad.returncode == 2 and "invalid value 'three' for 'n'" in bad.stderr
+
+    ev = run_cli("evaluate", "modality=voxel", *TINY_MODALITY["voxel"], "stage=autoencoder",
+                 f"phase1.checkpoint={run / 'autoencoder' / 'export'}", f"hydra.run.dir={tmp_path / 'ev'}",
+                 env_extra=env, cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert "reconstruction iou" in ev.stdout
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["autoencoder"]["reconstruction"]["iou"] >= 0
+
+    reuse, _ = _train(tmp_path, "voxel", "stage=diffusion", f"phase1.checkpoint={run / 'autoencoder' / 'export'}",
+                      name="reuse")
+    assert (reuse / "export" / "denoiser.safetensors").is_file()
+    assert not (reuse / "autoencoder").exists()
+
+
+def test_multirun_sweeps_regularizers(tmp_path):
+    env = {"MMLDM_CACHE": str(tmp_path / "cache")}
+    out = run_cli("train", "-m", "modality=voxel", *TINY_MODALITY["voxel"], *TINY, "stage=autoencoder",
+                  "regularizer=kl,ae", f"hydra.sweep.dir={tmp_path / 'sweep'}", env_extra=env, cwd=tmp_path,
+                  timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    for job, reg in ((0, "kl"), (1, "ae")):
+        cfg = (tmp_path / "sweep" / str(job) / "autoencoder" / "export" / "config.yaml").read_text()
+        assert f"name: {reg}" in cfg
