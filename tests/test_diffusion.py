@@ -413,3 +413,27 @@ def test_trained_module_samples_both_classes_in_the_right_proportions():
         assert z.mean().abs().item() == pytest.approx(1.0, abs=0.2)
     uncond = sign(module.sample(400, steps=20, generator=gen)).float().mean().item()
     assert uncond == pytest.approx(MixtureData.P1, abs=0.1)
+
+
+def test_ema_warmup_forgets_the_initialization():
+    """With warm-up the EMA of a short run holds (almost) none of the random initial weights."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from mmldm.training.phase2 import ema_warmup_avg_fn
+
+    net = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = AveragedModel(net, multi_avg_fn=ema_warmup_avg_fn(0.999), use_buffers=True)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for _ in range(300):
+        ema.update_parameters(net)
+    # a fixed decay would leave 0.999**300 = 74% of the initial zeros
+    torch.testing.assert_close(ema.module.weight, torch.ones(2, 2), atol=1e-6, rtol=0)
+    # once warmed up, the configured decay applies: one step moves 0.1% of the way
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+    ema.n_averaged.fill_(10**6)
+    ema.update_parameters(net)
+    torch.testing.assert_close(ema.module.weight, torch.full((2, 2), 1.001), atol=1e-6, rtol=0)
