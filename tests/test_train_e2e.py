@@ -13,7 +13,7 @@ import pytest
 from .conftest import run_cli
 
 TINY = [
-    "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+    "trainer.max_steps=3", "diffusion.max_steps=3", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
     "data.batch_size=4", "data.stats_batches=2", "sample.num_samples=2", "sampler.steps=3",
 ]
 TINY_MODALITY = {
