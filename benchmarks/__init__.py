@@ -1,0 +1,1 @@
+"""Re-runnable quality benchmarks of mmldm (``python -m benchmarks.<name> --help``)."""

@@ -1,0 +1,78 @@
+"""The phase-1 benchmark script: its helpers (fast) and its quick path on real MNIST (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import phase1
+from benchmarks.budget import TimeBudget
+
+
+def test_even_batch_divides_the_held_out_set():
+    assert phase1.even_batch(1000) == 50
+    assert phase1.even_batch(200) == 50
+    assert phase1.even_batch(97) == 1  # a prime: batches of one
+    assert phase1.even_batch(30, target=50) == 30
+
+
+def test_loss_ratio_reads_the_lightning_csv(tmp_path):
+    csv = tmp_path / "metrics.csv"
+    rows = ["epoch,step,train/rec,train/total"] + [f"0,{s},,{v}" for s, v in [(4, 100.0), (9, 40.0), (14, 21.0), (19, 19.0), (24, 20.0)]]
+    rows.insert(2, "0,5,3.0,")  # a row of another key: skipped
+    csv.write_text("\n".join(rows) + "\n")
+    curve = phase1.loss_curve(csv)
+    assert curve == [(4, 100.0), (9, 40.0), (14, 21.0), (19, 19.0), (24, 20.0)]
+    assert phase1.loss_ratio(curve, tail=3) == pytest.approx(100.0 / 20.0)
+    assert math.isnan(phase1.loss_ratio(curve[:1]))
+
+
+def test_time_budget_sizes_max_steps_from_the_measured_rate(monkeypatch):
+    clock = iter([0.0, 1.0, 3.0])  # train start, step 5, step 25
+    monkeypatch.setattr("benchmarks.budget.time.perf_counter", lambda: next(clock))
+    trainer = SimpleNamespace(global_step=0, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(max_steps=10**9)))
+    budget = TimeBudget(seconds=103.0, skip=5, calibrate=25, checkpoints=(), margin=1.0)
+    budget.on_train_start(trainer, None)
+    for step in (5, 25):
+        trainer.global_step = step
+        budget.on_train_batch_end(trainer, None)
+    assert budget.seconds_per_step == pytest.approx(0.1)  # 20 steps in 2 s
+    assert trainer.fit_loop.epoch_loop.max_steps == 25 + 1000  # 100 s left at 0.1 s/step
+
+
+def test_markdown_table_puts_variants_side_by_side():
+    diag = {"reconstruction": {"psnr": 31.25}, "latent": {"shape": [4, 8, 8], "normalization": {"mean": [0.0]}}}
+    run = {"steps": 10, "train_seconds": 5.0, "seconds_per_step": 0.5, "parameters": 7, "loss_ratio": 3.0}
+    table = phase1.markdown_table({"kl": {**run, "diagnostics": diag}, "ae": {**run, "steps": 12, "diagnostics": diag}})
+    lines = table.splitlines()
+    assert lines[0] == "| quantity | kl | ae |"
+    assert "| steps | 10 | 12 |" in lines
+    assert "| reconstruction.psnr | 31.25 | 31.25 |" in lines
+    assert "| latent.shape | 4, 8, 8 | 4, 8, 8 |" in lines
+    assert not any("normalization" in line for line in lines)
+
+
+def test_mnist_variant_composes_the_image_autoencoder_preset(tmp_path):
+    cfg = phase1.compose_variant(phase1.tasks(tmp_path)["mnist"], "vq", ["phase1.lr=2e-3"])
+    assert (cfg.modality.source, cfg.modality.root) == ("mnist", str(tmp_path))
+    assert (cfg.autoencoder.channels, list(cfg.autoencoder.channel_mult), cfg.autoencoder.attention) == (32, [1, 2, 4], False)
+    assert cfg.regularizer.name == "vq" and cfg.phase1.lr == 2e-3
+    assert cfg.stage.autoencoder and not cfg.stage.diffusion
+
+
+@pytest.mark.slow
+def test_quick_run_measures_every_held_out_image(shared_data, tmp_path):
+    out = tmp_path / "bench"
+    results = phase1.main(["--quick", "--variants", "ae", "--out", str(out), "--mnist-root", str(shared_data / "mnist")])
+    r = results["ae"]
+    assert r["held_out_items"] == 1000 and r["steps"] > 0
+    assert r["train_seconds"] < phase1.QUICK_SECONDS + 15
+    assert math.isfinite(r["diagnostics"]["reconstruction"]["psnr"])
+    assert r["diagnostics"]["latent"]["shape"] == [4, 8, 8]
+    assert r["curve"] and r["curve"][-1]["step"] == r["steps"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"]["ae"]["steps"] == r["steps"]
+    assert "| quantity | ae |" in (out / "results.md").read_text()
