@@ -187,7 +187,12 @@ def test_folder_data_classes_captions_and_skipped_files(tmp_path, caplog):
 
     again = _modality(tmp_path, root=str(root), resolution=16, val_fraction=0.0)
     assert again.num_skipped == 2 and len(again.dataset("train")) == 3  # from the cache
-    shutil.copy(MESHES / "spot.obj" if MESHES.is_dir() else root / "boxes" / "cube.off", root / "boxes" / "x.obj")
+    if MESHES.is_dir():
+        shutil.copy(MESHES / "spot.obj", root / "boxes" / "x.obj")
+    else:  # without the shared meshes: a tetrahedron written as OBJ
+        (root / "boxes" / "x.obj").write_text(
+            "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"
+        )
     assert len(list((tmp_path / "cache").glob("folder-*.npz"))) == 1
     caplog.clear()
     _modality(tmp_path, root=str(root), resolution=16).dataset("val")  # new file -> new cache key
