@@ -17,7 +17,7 @@ from mmldm.diffusion import (
 )
 from mmldm.interfaces import Conditioner, Conditioning
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402 - test-only reference (dev extra); a missing one must fail, not skip
 
 MU, S = 0.3, 0.6
 SHAPE = (4, 2, 3)
