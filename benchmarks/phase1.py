@@ -232,9 +232,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         shutil.rmtree(run_dir, ignore_errors=True)  # every run starts fresh (no resume)
         print(f"[phase1/{args.task}] {variant}: training for {seconds:.0f} s ...", flush=True)
         results[variant] = train_variant(cfg, run_dir, seconds, args.steps, task.eval_items)
-    settings = {"seconds": seconds, "steps": args.steps, "overrides": [*task.overrides, *args.set]}
+    settings = {"seconds": seconds, "steps": args.steps, "overrides": [_portable(o) for o in [*task.overrides, *args.set]]}
+    results = {**_earlier_results(out / "results.json", args.task, settings), **results}
     print(write_report(args.task, task, results, out, settings))
     return results
+
+
+def _portable(text: str) -> str:
+    """Paths under the folder that holds the checkout are written relative to the checkout (``../shared/...``)."""
+    return text.replace(str(REPO.parent), "..")
+
+
+def _earlier_results(path: Path, task_name: str, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Variants of an earlier run with the same task and settings, so variants can be run one at a time."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = earlier.get("task") == task_name and earlier.get("settings") == settings
+    return earlier.get("results", {}) if same else {}
 
 
 if __name__ == "__main__":

@@ -152,23 +152,35 @@ class LatentDiffusion(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "LatentDiffusion":
-        """Rebuild a model from an exported folder (YAML + safetensors; nothing is unpickled)."""
+        """Rebuild a model from an exported folder (YAML + safetensors; nothing is unpickled).
+
+        Raises :class:`~mmldm.export.ExportError` naming the file (and config key) that is
+        missing, corrupted or does not fit the installed components.
+        """
         directory = Path(directory)
         cfg = load_config(directory)
         missing = [k for k in ("modality", "autoencoder", "regularizer", "latent") if k not in cfg]
         if missing:
             raise ExportError(f"{directory / 'config.yaml'} lacks the key(s) {missing}; is this an mmldm export?")
-        modality = build_modality(cfg.modality)
-        state = cfg.get("modality_state")
-        modality.load_state_dict(OmegaConf.to_container(state) if state else {})
-        autoencoder = load_weights(build_autoencoder(cfg.autoencoder, cfg.regularizer, modality), directory / "autoencoder.safetensors")
-        stats = LatentStats.from_dict(OmegaConf.to_container(cfg.latent.stats))
-        denoiser, conditioners = None, []
-        if cfg.get("denoiser") is not None:
-            conditioners = build_conditioners(cfg.get("conditioner"), modality)
-            if conditioners:
-                load_weights(nn.ModuleList(conditioners), directory / "conditioner.safetensors")
-            denoiser = build_denoiser(cfg.denoiser, list(cfg.latent.shape), conditioners)
+        try:
+            modality = build_modality(cfg.modality)
+            state = cfg.get("modality_state")
+            modality.load_state_dict(OmegaConf.to_container(state) if state else {})
+            autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
+            stats = LatentStats.from_dict(OmegaConf.to_container(cfg.latent.stats))
+            conditioners = build_conditioners(cfg.get("conditioner"), modality) if cfg.get("denoiser") else []
+            denoiser = build_denoiser(cfg.denoiser, list(cfg.latent.shape), conditioners) if cfg.get("denoiser") else None
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - config errors of any component: name the file
+            raise ExportError(
+                f"{directory / 'config.yaml'} does not describe a model the installed plugins can build: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        load_weights(autoencoder, directory / "autoencoder.safetensors")
+        if conditioners:
+            load_weights(nn.ModuleList(conditioners), directory / "conditioner.safetensors")
+        if denoiser is not None:
             load_weights(denoiser, directory / "denoiser.safetensors")
         keep = {k: cfg[k] for k in ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler") if k in cfg}
         pipe = cls(modality, autoencoder, stats, keep, denoiser, conditioners)

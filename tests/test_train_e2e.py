@@ -54,6 +54,7 @@ def test_sample_evaluate_and_reuse_of_a_trained_autoencoder(tmp_path):
     assert len(list((tmp_path / "s").glob("sample_*.ply"))) == 3
     bad = run_cli("sample", str(run / "export"), "n=three")
     assert bad.returncode == 2 and "invalid value 'three' for 'n'" in bad.stderr
+    _check_damaged_exports(run / "export", tmp_path)
 
     ev = run_cli("evaluate", "modality=voxel", *TINY_MODALITY["voxel"], "stage=autoencoder",
                  f"phase1.checkpoint={run / 'autoencoder' / 'export'}", f"hydra.run.dir={tmp_path / 'ev'}",
@@ -66,6 +67,27 @@ def test_sample_evaluate_and_reuse_of_a_trained_autoencoder(tmp_path):
                       name="reuse")
     assert (reuse / "export" / "denoiser.safetensors").is_file()
     assert not (reuse / "autoencoder").exists()
+
+
+def _check_damaged_exports(export, tmp_path):
+    """Loading never unpickles; a truncated weights file or a bad config names the file."""
+    import shutil
+
+    from mmldm import LatentDiffusion
+    from mmldm.export import ExportError
+
+    pipe = LatentDiffusion.from_pretrained(export)
+    assert pipe.denoiser is not None and pipe.latent_shape == (4, 4, 4, 4)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(export, damaged)
+    weights = damaged / "denoiser.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ExportError, match=r"cannot read weights file .*denoiser\.safetensors"):
+        LatentDiffusion.from_pretrained(damaged)
+    config = damaged / "config.yaml"
+    config.write_text(config.read_text().replace("resolution: 16", "resolution: 16\n  colour: red"))
+    with pytest.raises(ExportError, match=r"config\.yaml does not describe a model.*colour"):
+        LatentDiffusion.from_pretrained(damaged)
 
 
 def test_multirun_sweeps_regularizers(tmp_path):
