@@ -99,3 +99,12 @@ def test_multirun_sweeps_regularizers(tmp_path):
     for job, reg in ((0, "kl"), (1, "ae")):
         cfg = (tmp_path / "sweep" / str(job) / "autoencoder" / "export" / "config.yaml").read_text()
         assert f"name: {reg}" in cfg
+
+
+def test_input_size_not_divisible_by_f_fails_before_training(tmp_path):
+    out = run_cli("train", "modality=image", "modality.size=36", "autoencoder.channel_mult=[1,2,4,4]",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env_extra={"MMLDM_CACHE": str(tmp_path / "cache")})
+    assert out.returncode != 0
+    assert "not divisible by the autoencoder's downsampling factor f=8" in out.stderr
+    assert "36" in out.stderr
+    assert not (tmp_path / "run" / "autoencoder" / "checkpoints").exists()
