@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..diffusion.parameterization import check_parameterization, diffusion_loss
-from ..diffusion.sampling import sample_latents
+from ..diffusion.sampling import condition, sample_latents
 from ..diffusion.schedules import DiscreteSchedule
 from ..interfaces import CONDITIONING_KINDS, Conditioner, Conditioning, Denoiser
 
@@ -111,18 +111,19 @@ class DiffusionModule(L.LightningModule):
         return self.model["denoiser"]
 
     def conditioning(self, model: nn.ModuleDict, cond: Mapping[str, Any], batch_size: int,
-                     dropout: bool = False, null: bool = False) -> Conditioning:
-        """Merged conditioning of ``model``'s conditioners; missing keys (or ``null``) give the null condition."""
+                     dropout: bool = False) -> Conditioning:
+        """Merged conditioning of ``model``'s conditioners (:func:`~mmldm.diffusion.sampling.condition`);
+        with ``dropout``, each sample's condition is replaced by the null one with probability
+        ``cond_dropout[key]`` (classifier-free guidance training)."""
+        if not dropout:
+            return condition(list(model["conditioners"]), cond, batch_size)
         out = Conditioning()
         for conditioner in model["conditioners"]:
-            if null or conditioner.key not in cond:
-                part = conditioner.null(batch_size)
-            else:
-                part = conditioner(cond, batch_size)
-                p = self.cond_dropout.get(conditioner.key, 0.0) if dropout else 0.0
-                if p > 0:
-                    drop = torch.rand(batch_size, device=self.device) < p
-                    part = _replace_rows(part, conditioner.null(batch_size), drop, conditioner.key)
+            part = condition([conditioner], cond, batch_size)
+            p = self.cond_dropout.get(conditioner.key, 0.0) if conditioner.key in cond else 0.0
+            if p > 0:
+                drop = torch.rand(batch_size, device=self.device) < p
+                part = _replace_rows(part, conditioner.null(batch_size), drop, conditioner.key)
             out = out.merge(part)
         return out
 

@@ -147,7 +147,8 @@ def sample_and_measure(pipe: LatentDiffusion, cfg: DictConfig, out: Path) -> dic
     cond = {"class": labels} if labels is not None else None
     samples = pipe.sample(n, cond=cond, guidance=cfg.sample.guidance, seed=cfg.sample.seed)
     pipe.modality.save(samples, out, prefix="sample")
-    real = torch.stack([pipe.modality.dataset("val")[i]["x"] for i in range(min(n, len(pipe.modality.dataset("val"))))])
+    val = pipe.modality.dataset("val")
+    real = torch.stack([val[i]["x"] for i in range(min(n, len(val)))])
     return {"num_samples": n, "generation": pipe.modality.generation_metrics(real, samples, labels)}
 
 
