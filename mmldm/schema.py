@@ -70,6 +70,8 @@ class AutoencoderTrainingConfig:
     warmup_steps: int = 100
     schedule: str = "cosine"  # constant | cosine (to 0 at the last step)
     max_steps: Optional[int] = None  # None: trainer.max_steps
+    # wall-clock budget of the phase; the cosine schedule is fitted to it from the measured step rate
+    max_minutes: Optional[float] = None
     # an exported autoencoder folder to reuse instead of training phase 1
     checkpoint: Optional[str] = None
 
@@ -101,6 +103,7 @@ class DiffusionConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     max_steps: Optional[int] = None  # None: trainer.max_steps
+    max_minutes: Optional[float] = None  # wall-clock budget of the phase (max_steps still caps it when set)
     # cache latents of the training set once (the phase-2 default)
     latent_cache: bool = True
 

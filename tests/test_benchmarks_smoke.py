@@ -32,7 +32,7 @@ def test_loss_ratio_reads_the_lightning_csv(tmp_path):
 
 def test_time_budget_sizes_max_steps_from_the_measured_rate(monkeypatch):
     clock = iter([0.0, 1.0, 3.0])  # train start, step 5, step 25
-    monkeypatch.setattr("benchmarks.budget.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("mmldm.training.callbacks.time.perf_counter", lambda: next(clock))
     trainer = SimpleNamespace(global_step=0, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(max_steps=10**9)))
     budget = TimeBudget(seconds=103.0, skip=5, calibrate=25, checkpoints=(), margin=1.0)
     budget.on_train_start(trainer, None)

@@ -15,7 +15,8 @@ from PIL import Image
 from mmldm.interfaces import Modality
 from mmldm.plugins import load_plugins
 from mmldm_image.config import ImageConfig
-from mmldm_image.metrics import frechet_distance, frechet_distance_from_stats, psnr, ssim
+from mmldm.evaluation.frechet import frechet_distance, frechet_distance_from_stats
+from mmldm_image.metrics import psnr, ssim
 from mmldm_image.modality import ImageModality, flip_caption
 from mmldm_image.shapes import COLOURS, SHAPES
 from mmldm_image.sources import read_idx

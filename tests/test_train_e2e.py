@@ -108,3 +108,15 @@ def test_input_size_not_divisible_by_f_fails_before_training(tmp_path):
     assert "not divisible by the autoencoder's downsampling factor f=8" in out.stderr
     assert "36" in out.stderr
     assert not (tmp_path / "run" / "autoencoder" / "checkpoints").exists()
+
+
+def test_phases_train_for_a_wall_clock_budget(tmp_path):
+    """``max_minutes`` stops a phase by time; ``trainer.max_steps`` no longer caps it, the phase's own ``max_steps`` does."""
+    run, _ = _train(tmp_path, "image", "phase1.max_minutes=0.1", "diffusion.max_minutes=0.05", "diffusion.max_steps=40",
+                    "trainer.log_every_n_steps=1", name="budget")
+    rows = (run / "autoencoder" / "logs" / "metrics.csv").read_text().splitlines()
+    step = rows[0].split(",").index("step")
+    assert max(int(r.split(",")[step]) for r in rows[1:]) > 3  # past trainer.max_steps=3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 3 < metrics["diffusion"]["steps"] <= 40
+    assert metrics["diffusion"]["train_seconds"] < 0.05 * 60 + 5

@@ -47,8 +47,25 @@ def _component_configs(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]
     return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
 
 
-def _max_steps(phase_steps: int | None, cfg: DictConfig) -> int:
-    return int(phase_steps if phase_steps is not None else cfg.trainer.max_steps)
+def _budget(phase: DictConfig, cfg: DictConfig) -> tuple[int, dict[str, Any]]:
+    """``max_steps`` and extra ``make_trainer`` arguments of a phase.
+
+    With ``max_minutes`` the phase trains for that long (Lightning's ``max_time``
+    as the hard stop, :class:`~mmldm.training.callbacks.TimeBudget` fitting
+    ``max_steps`` and with it the learning-rate schedule to the measured step
+    rate); the phase's own ``max_steps`` still caps it, ``trainer.max_steps`` does not.
+    """
+    minutes = phase.get("max_minutes")
+    if minutes is None:
+        return int(phase.max_steps if phase.max_steps is not None else cfg.trainer.max_steps), {}
+    if minutes <= 0:
+        raise ValueError(f"max_minutes must be positive, got {minutes}")
+    from datetime import timedelta
+
+    from .callbacks import TimeBudget
+
+    steps = int(phase.max_steps) if phase.max_steps is not None else 10**9
+    return steps, {"callbacks": [TimeBudget(60.0 * minutes)], "max_time": timedelta(minutes=minutes)}
 
 
 # ---------------------------------------------------------------------------- phase 1
@@ -61,7 +78,8 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
     module = AutoencoderModule.from_config(autoencoder, cfg.phase1, modality.reconstruction_loss)
     train = make_loader(modality.dataset("train"), cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
     val = make_loader(modality.dataset("val"), cfg.data.batch_size, False, cfg.data.num_workers)
-    trainer = make_trainer(cfg.trainer, root, _max_steps(cfg.phase1.max_steps, cfg))
+    steps, budget = _budget(cfg.phase1, cfg)
+    trainer = make_trainer(cfg.trainer, root, steps, **budget)
     trainer.fit(module, train, val, ckpt_path=last_checkpoint(root) if cfg.resume else None)
     autoencoder = module.autoencoder.cpu().eval()
     stats = LatentStats.measure(autoencoder, train, max_batches=cfg.data.stats_batches)
@@ -119,7 +137,8 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
     module = DiffusionModule.from_config(denoiser, conditioners, phase1.latent_shape, cfg.diffusion)
     data = latent_dataset(cfg, phase1, run_dir)
     loader = make_loader(data, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
-    trainer = make_trainer(cfg.trainer, root, _max_steps(cfg.diffusion.max_steps, cfg), limit_val_batches=0)
+    steps, budget = _budget(cfg.diffusion, cfg)
+    trainer = make_trainer(cfg.trainer, root, steps, limit_val_batches=0, **budget)
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=last_checkpoint(root) if cfg.resume else None)
     seconds = time.perf_counter() - start

@@ -1,0 +1,64 @@
+"""The independent evaluation classifier and its metrics, over dims 1, 2, 3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmldm.evaluation.classifier import (
+    FeatureClassifier, accuracy, classifier_metrics, per_class_accuracy, train_classifier,
+)
+
+
+class Blobs(torch.utils.data.Dataset):
+    """Class 0: noise around +1, class 1: noise around -1."""
+
+    def __init__(self, n: int, dims: int, side: int = 8, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.arange(n) % 2
+        self.x = 0.3 * torch.randn(n, 1, *([side] * dims), generator=g)
+        self.x += (1.0 - 2.0 * self.y.float()).view(n, *([1] * (dims + 1)))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "cond": {"class": int(self.y[i])}}
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_classifier_shapes(dims):
+    model = FeatureClassifier(dims, 2, 5, width=8, levels=2, feature_dim=16)
+    x = torch.randn(3, 2, *([8] * dims))
+    assert model(x).shape == (3, 5)
+    assert model.features(x).shape == (3, 16)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_trained_classifier_separates_classes_and_metrics_follow(dims):
+    train, val = Blobs(64, dims, seed=0), Blobs(32, dims, seed=1)
+    model, report = train_classifier(train, val, dims, 1, 2, epochs=10, batch_size=16, lr=3e-3, augment_shift=0,
+                                     width=8, levels=2, feature_dim=16)
+    assert report["val_accuracy"] == 1.0 and report["train_accuracy"] == 1.0
+    assert not model.training
+    m = classifier_metrics(model, val.x, val.x, val.y)
+    assert m["class_accuracy"] == 1.0
+    assert m["frechet_distance"] == pytest.approx(0.0, abs=1e-3)
+    wrong = classifier_metrics(model, val.x, val.x, 1 - val.y)
+    assert wrong["class_accuracy"] == 0.0
+    # samples of one class only: far from the real mixture
+    ones = val.x[val.y == 1]
+    assert classifier_metrics(model, val.x, ones)["frechet_distance"] > 10 * max(m["frechet_distance"], 1e-3)
+    assert per_class_accuracy(model, val.x, val.y) == {0: 1.0, 1: 1.0}
+    assert accuracy(model, val.x, val.y) == 1.0
+
+
+def test_unlabelled_data_is_refused_with_the_item():
+    data = [{"x": torch.zeros(1, 4), "cond": {}}]
+    with pytest.raises(ValueError, match=r"item 0 .* no class label"):
+        train_classifier(data, data, 1, 1, 2, epochs=1)
+
+
+def test_one_class_is_refused():
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        FeatureClassifier(2, 1, 1)
