@@ -55,7 +55,7 @@ def tasks(mnist_root: Path) -> dict[str, Task]:
             ["modality=image", "modality.source=mnist", f"modality.root={mnist_root}", "autoencoder=conv_image"],
             15.0, ["kl", "vq", "ae"], "psnr", 30.0, "held-out PSNR (dB) over all 1,000 held-out images",
         ),
-        "voxel": Task(["modality=voxel", "modality.resolution=32"], 10.0, ["kl"], "iou", 0.85,
+        "voxel": Task(["modality=voxel", "modality.resolution=32"], 12.0, ["kl"], "iou", 0.85,
                       "held-out IoU of 32^3 occupancy grids at f=4", eval_items=50),
         "audio": Task(["modality=audio", "modality.layout=1d"], 3.0, ["kl"], "loss_ratio", 5.0,
                       "first / last training loss (log-mel, 1D layout)"),

@@ -18,14 +18,16 @@ class TrainerConfig:
     """Arguments of ``lightning.Trainer`` shared by both phases.
 
     Args:
-        max_steps: optimizer steps per phase unless the phase sets its own.
+        max_steps: an upper bound on the optimizer steps of every phase (``trainer=quick``
+            sets 300); None: each phase runs its own ``phase1.max_steps`` /
+            ``diffusion.max_steps`` (or its ``max_minutes``).
         accelerator, devices, num_nodes, strategy, precision: as in Lightning;
             ``strategy: ddp`` on CPU uses the gloo backend.
         log_every_n_steps, val_check_interval: Lightning's logging/validation cadence.
         checkpoint_every_n_steps: how often ``last.ckpt`` is refreshed.
     """
 
-    max_steps: int = 2000
+    max_steps: Optional[int] = None
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -69,8 +71,9 @@ class AutoencoderTrainingConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     schedule: str = "cosine"  # constant | cosine (to 0 at the last step)
-    max_steps: Optional[int] = None  # None: trainer.max_steps
-    # wall-clock budget of the phase; the cosine schedule is fitted to it from the measured step rate
+    max_steps: int = 2000  # optimizer steps of phase 1 (trainer.max_steps caps them)
+    # wall-clock budget of phase 1 (max_steps still ends it earlier); the cosine schedule is
+    # fitted to the time from the measured step rate
     max_minutes: Optional[float] = None
     # an exported autoencoder folder to reuse instead of training phase 1
     checkpoint: Optional[str] = None
@@ -102,8 +105,8 @@ class DiffusionConfig:
     lr: float = 2.0e-4
     weight_decay: float = 0.0
     ema_decay: float = 0.999
-    max_steps: Optional[int] = None  # None: trainer.max_steps
-    max_minutes: Optional[float] = None  # wall-clock budget of the phase (max_steps still caps it when set)
+    max_steps: int = 2000  # optimizer steps of phase 2 (trainer.max_steps caps them)
+    max_minutes: Optional[float] = None  # wall-clock budget of phase 2 (max_steps still ends it earlier)
     # cache latents of the training set once (the phase-2 default)
     latent_cache: bool = True
 

@@ -76,3 +76,37 @@ def test_quick_run_measures_every_held_out_image(shared_data, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"]["ae"]["steps"] == r["steps"]
     assert "| quantity | ae |" in (out / "results.md").read_text()
+
+
+def test_generation_tasks_compose_and_report(tmp_path):
+    from benchmarks import generation
+
+    args = generation.parse_args(["--task", "mnist", "--mnist", str(tmp_path), "--set", "diffusion.lr=1e-4"])
+    args.ae_minutes, args.diffusion_minutes = 5.0, 14.5
+    cfg = generation.compose_config(args)
+    assert (cfg.modality.source, cfg.modality.root) == ("mnist", str(tmp_path))
+    assert (cfg.phase1.max_minutes, cfg.diffusion.max_minutes, cfg.diffusion.lr) == (5.0, 14.5, 1e-4)
+    assert cfg.regularizer.name == "kl" and cfg.autoencoder.latent_channels == 4
+    voxel = generation.compose_config(generation.parse_args(["--task", "voxel"]))
+    assert voxel.modality.name == "voxel" and voxel.denoiser.name == "unet3d"
+    m = {"class_accuracy": 0.975, "frechet_distance": 1.5, "sampling_seconds": 3.0, "modality": {"1nna_cd": 0.6}}
+    results = {
+        "settings": {"task": "voxel", "ae_minutes": 1, "diffusion_minutes": 2, "per_class": 5, "real": 10, "overrides": ["a=b"]},
+        "training": {"wall_seconds": 200.0, "metrics": {"diffusion": {"steps": 7}, "autoencoder": {"reconstruction": {"iou": 0.9}}}},
+        "classifier": {"val_accuracy": 0.99, "epochs": 2, "seconds": 3.0},
+        "samples": {"dpmpp_2m-25-g3": m, "ddpm-250-g3": {**m, "class_accuracy": 0.96}},
+    }
+    text = generation.report(results)
+    assert "| dpmpp_2m-25-g3 | 0.9750 | 1.500 | 0.6 | 3.0 |" in text
+    assert "+1.50 accuracy points" in text and "3.3 min wall clock" in text and "iou 0.9" in text
+
+
+def test_latent_vs_pixel_measures_both_sides(tmp_path):
+    from benchmarks import latent_vs_pixel
+
+    r = latent_vs_pixel.main(["--resolution", "16", "--repeats", "1", "--sample-steps", "2", "--batch", "1",
+                              "--out", str(tmp_path)])
+    assert r["shapes"] == {"latent": [4, 4, 4, 4], "pixel": [1, 16, 16, 16]}
+    assert set(r["ratio_pixel_over_latent"]) == {"train_step", "sample"}
+    assert all(v > 0 for v in r["ratio_pixel_over_latent"].values())
+    assert "pixel / latent" in (tmp_path / "results.md").read_text()

@@ -102,3 +102,20 @@ def test_non_editable_install_finds_configs_and_plugins(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert cfg.returncode == 0, cfg.stderr
     assert "name: voxel" in cfg.stdout
+
+
+def test_phase_steps_come_from_the_preset_and_trainer_max_steps_caps_them():
+    from mmldm.training.callbacks import TimeBudget
+    from mmldm.training.run import _budget
+
+    full = compose(["modality=voxel"])
+    assert _budget(full.phase1, full) == (800, {}) and _budget(full.diffusion, full) == (4000, {})
+    quick = compose(["modality=voxel", "trainer=quick"])
+    assert _budget(quick.phase1, quick)[0] == 300 and _budget(quick.diffusion, quick)[0] == 300
+    image = compose(["modality=image", "trainer.max_steps=500", "diffusion.max_minutes=2"])
+    assert _budget(image.phase1, image) == (500, {})
+    steps, extra = _budget(image.diffusion, image)
+    assert steps == 500 and extra["max_time"].total_seconds() == 120
+    assert isinstance(extra["callbacks"][0], TimeBudget) and extra["callbacks"][0].limit == 500
+    with pytest.raises(ValueError, match="max_minutes must be positive, got -1"):
+        _budget(compose(["phase1.max_minutes=-1"]).phase1, full)

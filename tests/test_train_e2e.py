@@ -111,12 +111,27 @@ def test_input_size_not_divisible_by_f_fails_before_training(tmp_path):
 
 
 def test_phases_train_for_a_wall_clock_budget(tmp_path):
-    """``max_minutes`` stops a phase by time; ``trainer.max_steps`` no longer caps it, the phase's own ``max_steps`` does."""
-    run, _ = _train(tmp_path, "image", "phase1.max_minutes=0.1", "diffusion.max_minutes=0.05", "diffusion.max_steps=40",
-                    "trainer.log_every_n_steps=1", name="budget")
+    """``max_minutes`` stops a phase by time; the phase's ``max_steps`` and ``trainer.max_steps`` still bound it."""
+    run = tmp_path / "budget"
+    untimed = [o for o in TINY if not o.startswith(("trainer.max_steps", "diffusion.max_steps"))]
+    out = run_cli("train", "modality=image", *TINY_MODALITY["image"], *untimed, "phase1.max_minutes=0.1",
+                  "diffusion.max_minutes=0.05", "diffusion.max_steps=40", "trainer.log_every_n_steps=1",
+                  f"hydra.run.dir={run}", cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
     rows = (run / "autoencoder" / "logs" / "metrics.csv").read_text().splitlines()
     step = rows[0].split(",").index("step")
-    assert max(int(r.split(",")[step]) for r in rows[1:]) > 3  # past trainer.max_steps=3
+    assert 3 < max(int(r.split(",")[step]) for r in rows[1:]) < 2000
     metrics = json.loads((run / "metrics.json").read_text())
     assert 3 < metrics["diffusion"]["steps"] <= 40
     assert metrics["diffusion"]["train_seconds"] < 0.05 * 60 + 5
+
+
+def test_voxel_2d_latent_layout_trains_and_samples_meshes(tmp_path):
+    run = tmp_path / "flat"
+    out = run_cli("train", "modality=voxel", "preset=voxel_2d", "modality.num_shapes=24", "modality.resolution=16",
+                  "autoencoder.channels=16", "autoencoder.latent_channels=8", "denoiser.model_channels=16", *TINY,
+                  f"hydra.run.dir={run}", env_extra={"MMLDM_CACHE": str(tmp_path / "cache")}, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["autoencoder"]["latent"]["shape"] == [8, 4, 4]  # 16 channels of 16x16 -> 4x4 x 8 at f=4
+    assert len(list((run / "samples").glob("sample_*.ply"))) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from scipy import ndimage
 from mmldm.plugins import registry
 from mmldm_voxel import VoxelConfig
 from mmldm_voxel import data as voxel_data
-from mmldm_voxel.metrics import chamfer, generation_metrics, iou, surface_points
+from mmldm_voxel.metrics import chamfer, generation_metrics, iou, occupancy_jsd, surface_points
 from mmldm_voxel.modality import VoxelModality
 from mmldm_voxel.readers import load_grid, read_binvox, read_mesh, read_off
 from mmldm_voxel.shapes import CLASS_NAMES, generate, make_shape
@@ -285,4 +286,32 @@ def test_generation_metrics_separate_and_match():
     assert apart["cov_cd"] == 0.25  # every cube is nearest the largest ball
     grids = generate(8, seed=0, resolution=16)[0].astype(bool)
     mixed = generation_metrics(grids[:4], grids[4:], points=256)
-    assert set(mixed) == {"mmd_cd", "cov_cd", "1nna_cd"} and 0 <= mixed["1nna_cd"] <= 1
+    assert set(mixed) == {"mmd_cd", "cov_cd", "1nna_cd", "jsd"} and 0 <= mixed["1nna_cd"] <= 1
+    assert same["jsd"] == pytest.approx(0.0, abs=1e-12) and 0 < apart["jsd"] < math.log(2)
+
+
+def test_occupancy_jsd_bounds():
+    left = np.zeros((2, 4, 4, 4), bool)
+    left[:, :2] = True
+    right = np.zeros_like(left)
+    right[:, 2:] = True
+    assert occupancy_jsd(left, right) == pytest.approx(math.log(2))  # disjoint: the maximum
+    assert occupancy_jsd(left, left) == pytest.approx(0.0)
+    assert math.isnan(occupancy_jsd(left, np.zeros_like(left)))  # an empty set has no distribution
+
+
+def test_2d_layout_folds_depth_into_channels_and_keeps_3d_outputs(tmp_path):
+    flat = _modality(tmp_path, num_shapes=12, resolution=16, layout="2d")
+    deep = _modality(tmp_path, num_shapes=12, resolution=16)
+    assert (flat.dims, flat.channels, flat.sample_shape) == (2, 16, (16, 16, 16))
+    assert (deep.dims, deep.channels, deep.sample_shape) == (3, 1, (1, 16, 16, 16))
+    x2, x3 = flat.dataset("train")[0]["x"], deep.dataset("train")[0]["x"]
+    assert x2.shape == (16, 16, 16) and torch.equal(x2, x3[0])
+    b2 = torch.stack([flat.dataset("train")[i]["x"] for i in range(2)])
+    b3 = b2[:, None]
+    shifted2, shifted3 = torch.roll(b2, 1, dims=2), torch.roll(b3, 1, dims=3)
+    assert flat.reconstruction_metrics(b2, shifted2) == deep.reconstruction_metrics(b3, shifted3)
+    paths = flat.save(b2, tmp_path / "out")
+    assert [p.suffix for p in paths].count(".ply") == 2
+    with pytest.raises(ValueError, match=r"layout='4d' \(expected one of \('3d', '2d'\)\)"):
+        _modality(tmp_path, layout="4d")

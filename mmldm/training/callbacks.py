@@ -19,13 +19,15 @@ class TimeBudget(L.Callback):
             estimate is refreshed (it then includes periodic evaluations).
         margin (`float`): share of the remaining time planned for, so the
             schedule ends before ``max_time`` cuts the run.
+        limit (`int`, *optional*): ``max_steps`` is never set above this.
     """
 
     def __init__(self, seconds: float, skip: int = 5, calibrate: int = 25,
-                 checkpoints: tuple[float, ...] = (0.25, 0.5, 0.75), margin: float = 0.97) -> None:
+                 checkpoints: tuple[float, ...] = (0.25, 0.5, 0.75), margin: float = 0.97,
+                 limit: int | None = None) -> None:
         if calibrate <= skip:
             raise ValueError(f"TimeBudget: calibrate={calibrate} must exceed skip={skip}")
-        self.seconds, self.skip, self.calibrate, self.margin = seconds, skip, calibrate, margin
+        self.seconds, self.skip, self.calibrate, self.margin, self.limit = seconds, skip, calibrate, margin, limit
         self.pending = sorted(checkpoints)
         self.start = self.t_skip = 0.0
         self.seconds_per_step: float | None = None
@@ -45,4 +47,5 @@ class TimeBudget(L.Callback):
             self.pending.pop(0)
         self.seconds_per_step = (now - self.t_skip) / (step - self.skip)
         remaining = max(0.0, self.seconds - elapsed) * self.margin
-        trainer.fit_loop.epoch_loop.max_steps = step + max(1, int(remaining / self.seconds_per_step))
+        planned = step + max(1, int(remaining / self.seconds_per_step))
+        trainer.fit_loop.epoch_loop.max_steps = min(planned, self.limit) if self.limit else planned

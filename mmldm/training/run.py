@@ -50,22 +50,25 @@ def _component_configs(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]
 def _budget(phase: DictConfig, cfg: DictConfig) -> tuple[int, dict[str, Any]]:
     """``max_steps`` and extra ``make_trainer`` arguments of a phase.
 
-    With ``max_minutes`` the phase trains for that long (Lightning's ``max_time``
-    as the hard stop, :class:`~mmldm.training.callbacks.TimeBudget` fitting
-    ``max_steps`` and with it the learning-rate schedule to the measured step
-    rate); the phase's own ``max_steps`` still caps it, ``trainer.max_steps`` does not.
+    The phase runs its own ``max_steps``, capped by ``trainer.max_steps`` when
+    that is set. With ``max_minutes`` it stops after that long if the steps are
+    not done first: Lightning's ``max_time`` is the hard stop and
+    :class:`~mmldm.training.callbacks.TimeBudget` fits ``max_steps``, and with it
+    the learning-rate schedule, to the measured step rate.
     """
+    steps = int(phase.max_steps)
+    if cfg.trainer.max_steps is not None:
+        steps = min(steps, int(cfg.trainer.max_steps))
     minutes = phase.get("max_minutes")
     if minutes is None:
-        return int(phase.max_steps if phase.max_steps is not None else cfg.trainer.max_steps), {}
+        return steps, {}
     if minutes <= 0:
         raise ValueError(f"max_minutes must be positive, got {minutes}")
     from datetime import timedelta
 
     from .callbacks import TimeBudget
 
-    steps = int(phase.max_steps) if phase.max_steps is not None else 10**9
-    return steps, {"callbacks": [TimeBudget(60.0 * minutes)], "max_time": timedelta(minutes=minutes)}
+    return steps, {"callbacks": [TimeBudget(60.0 * minutes, limit=steps)], "max_time": timedelta(minutes=minutes)}
 
 
 # ---------------------------------------------------------------------------- phase 1

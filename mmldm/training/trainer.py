@@ -12,7 +12,7 @@ def trainer_kwargs(cfg: Any, max_steps: int | None = None) -> dict[str, Any]:
     """Lightning ``Trainer`` arguments from a :class:`mmldm.schema.TrainerConfig` node."""
     t = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(vars(cfg))
     return {
-        "max_steps": max_steps if max_steps is not None else t["max_steps"],
+        "max_steps": next((m for m in (max_steps, t["max_steps"]) if m is not None), -1),  # -1: no limit
         "accelerator": t["accelerator"],
         "devices": t["devices"],
         "num_nodes": t["num_nodes"],
@@ -34,7 +34,7 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
     Args:
         cfg: the ``trainer`` config node.
         root (`Path`): the phase's directory inside the run directory.
-        max_steps (`int`, *optional*): the phase's own budget (else ``cfg.max_steps``).
+        max_steps (`int`, *optional*): the phase's steps (else ``cfg.max_steps``, else unlimited).
         callbacks (`list`, *optional*): extra Lightning callbacks.
     """
     import lightning as L

@@ -159,18 +159,20 @@ class VoxelDataset(torch.utils.data.Dataset):
     """Items ``{"x": FloatTensor [1, R, R, R], "cond": {"class": int, "text": str}}``.
 
     ``x`` is occupancy in {0, 1} (float) or a truncated SDF in [-1, 1]; ``class``
-    is omitted when the data has no classes.
+    is omitted when the data has no classes. With ``fold_depth`` ``x`` is
+    ``[R, R, R]``: the first grid axis becomes the channels of a 2D sample.
     """
 
-    def __init__(self, data: VoxelData, indices: np.ndarray):
-        self.data, self.indices = data, np.asarray(indices)
+    def __init__(self, data: VoxelData, indices: np.ndarray, fold_depth: bool = False):
+        self.data, self.indices, self.fold_depth = data, np.asarray(indices), fold_depth
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         j = int(self.indices[i])
-        x = torch.from_numpy(np.asarray(self.data.grids[j], dtype=np.float32))[None]  # (1, R, R, R)
+        x = torch.from_numpy(np.asarray(self.data.grids[j], dtype=np.float32))
+        x = x if self.fold_depth else x[None]  # (R, R, R) or (1, R, R, R)
         cond: dict[str, Any] = {"text": self.data.captions[j]}
         if self.data.class_names:
             cond["class"] = int(self.data.labels[j])

@@ -26,6 +26,9 @@ from .output import save_grids
 from .shapes import CLASS_NAMES
 from .voxelize import REPRESENTATIONS
 
+#: Values of :attr:`VoxelConfig.layout`: a 3D sample ``[1, R, R, R]`` or a 2D one ``[R, R, R]``.
+LAYOUTS = ("3d", "2d")
+
 
 def _check(cfg: VoxelConfig) -> None:
     problems = []
@@ -37,6 +40,8 @@ def _check(cfg: VoxelConfig) -> None:
         problems.append(f"occupancy_rays={cfg.occupancy_rays} (expected an odd number >= 1)")
     if not 0 <= cfg.val_fraction < 1:
         problems.append(f"val_fraction={cfg.val_fraction} (expected 0 <= val_fraction < 1)")
+    if cfg.layout not in LAYOUTS:
+        problems.append(f"layout={cfg.layout!r} (expected one of {LAYOUTS})")
     if cfg.sdf_truncation <= 0:
         problems.append(f"sdf_truncation={cfg.sdf_truncation} (expected > 0)")
     if cfg.root is None and cfg.num_shapes < 1:
@@ -59,12 +64,13 @@ class VoxelModality(Modality):
     """
 
     name = "voxel"
-    dims = 3
-    channels = 1
 
     def __init__(self, cfg: VoxelConfig):
         _check(cfg)
         self.cfg = cfg
+        self.folded = cfg.layout == "2d"
+        self.dims = 2 if self.folded else 3
+        self.channels = cfg.resolution if self.folded else 1
         self.reconstruction_loss = "bce" if cfg.representation == "occupancy" else "l1"
         self.cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
         if cfg.root is None:
@@ -78,7 +84,7 @@ class VoxelModality(Modality):
     @property
     def sample_shape(self) -> tuple[int, ...]:
         r = self.cfg.resolution
-        return (1, r, r, r)
+        return (self.channels, r, r, r)[-(self.dims + 1):]
 
     # ---- data -------------------------------------------------------------
     @property
@@ -112,9 +118,14 @@ class VoxelModality(Modality):
         ``split`` is ``"train"`` or ``"val"`` (deterministic under ``seed``)."""
         check_split(split)
         indices = split_indices(len(self.data.grids), self.cfg.val_fraction, split, self.cfg.seed)
-        return VoxelDataset(self.data, indices)
+        return VoxelDataset(self.data, indices, fold_depth=self.folded)
 
     # ---- outputs ------------------------------------------------------------
+    def grids(self, x: Tensor) -> np.ndarray:
+        """Data-space samples (either layout) as float grids ``[B, R, R, R]``."""
+        x = x.detach().float().cpu().numpy()
+        return x if self.folded else x[:, 0]
+
     def postprocess(self, decoded: Tensor) -> Tensor:
         """Decoder output ``[B, 1, R, R, R]`` -> data space: occupancy probabilities
         (sigmoid of logits) or an SDF clamped to [-1, 1]."""
@@ -123,15 +134,14 @@ class VoxelModality(Modality):
         return decoded.clamp(-1.0, 1.0)
 
     def occupancy(self, x: Tensor) -> np.ndarray:
-        """Boolean occupancy ``[B, R, R, R]`` of data-space grids ``[B, 1, R, R, R]``
-        (occupancy > 0.5, or SDF < 0)."""
-        grids = x.detach().float().cpu().numpy()[:, 0]
+        """Boolean occupancy ``[B, R, R, R]`` of data-space samples (occupancy > 0.5, or SDF < 0)."""
+        grids = self.grids(x)
         return grids > 0.5 if self.cfg.representation == "occupancy" else grids < 0.0
 
     def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
-        """Per sample of ``samples [B, 1, R, R, R]`` (data space) a marching-cubes PLY
-        mesh and a PNG render, plus ``{prefix}_grid.png``; returns the written paths."""
-        grids = samples.detach().float().cpu().numpy()[:, 0]
+        """Per sample of ``samples`` (data space, ``[B, 1, R, R, R]`` or folded ``[B, R, R, R]``) a
+        marching-cubes PLY mesh and a PNG render, plus ``{prefix}_grid.png``; returns the written paths."""
+        grids = self.grids(samples)
         occupancy = self.cfg.representation == "occupancy"
         level, outside = (0.5, 0.0) if occupancy else (0.0, 1.0)
         return save_grids(grids, Path(directory), prefix, level=level, outside=outside)
@@ -144,5 +154,6 @@ class VoxelModality(Modality):
     def generation_metrics(
         self, real: Tensor, generated: Tensor, labels: Tensor | None = None
     ) -> dict[str, float]:
-        """MMD-CD, COV-CD and 1-NNA-CD on surface points of the two sets (labels unused)."""
+        """MMD-CD, COV-CD and 1-NNA-CD on surface points of the two sets and the JSD of their mean
+        occupancy (labels unused; class accuracy needs a classifier, see :mod:`mmldm.evaluation.classifier`)."""
         return metrics.generation_metrics(self.occupancy(real), self.occupancy(generated))
