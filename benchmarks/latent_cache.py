@@ -32,7 +32,7 @@ def _steps_per_second(cfg: Any, phase1: Any, dataset: Any, steps: int) -> float:
     from mmldm.training.data import make_loader
     from mmldm.training.phase2 import DiffusionModule
 
-    conditioners = build_conditioners(cfg.conditioner, phase1.modality)
+    conditioners = build_conditioners(cfg.conditioner, phase1.modality, phase1.latent_shape)
     denoiser = build_denoiser(cfg.denoiser, phase1.latent_shape, conditioners)
     module = DiffusionModule.from_config(denoiser, conditioners, phase1.latent_shape, cfg.diffusion)
     times: list[float] = []

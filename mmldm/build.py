@@ -44,9 +44,17 @@ def conditioner_configs(cfg: Any) -> list[Any]:
     return [n for n in nodes if (n["name"] if isinstance(n, (dict, DictConfig)) else n.name) != "none"]
 
 
-def build_conditioners(cfg: Any, modality: Modality) -> list[Conditioner]:
-    """tau_theta for each configured condition (an empty list means unconditional)."""
-    return [registry().build("conditioner", node, modality=modality) for node in conditioner_configs(cfg)]
+def build_conditioners(cfg: Any, modality: Modality, latent_shape: Sequence[int] | None = None) -> list[Conditioner]:
+    """tau_theta for each configured condition (an empty list means unconditional).
+
+    With ``latent_shape`` ``(c, *s)`` each conditioner is told the latent grid
+    (:meth:`Conditioner.set_latent_shape`), which map-emitting ones need before use.
+    """
+    conditioners = [registry().build("conditioner", node, modality=modality) for node in conditioner_configs(cfg)]
+    if latent_shape is not None:
+        for c in conditioners:
+            c.set_latent_shape(list(latent_shape))
+    return conditioners
 
 
 def build_denoiser(cfg: Any, latent_shape: Sequence[int], conditioners: Sequence[Conditioner]) -> Denoiser:

@@ -177,7 +177,38 @@ def validate(overrides: Sequence[str], config_name: str = PRIMARY) -> Validated:
             cfg = hydra_compose(config_name, overrides=with_searchpath(single))
         except (HydraException, OmegaConfBaseException) as e:
             raise ConfigProblem(_explain(e, single, config_name, hydra_compose)) from None
+    _check_listed_components(cfg)
     return Validated(cfg, with_searchpath([*overrides, *preset]))
+
+
+def _check_listed_components(cfg: DictConfig) -> None:
+    """Entries of a component list (e.g. ``conditioner: [class, text]``) against their schemas.
+
+    A single node is typed by Hydra's ConfigStore already; list entries are not, so a
+    typo in one would otherwise surface only when phase 2 builds, after phase 1 trained.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .plugins import registry
+    from .registry import RegistryError
+
+    for kind in ("conditioner",):
+        nodes = cfg.get(kind)
+        if not OmegaConf.is_list(nodes):
+            continue
+        for i, node in enumerate(nodes):
+            where = f"{kind}.{i}"
+            if not OmegaConf.is_dict(node) or "name" not in node:
+                raise ConfigProblem(f"'{where}' must be a mapping with a 'name' (a registered {kind}), got {node!r}")
+            if node.name == "none":
+                continue
+            try:
+                registry().config_object(kind, node)
+            except RegistryError as e:
+                raise ConfigProblem(f"'{where}.name': {e}") from None
+            except OmegaConfBaseException as e:
+                raise ConfigProblem(f"'{where}' ({node.name}): {str(e).splitlines()[0]}") from None
 
 
 def _explain(error: Exception, overrides: list[str], config_name: str, hydra_compose) -> str:  # noqa: ANN001

@@ -232,6 +232,8 @@ class Conditioner(nn.Module, abc.ABC):
         context_dim (`int | None`): ``d_tau`` of the cross-attention tokens.
         concat_channels (`int`): channels of the concatenated maps.
         vector_dim (`int | None`): size of the vector.
+        dropout (`float | None`): its own condition-dropout rate in training (classifier-free
+            guidance); None takes the run's ``diffusion.cond_dropout``.
     """
 
     key: str
@@ -239,6 +241,7 @@ class Conditioner(nn.Module, abc.ABC):
     context_dim: int | None = None
     concat_channels: int = 0
     vector_dim: int | None = None
+    dropout: float | None = None
 
     @abc.abstractmethod
     def forward(self, cond: Mapping[str, Any], batch_size: int) -> Conditioning:
@@ -247,6 +250,20 @@ class Conditioner(nn.Module, abc.ABC):
     @abc.abstractmethod
     def null(self, batch_size: int) -> Conditioning:
         """The unconditional input used for classifier-free guidance."""
+
+    def set_latent_shape(self, latent_shape: Sequence[int]) -> None:
+        """Receive the latent shape ``(c, *s)`` once it is known, before any call.
+
+        Conditioners that emit ``concat`` maps size them to the grid ``s``. No-op by default.
+        """
+
+    def fit(self, values: Sequence[Any]) -> None:
+        """Learn from the training set's values of ``cond[self.key]`` before phase 2 trains.
+
+        E.g. a tokenizer learned from the captions. Called once before the optimizer
+        is built, on every process, so it must be deterministic; a conditioner that is
+        already fitted (or loaded) keeps its state. No-op by default.
+        """
 
 
 class Denoiser(nn.Module, abc.ABC):

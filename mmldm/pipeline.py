@@ -5,7 +5,8 @@ An exported folder::
     config.yaml                 component configs, latent shape and statistics, modality state
     autoencoder.safetensors     phase 1
     denoiser.safetensors        phase 2 (EMA weights), absent for an autoencoder-only export
-    conditioner.safetensors     tau_theta, when the model is conditional
+    conditioner.safetensors     tau_theta, when the model is conditional (state a conditioner keeps
+                                beside its weights too, e.g. a learned tokenizer as tokenizer.json bytes)
 
 Loading reads YAML and safetensors only (no pickle), and builds every
 component by its registry name, so any installed plugin's component loads.
@@ -95,7 +96,7 @@ class LatentDiffusion(nn.Module):
         cond: Mapping[str, Any] | None = None,
         steps: int | None = None,
         sampler: str | None = None,
-        guidance: float = 1.0,
+        guidance: float | Mapping[str, float] = 1.0,
         seed: int | None = None,
         progress: bool = True,
         return_latents: bool = False,
@@ -110,7 +111,8 @@ class LatentDiffusion(nn.Module):
             steps (`int`, *optional*): sampler steps (default: the exported sampler config).
             sampler (`str`, *optional*): a registered sampler (``ddpm``, ``ddim``, ``euler``,
                 ``heun``, ``dpmpp_2m``, ...).
-            guidance (`float`, defaults to 1): classifier-free guidance weight.
+            guidance (`float | Mapping[str, float]`, defaults to 1): classifier-free guidance weight, or
+                one weight per condition key (``{"class": 2.0, "text": 4.0}``, compositional guidance).
             seed (`int`, *optional*): makes the result reproducible.
             return_latents (`bool`): return normalized latents instead of decoded samples.
         """
@@ -168,7 +170,8 @@ class LatentDiffusion(nn.Module):
             modality.load_state_dict(OmegaConf.to_container(state) if state else {})
             autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
             stats = LatentStats.from_dict(OmegaConf.to_container(cfg.latent.stats))
-            conditioners = build_conditioners(cfg.get("conditioner"), modality) if cfg.get("denoiser") else []
+            conditioners = (build_conditioners(cfg.get("conditioner"), modality, list(cfg.latent.shape))
+                            if cfg.get("denoiser") else [])
             denoiser = build_denoiser(cfg.denoiser, list(cfg.latent.shape), conditioners) if cfg.get("denoiser") else None
         except ExportError:
             raise

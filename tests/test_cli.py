@@ -119,3 +119,12 @@ def test_phase_steps_come_from_the_preset_and_trainer_max_steps_caps_them():
     assert isinstance(extra["callbacks"][0], TimeBudget) and extra["callbacks"][0].limit == 500
     with pytest.raises(ValueError, match="max_minutes must be positive, got -1"):
         _budget(compose(["phase1.max_minutes=-1"]).phase1, full)
+
+
+def test_entries_of_a_conditioner_list_are_checked_before_training():
+    cfg = compose(["modality=image", "conditioner=class_text"])
+    assert [n.name for n in cfg.conditioner] == ["class", "text"]
+    with pytest.raises(ConfigProblem, match=r"'conditioner.1' \(text\): .*max_lenght"):
+        validate(["modality=image", "conditioner=class_text", "+conditioner.1.max_lenght=16"])
+    with pytest.raises(ConfigProblem, match=r"'conditioner.0.name': no conditioner named 'klass'"):
+        validate(["modality=image", "conditioner=class_text", "conditioner.0.name=klass"])

@@ -21,8 +21,8 @@ _EXPORTS = {
         "SAMPLERS", "ancestral_step", "get_sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
         "sample_euler", "sample_heun",
     ),
-    "guidance": ("cfg_denoiser",),
-    "sampling": ("condition", "null_condition", "resolve_sampler", "sample_latents"),
+    "guidance": ("cfg_denoiser", "guided_denoiser"),
+    "sampling": ("condition", "guidance_branches", "null_condition", "resolve_sampler", "sample_latents"),
     "config": ("DDIMConfig", "SamplerConfig", "sampler_options"),
     "utils": ("append_dims",),
 }

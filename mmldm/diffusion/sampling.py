@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..interfaces import Conditioner, Conditioning
-from .guidance import cfg_denoiser
+from .guidance import cfg_denoiser, guided_denoiser
 from .parameterization import DenoiserWrapper
 from .schedules import DiscreteSchedule
 
@@ -24,6 +24,25 @@ def condition(conditioners: Sequence[Conditioner], cond: Mapping[str, Any] | Non
 def null_condition(conditioners: Sequence[Conditioner], batch_size: int) -> Conditioning:
     """The merged null conditioning (the unconditional branch of classifier-free guidance)."""
     return condition(conditioners, None, batch_size)
+
+
+def guidance_branches(
+    conditioners: Sequence[Conditioner], cond: Mapping[str, Any] | None, weights: Mapping[str, float], batch_size: int
+) -> tuple[Conditioning, list[Conditioning], list[float]]:
+    """Branches of compositional guidance: ``(uncond, [cond_i], [w_i])`` for :func:`guided_denoiser`.
+
+    ``uncond`` nulls every key named in ``weights`` and keeps the other given
+    conditions; branch ``i`` adds condition ``i`` (a key missing from ``cond`` has no branch).
+    """
+    unknown = sorted(set(weights) - {c.key for c in conditioners})
+    if unknown:
+        raise ValueError(f"guidance names unknown condition key(s) {unknown}; "
+                         f"the conditioners read {[c.key for c in conditioners]}")
+    cond = dict(cond or {})
+    kept = {k: v for k, v in cond.items() if k not in weights}
+    guided = [k for k in weights if k in cond]
+    branches = [condition(conditioners, {**kept, k: cond[k]}, batch_size) for k in guided]
+    return condition(conditioners, kept, batch_size), branches, [float(weights[k]) for k in guided]
 
 
 def resolve_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -45,7 +64,7 @@ def sample_latents(
     cond: Mapping[str, Any] | None = None,
     sampler: str | Callable[..., Tensor] = "dpmpp_2m",
     steps: int = 25,
-    guidance: float = 1.0,
+    guidance: float | Mapping[str, float] = 1.0,
     spacing: str = "trailing",
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -60,6 +79,9 @@ def sample_latents(
     Args:
         sampler (`str | Callable`): a registered sampler name (``ddpm``, ``ddim``, ``euler``,
             ``heun``, ``dpmpp_2m`` or a plugin's) or a sampler function.
+        guidance (`float | Mapping[str, float]`): one weight for all conditions, or a weight
+            per condition key (compositional guidance, :func:`guidance_branches`), e.g.
+            ``{"class": 2.0, "text": 4.0}``; still one batched forward pass per step.
         sampler_options: the sampler's own options (``eta`` for DDIM).
     """
     sample_fn = resolve_sampler(sampler)
@@ -68,5 +90,8 @@ def sample_latents(
     sigmas = schedule.sigmas_for(steps, spacing).to(device=ref.device, dtype=ref.dtype)
     x = torch.randn(tuple(shape), generator=generator, device=ref.device, dtype=ref.dtype) * sigmas[0]
     model = DenoiserWrapper(denoiser, schedule, parameterization)
-    fn = cfg_denoiser(model, condition(conditioners, cond, n), null_condition(conditioners, n), guidance)
+    if isinstance(guidance, Mapping):
+        fn = guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n))
+    else:
+        fn = cfg_denoiser(model, condition(conditioners, cond, n), null_condition(conditioners, n), guidance)
     return sample_fn(fn, x, sigmas, generator=generator, disable=not progress, **sampler_options)

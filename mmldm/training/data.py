@@ -10,6 +10,7 @@ Conditions are kept beside them: tensors as ``.npy``, strings as JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -138,6 +139,32 @@ class EncodingDataset(Dataset):
         posterior = self.autoencoder.encode(item["x"][None])
         z = posterior.sample() if self.sample else posterior.mode()
         return {"z": self.stats.normalize(z)[0], "cond": item.get("cond", {})}
+
+
+class _ConditionView(Sequence):
+    """``dataset[i]["cond"].get(key)`` for every item, read only when indexed."""
+
+    def __init__(self, dataset: Dataset, key: str):
+        self.dataset, self.key = dataset, key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.dataset[i].get("cond", {}).get(self.key)
+
+
+def condition_values(dataset: Dataset, key: str) -> Sequence[Any]:
+    """The values of ``cond[key]`` over a phase-2 dataset (for :meth:`Conditioner.fit`).
+
+    A latent cache hands its stored list/array (empty when it has no such key);
+    otherwise a lazy view reads the raw items only when indexed (``None`` where missing).
+    """
+    if isinstance(dataset, LatentCacheDataset):
+        return dataset.cond.get(key, [])
+    return _ConditionView(dataset.dataset if isinstance(dataset, EncodingDataset) else dataset, key)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

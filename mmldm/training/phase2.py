@@ -99,10 +99,12 @@ class DiffusionModule(L.LightningModule):
     def from_config(
         cls, denoiser: Denoiser, conditioners: Sequence[Conditioner], latent_shape: Sequence[int], cfg: Any
     ) -> "DiffusionModule":
-        """Build from a :class:`mmldm.schema.DiffusionConfig` node (dropout applies to every conditioner)."""
+        """Build from a :class:`mmldm.schema.DiffusionConfig` node; each conditioner's condition dropout
+        is its own ``dropout`` when set, else ``cfg.cond_dropout``."""
+        dropout = {c.key: cfg.cond_dropout if c.dropout is None else c.dropout for c in conditioners}
         return cls(
             denoiser, conditioners, DiscreteSchedule.from_config(cfg), latent_shape, cfg.parameterization,
-            cfg.weighting, cfg.min_snr_gamma, {c.key: cfg.cond_dropout for c in conditioners}, cfg.lr,
+            cfg.weighting, cfg.min_snr_gamma, dropout, cfg.lr,
             cfg.weight_decay, cfg.ema_decay,
         )
 

@@ -27,7 +27,7 @@ from ..diagnostics import autoencoder_diagnostics, write_diagnostics
 from ..interfaces import Modality
 from ..latents import LatentStats
 from ..pipeline import LatentDiffusion
-from .data import EncodingDataset, LatentCacheDataset, encode_dataset, make_loader
+from .data import EncodingDataset, LatentCacheDataset, condition_values, encode_dataset, make_loader
 from .trainer import last_checkpoint, make_trainer
 
 log = logging.getLogger("mmldm")
@@ -135,10 +135,12 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
 
     modality = phase1.modality
     root = run_dir / "diffusion"
-    conditioners = build_conditioners(cfg.conditioner, modality)
+    conditioners = build_conditioners(cfg.conditioner, modality, phase1.latent_shape)
+    data = latent_dataset(cfg, phase1, run_dir)
+    for c in conditioners:  # before the optimizer and the EMA copy exist
+        c.fit(condition_values(data, c.key))  # e.g. a tokenizer learns the training captions
     denoiser = build_denoiser(cfg.denoiser, phase1.latent_shape, conditioners)
     module = DiffusionModule.from_config(denoiser, conditioners, phase1.latent_shape, cfg.diffusion)
-    data = latent_dataset(cfg, phase1, run_dir)
     loader = make_loader(data, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
     steps, budget = _budget(cfg.diffusion, cfg)
     trainer = make_trainer(cfg.trainer, root, steps, limit_val_batches=0, **budget)

