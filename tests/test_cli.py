@@ -109,7 +109,7 @@ def test_phase_steps_come_from_the_preset_and_trainer_max_steps_caps_them():
     from mmldm.training.run import _budget
 
     full = compose(["modality=voxel"])
-    assert _budget(full.phase1, full) == (800, {}) and _budget(full.diffusion, full) == (4000, {})
+    assert _budget(full.phase1, full) == (600, {}) and _budget(full.diffusion, full) == (4000, {})
     quick = compose(["modality=voxel", "trainer=quick"])
     assert _budget(quick.phase1, quick)[0] == 300 and _budget(quick.diffusion, quick)[0] == 300
     image = compose(["modality=image", "trainer.max_steps=500", "diffusion.max_minutes=2"])
