@@ -1,10 +1,11 @@
-"""The audio modality plugin: synthesized data, folder input, log-mel features, Griffin-Lim, files, metrics."""
+"""The audio modality plugin: synthesized data, folder input and splits, log-mel features, Griffin-Lim,
+files, metrics, the mel-shift augmentation, and a tiny 2D-layout run through the CLI."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +13,18 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from mmldm.interfaces import Modality, Vocoder
+from mmldm.interfaces import Autoencoder, AutoencoderOutput, LatentDistribution, Modality, Vocoder
 from mmldm.plugins import load_plugins
-from mmldm_audio.config import AudioConfig
+from mmldm_audio import metrics
+from mmldm_audio.augment import MelShiftDataset, mel_shift
+from mmldm_audio.config import AudioConfig, GriffinLimConfig
 from mmldm_audio.features import fix_length, normalize
 from mmldm_audio.modality import AudioModality
+from mmldm_audio.sources import normalize_peak
 from mmldm_audio.synth import CLASSES, synthesize
 
-FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd"
+from .conftest import run_cli
+
 SR = 16000
 
 
@@ -111,12 +116,89 @@ def test_griffinlim_round_trip_keeps_dominant_frequency():
 def test_reconstruction_metrics():
     m = make()
     x = torch.stack([m.dataset("val")[i]["x"] for i in range(4)])
-    assert m.reconstruction_metrics(x, x) == {"logmel_l1": 0.0, "spectral_convergence": 0.0}
-    c = 0.3  # a constant log-mel offset scales magnitudes by exp(c / 2)
+    zeros = {"logmel_l1": 0.0, "spectral_convergence": 0.0, "log_spectral_distance": 0.0}
+    assert m.reconstruction_metrics(x, x) == zeros
+    c = 0.3  # a constant log-mel offset scales power by exp(c), magnitudes by exp(c / 2)
     shifted = normalize(m.to_logmel(x) + c, m.stats, "1d")
-    metrics = m.reconstruction_metrics(x, shifted)
-    assert metrics["logmel_l1"] == pytest.approx(c, abs=1e-4)
-    assert metrics["spectral_convergence"] == pytest.approx(math.exp(c / 2) - 1, abs=1e-4)
+    out = m.reconstruction_metrics(x, shifted)
+    assert out["logmel_l1"] == pytest.approx(c, abs=1e-4)
+    assert out["spectral_convergence"] == pytest.approx(math.exp(c / 2) - 1, abs=1e-4)
+    assert out["log_spectral_distance"] == pytest.approx(10 * math.log10(math.exp(c)), abs=1e-3)  # dB
+    # values a decoder puts below the log floor are silence: clamped like the features
+    silent = torch.full_like(x, -1e3)
+    assert m.to_logmel(silent).min() == pytest.approx(math.log(m.cfg.log_floor))
+
+
+def test_metrics_match_numpy_formulas():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 8, 5, generator=gen) - 4, torch.randn(3, 8, 5, generator=gen) - 4  # log mel power
+    na, nb = a.double().numpy(), b.double().numpy()
+    sa, sb = np.exp(na / 2), np.exp(nb / 2)
+    sc = [np.linalg.norm(sa[i] - sb[i]) / np.linalg.norm(sa[i]) for i in range(3)]
+    db_a, db_b = 10 * np.log10(np.exp(na)), 10 * np.log10(np.exp(nb))
+    lsd = [np.mean(np.sqrt(np.mean((db_a[i] - db_b[i]) ** 2, axis=0))) for i in range(3)]
+    assert np.allclose(metrics.spectral_convergence(a, b).numpy(), sc, rtol=1e-5)
+    assert np.allclose(metrics.log_spectral_distance(a, b).numpy(), lsd, rtol=1e-5)
+    assert np.allclose(metrics.logmel_l1(a, b).numpy(), np.abs(na - nb).mean(axis=(1, 2)), rtol=1e-5)
+    assert metrics.spectral_metrics(a, b)["log_spectral_distance"] == pytest.approx(np.mean(lsd), rel=1e-5)
+
+
+def test_generation_metrics_compare_spectrum_statistics():
+    m = make()
+    real = torch.stack([m.dataset("train")[i]["x"] for i in range(12)])
+    assert m.generation_metrics(real, real) == {"mean_spectrum_l1": 0.0, "std_spectrum_l1": 0.0}
+    louder = normalize(m.to_logmel(real) + 0.5, m.stats, "1d")
+    out = m.generation_metrics(real, louder, torch.zeros(12, dtype=torch.long))
+    assert out == pytest.approx({"mean_spectrum_l1": 0.5, "std_spectrum_l1": 0.0}, abs=1e-4)
+    flat = normalize(m.to_logmel(real).mean(dim=(0, 2), keepdim=True).expand_as(real), m.stats, "1d")
+    assert m.generation_metrics(real, flat)["std_spectrum_l1"] > 0.5  # a collapsed set has no spread
+
+
+class IdentityAutoencoder(Autoencoder):
+    """``decode(encode(x).mode()) == x``: isolates what the vocoder loses."""
+
+    class Point(LatentDistribution):
+        def __init__(self, z):
+            self.z = z
+
+        def sample(self, generator=None):
+            return self.z
+
+        def mode(self):
+            return self.z
+
+        def kl(self):
+            return torch.zeros(len(self.z))
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def encode(self, x):
+        return self.Point(x)
+
+    def decode(self, z):
+        return z * self.scale
+
+    def forward(self, x):
+        return AutoencoderOutput(x, x, self.Point(x), torch.zeros(()), {})
+
+
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+def test_griffinlim_ceiling(layout):
+    m = make(layout=layout, n_mels=32)
+    x = torch.stack([m.dataset("val")[i]["x"] for i in range(4)])
+    fast = m.vocoder(GriffinLimConfig(name="griffinlim", n_iter=8))
+    out = metrics.griffinlim_ceiling(m, x, IdentityAutoencoder(), fast, batch_size=3)
+    assert set(out) == {"real_vocoded", "autoencoder", "autoencoder_vocoded"} and out["real_vocoded"]["items"] == 4
+    real = out["real_vocoded"]
+    assert 0 < real["spectral_convergence"] < 1 and 0 < real["logmel_l1"] < 2 and real["log_spectral_distance"] > 0
+    assert out["autoencoder"] == {"logmel_l1": 0.0, "spectral_convergence": 0.0, "log_spectral_distance": 0.0,
+                                  "items": 4}
+    assert out["autoencoder_vocoded"] == pytest.approx(real, rel=1e-5)  # a perfect autoencoder hits the ceiling
+    more = metrics.griffinlim_ceiling(m, x, vocoder=m.vocoder(GriffinLimConfig(name="griffinlim", n_iter=64)))
+    assert set(more) == {"real_vocoded"}
+    assert more["real_vocoded"]["spectral_convergence"] < real["spectral_convergence"]  # more iterations, less loss
 
 
 def test_save_writes_wav_and_png(tmp_path):
@@ -132,29 +214,97 @@ def test_save_writes_wav_and_png(tmp_path):
 
 
 @pytest.fixture
-def fsdd_folder(tmp_path):
-    if not FSDD.is_dir():
-        pytest.skip(f"FSDD recordings not found at {FSDD}")
+def fsdd(shared_data):
+    root = shared_data / "fsdd"
+    if not root.is_dir():
+        pytest.skip(f"FSDD recordings not found at {root}")
+    return root
+
+
+@pytest.fixture
+def fsdd_folder(tmp_path, fsdd):
+    """Five FSDD recordings (one per speaker) beside a corrupt, an empty and a NaN file."""
     names = ["0_george_0.wav", "3_jackson_1.wav", "3_lucas_2.wav", "7_nicolas_3.wav", "7_theo_4.wav"]
     for name in names:
-        (tmp_path / name).symlink_to(FSDD / name)
+        (tmp_path / name).symlink_to(fsdd / name)
     (tmp_path / "9_broken_0.wav").write_bytes(b"RIFF\x00\x00garbage")
     (tmp_path / "8_empty_0.wav").write_bytes(b"")
+    sf.write(tmp_path / "5_nan_0.wav", np.full(800, np.nan, np.float32), 8000, subtype="FLOAT")
     return tmp_path, names
 
 
-def test_fsdd_folder_labels_resampling_and_corrupt_files(fsdd_folder, caplog):
+def test_fsdd_folder_labels_resampling_and_corrupt_files(fsdd_folder, fsdd, caplog):
     root, names = fsdd_folder
     m = make(source="folder", root=str(root), val_fraction=0.0)
     data = m.waveforms("train")
-    assert re.search(r"skipped 2 unreadable file\(s\): 8_empty_0.wav .*9_broken_0.wav", caplog.text)
+    assert re.search(r"skipped 3 unreadable file\(s\): 5_nan_0.wav \(ValueError: non-finite samples\); "
+                     r"8_empty_0.wav .*9_broken_0.wav", caplog.text)
+    assert sorted(data.names) == names  # paths relative to the folder
     assert data.class_names == ["0", "3", "7"] and len(data.waves) == 5
     assert sorted(data.class_names[k] for k in data.labels) == ["0", "3", "3", "7", "7"]
     # FSDD is 8 kHz: resampled to 16 kHz the clips have twice the samples
-    frames = sorted(sf.info(str(FSDD / n)).frames * 2 for n in names)
+    frames = sorted(sf.info(str(fsdd / n)).frames * 2 for n in names)
     assert sorted(len(w) for w in data.waves) == frames
     item = m.dataset("train")[0]
     assert item["x"].shape == (64, 64) and item["cond"]["text"].startswith("a recording of ")
+
+
+def test_speaker_holdout_split_by_val_pattern(fsdd_folder):
+    root, names = fsdd_folder
+    m = make(source="folder", root=str(root), val_pattern="_theo_", val_fraction=0.5)  # the pattern wins
+    assert m.waveforms("val").names == ["7_theo_4.wav"]
+    assert m.waveforms("train").names == names[:4] and len(m.dataset("train")) == 4
+    assert [m.waveforms("val").class_names[k] for k in m.waveforms("val").labels] == ["7"]
+    # the statistics come from the training speakers only
+    train_only = make(source="folder", root=str(root), val_fraction=0.0)
+    train_only._sets["train"] = m.waveforms("train")
+    assert torch.allclose(m.stats["mean"], train_only.stats["mean"])
+    for pattern, what in (("_nobody_", "none"), ("wav$", "all")):
+        bad = make(source="folder", root=str(root), val_pattern=pattern)
+        message = rf"audio.val_pattern='{re.escape(pattern)}' matches {what} of the 5 readable files"
+        with pytest.raises(ValueError, match=message):
+            bad.waveforms("train")
+    with pytest.raises(ValueError, match="audio.val_pattern='_theo_' needs audio.source='folder'"):
+        make(val_pattern="_theo_")
+    with pytest.raises(ValueError, match=r"audio.val_pattern='\(' is not a valid regex"):
+        make(source="folder", root=str(root), val_pattern="(")
+
+
+def test_peak_level_equalizes_recording_gain(fsdd_folder):
+    root, names = fsdd_folder
+    raw = make(source="folder", root=str(root), val_fraction=0.0).waveforms("train")
+    m = make(source="folder", root=str(root), val_fraction=0.0, peak_level=0.5)
+    waves = m.waveforms("train").waves
+    assert max(float(w.abs().max()) for w in raw.waves) / min(float(w.abs().max()) for w in raw.waves) > 5
+    for wave, before in zip(waves, raw.waves):
+        assert float(wave.abs().max()) == pytest.approx(0.5) and abs(float(wave.mean())) < 1e-6
+        assert float(torch.corrcoef(torch.stack([wave, before]))[0, 1]) > 0.999  # a gain and an offset only
+    silent = normalize_peak(type(raw)([torch.zeros(5)]), 0.5)
+    assert torch.equal(silent.waves[0], torch.zeros(5))
+    with pytest.raises(ValueError, match=r"audio.peak_level=2.0 must be in \(0, 1\]"):
+        make(peak_level=2.0)
+
+
+def test_folder_captions_from_text_files(tmp_path):
+    for name in ("1_a_0", "2_a_0"):
+        sf.write(tmp_path / f"{name}.wav", 0.1 * np.ones(900, np.float32), 8000)
+    (tmp_path / "1_a_0.txt").write_text("  someone says one \n")
+    m = make(source="folder", root=str(tmp_path), val_fraction=0.0)
+    assert m.waveforms("train").texts == ["someone says one", "a recording of 2"]
+
+
+def test_mel_shift_moves_a_tone_by_whole_bins():
+    m = make()
+    x = m.features(tone(1000.0, m.length)[None])  # (1, n_mels, T)
+    peak = int(m.to_logmel(x)[0].mean(1).argmax())
+    for k in (-3, 2):
+        assert int(m.to_logmel(mel_shift(m, x, k))[0].mean(1).argmax()) == peak + k
+    data = [m.dataset("val")[i] for i in range(2)]
+    shifted = MelShiftDataset(data, m, [0, -1, 1])
+    assert len(shifted) == 6 and torch.equal(shifted[1]["x"], data[1]["x"]) and shifted[3]["cond"] == data[1]["cond"]
+    assert torch.allclose(shifted[4]["x"], mel_shift(m, data[0]["x"][None], 1)[0])
+    with pytest.raises(ValueError, match="needs at least one shift"):
+        MelShiftDataset(data, m, [])
 
 
 def test_folder_label_pattern_mismatch_names_the_file(tmp_path):
@@ -186,3 +336,35 @@ def test_fix_length_crops_and_pads():
     torch.manual_seed(0)
     starts = {int(fix_length(wave, 4, random_crop=True)[0]) for _ in range(30)}
     assert len(starts) > 3 and starts <= set(range(7))
+
+
+def test_2d_layout_trains_and_samples_through_the_cli(tmp_path):
+    """The 2D layout ``[B, 1, n_mels, T]`` takes the same path as the 1D one (test_train_e2e): both
+    phases, export, samples as WAV + PNG, then the `sample` verb on the export."""
+    from .test_train_e2e import TINY, TINY_MODALITY
+
+    run, env = tmp_path / "run", {"MMLDM_CACHE": str(tmp_path / "cache")}
+    out = run_cli("train", "modality=audio", "modality.layout=2d", "modality.n_mels=32", *TINY_MODALITY["audio"], *TINY,
+                  f"hydra.run.dir={run}", env_extra=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = json.loads((run / "metrics.json").read_text())
+    assert results["autoencoder"]["latent"]["shape"] == [4, 8, 16]  # [c, n_mels / 4, T / 4]
+    assert set(results["autoencoder"]["reconstruction"]) == set(metrics.PER_CLIP)
+    assert set(results["diffusion"]["generation"]) == {"mean_spectrum_l1", "std_spectrum_l1"}
+    wave, rate = sf.read(run / "samples" / "sample_0001.wav")
+    assert rate == SR and wave.shape == (63 * 256,)
+    assert Image.open(run / "samples" / "sample_0001.png").size == (64 * 3, 32 * 3)  # T x n_mels, 3x
+    out = run_cli("sample", str(run / "export"), "n=3", "steps=2", "class=1", f"out={tmp_path / 's'}", env_extra=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list((tmp_path / "s").glob("sample_*.wav"))) == 3 and (tmp_path / "s" / "sample_grid.png").is_file()
+
+
+def test_presets_compose_audio_defaults_and_the_fsdd_holdout(fsdd):
+    from mmldm.configuration import compose
+
+    cfg = compose(["modality=audio"])
+    assert (cfg.modality.layout, cfg.denoiser.name, list(cfg.autoencoder.channel_mult)) == ("1d", "unet1d", [1, 2, 4])
+    assert "crossattn" in cfg.conditioner.outputs and cfg.denoiser.attention_levels  # the U-Net cross-attends
+    cfg = compose(["modality=audio", "preset=audio_fsdd", f"modality.root={fsdd}"])
+    m = load_plugins(report=False).registry.build("modality", cfg.modality)
+    assert (m.cfg.val_pattern, m.cfg.peak_level, m.sample_rate, m.length) == ("_theo_", 0.5, 8000, 63 * 128)

@@ -27,10 +27,18 @@ class AudioConfig(ComponentConfig):
             ``null`` takes labels from the first sub-folder instead.
         num_frames (`int`): ``T``, a multiple of 8 so the autoencoder can halve it 3 times.
         log_floor (`float`): mel power is clamped to at least this before the log.
+        peak_level (`float`, *optional*): when set, every clip (synthesized or read) has its mean
+            removed and is scaled to this peak amplitude before cropping (e.g. 0.5 as AudioLDM):
+            recordings made at different gains then compare; ``null`` keeps the levels.
         layout (`str`): ``"1d"`` -> ``x [n_mels, T]`` (mel bins as channels,
             ``dims=1``); ``"2d"`` -> ``x [1, n_mels, T]`` (``dims=2``, ``n_mels``
             must then be a multiple of 8 too).
         num_samples (`int`): number of synthesized clips (train + val).
+        val_fraction (`float`): share of the clips held out as "val" (a seeded random pick of the
+            folder's files; the last synthesized clips).
+        val_pattern (`str`, *optional*): source ``"folder"`` only: a regex searched in each file's
+            path relative to ``root``; matching files form "val", the others "train", and
+            ``val_fraction`` is unused (e.g. ``_theo_`` holds out one FSDD speaker).
     """
 
     source: str = "synth"
@@ -44,10 +52,12 @@ class AudioConfig(ComponentConfig):
     f_min: float = 0.0
     f_max: Optional[float] = None  # null: sample_rate / 2
     log_floor: float = 1e-5
+    peak_level: Optional[float] = None  # null: keep each file's own level
     layout: str = "1d"
     num_samples: int = 1000
     seed: int = 0
     val_fraction: float = 0.1
+    val_pattern: Optional[str] = None  # null: split by val_fraction
 
 
 @dataclass

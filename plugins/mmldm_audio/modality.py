@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from mmldm.data import check_split, split_indices
 from mmldm.interfaces import Modality
 
-from . import sources
+from . import metrics, sources
 from .config import AUDIO_LAYOUTS, AUDIO_SOURCES, AudioConfig, GriffinLimConfig
 from .features import LogMel, denormalize, f_max_of, fix_length, measure_stats, normalize
 
@@ -41,17 +41,22 @@ def validate(cfg: AudioConfig) -> None:
         (0 <= cfg.f_min < f_max_of(cfg) <= cfg.sample_rate / 2,
          f"audio.f_min={cfg.f_min}, f_max={cfg.f_max}: need 0 <= f_min < f_max <= sample_rate/2={cfg.sample_rate / 2}"),
         (cfg.log_floor > 0, f"audio.log_floor={cfg.log_floor} must be > 0"),
+        (cfg.peak_level is None or 0 < cfg.peak_level <= 1, f"audio.peak_level={cfg.peak_level} must be in (0, 1] or null"),
         (cfg.source != "folder" or bool(cfg.root), f"audio.source='folder' needs audio.root (a directory), got {cfg.root!r}"),
         (0.0 <= cfg.val_fraction < 1.0, f"audio.val_fraction={cfg.val_fraction} must be in [0, 1)"),
+        (not cfg.val_pattern or cfg.source == "folder",
+         f"audio.val_pattern={cfg.val_pattern!r} needs audio.source='folder' (it matches file paths), "
+         f"got '{cfg.source}'"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    if cfg.label_pattern:
+    for key in ("label_pattern", "val_pattern"):
+        pattern = getattr(cfg, key)
         try:
-            re.compile(cfg.label_pattern)
+            re.compile(pattern or "")
         except re.error as e:
-            raise ValueError(f"audio.label_pattern={cfg.label_pattern!r} is not a valid regex: {e}") from e
+            raise ValueError(f"audio.{key}={pattern!r} is not a valid regex: {e}") from e
 
 
 class AudioDataset(Dataset):
@@ -98,6 +103,7 @@ class AudioModality(Modality):
         self.length = (cfg.num_frames - 1) * cfg.hop_length
         self.logmel = LogMel(cfg)
         self._sets: dict[str, sources.AudioSet] = {}
+        self._folder: sources.AudioSet | None = None
         self._stats: dict[str, Tensor] | None = None
         self._vocoder = None
 
@@ -114,16 +120,26 @@ class AudioModality(Modality):
         """The raw clips of ``split`` (cached): synth clips ``[length]``, folder clips of any length."""
         check_split(split)
         if split not in self._sets:
-            c = self.cfg
-            if c.source == "synth":  # clip i is synthesized from (seed, i): the val clips are the last ones
-                indices = split_indices(c.num_samples, c.val_fraction, split, c.seed, shuffle=False)
-                self._sets[split] = sources.load_synth(indices, c.seed, c.sample_rate, self.length)
-            else:
-                if "all" not in self._sets:
-                    self._sets["all"] = sources.load_folder(Path(c.root), c.sample_rate, c.label_pattern)
-                full = self._sets["all"]
-                self._sets[split] = full.subset(split_indices(len(full.waves), c.val_fraction, split, c.seed))
+            data = self._load(split)
+            if self.cfg.peak_level is not None:
+                data = sources.normalize_peak(data, self.cfg.peak_level)
+            self._sets[split] = data
         return self._sets[split]
+
+    def _load(self, split: str) -> sources.AudioSet:
+        """Split ``split`` of the source: the last synthesized clips are "val"; folder files by
+        ``val_pattern`` when set, else a seeded ``val_fraction`` pick."""
+        c = self.cfg
+        if c.source == "synth":  # clip i is synthesized from (seed, i)
+            indices = split_indices(c.num_samples, c.val_fraction, split, c.seed, shuffle=False)
+            return sources.load_synth(indices, c.seed, c.sample_rate, self.length)
+        if self._folder is None:  # read once for both splits
+            self._folder = sources.load_folder(Path(c.root), c.sample_rate, c.label_pattern)
+        if c.val_pattern:
+            idx = sources.pattern_split(self._folder.names or [], c.val_pattern, split, c.root)
+        else:
+            idx = split_indices(len(self._folder.waves), c.val_fraction, split, c.seed)
+        return self._folder.subset(idx)
 
     @property
     def stats(self) -> dict[str, Tensor]:
@@ -150,8 +166,9 @@ class AudioModality(Modality):
             return normalize(self.logmel(wave), self.stats, self.cfg.layout)
 
     def to_logmel(self, x: Tensor) -> Tensor:
-        """Normalized ``[B, C, *s]`` -> log-mel ``[B, n_mels, T]``."""
-        return denormalize(x.float(), self.stats, self.cfg.layout)
+        """Normalized ``[B, C, *s]`` -> log-mel ``[B, n_mels, T]``, floored at ``log(log_floor)`` like the
+        features (a decoder's values below the floor are silence too)."""
+        return denormalize(x.float(), self.stats, self.cfg.layout).clamp(min=math.log(self.cfg.log_floor))
 
     def dataset(self, split: str) -> AudioDataset:
         data = self.waveforms(split)
@@ -185,12 +202,16 @@ class AudioModality(Modality):
         return paths
 
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
-        """``logmel_l1``: mean |log-mel difference|; ``spectral_convergence``: per clip
-        ``||M - M~||_F / ||M||_F`` on linear mel magnitudes (Arik et al. 2018), averaged."""
-        a, b = self.to_logmel(x), self.to_logmel(x_rec)
-        mag_a, mag_b = (a / 2).exp(), (b / 2).exp()  # power -> magnitude
-        sc = torch.linalg.matrix_norm(mag_a - mag_b) / torch.linalg.matrix_norm(mag_a).clamp(min=1e-12)
-        return {"logmel_l1": float((a - b).abs().mean()), "spectral_convergence": float(sc.mean())}
+        """Batch means of ``logmel_l1``, ``spectral_convergence`` and ``log_spectral_distance`` (dB) between
+        the log-mels of ``x`` and ``x_rec`` (both ``[B, C, *s]``), in the denormalized, floored log-mel
+        domain (see :mod:`.metrics`)."""
+        return metrics.spectral_metrics(self.to_logmel(x), self.to_logmel(x_rec))
+
+    def generation_metrics(self, real: Tensor, generated: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """``mean_spectrum_l1`` and ``std_spectrum_l1`` between the two sets' per-mel-bin log-mel statistics
+        (:func:`.metrics.distribution_metrics`; labels unused). Class accuracy and the Frechet distance
+        come from the independent classifier of :mod:`mmldm.evaluation.classifier`."""
+        return metrics.distribution_metrics(self.to_logmel(real), self.to_logmel(generated))
 
 
 def spectrogram_pictures(logmel: Tensor, vmin: float, scale: int = 3) -> np.ndarray:

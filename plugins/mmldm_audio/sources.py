@@ -14,7 +14,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from mmldm.data import SkippedFiles
+from mmldm.data import SkippedFiles, check_split
 
 from .synth import CLASSES, synthesize
 
@@ -25,12 +25,14 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 @dataclass
 class AudioSet:
-    """Mono float32 waveforms ``[N_i]`` at the configured rate, with labels and captions."""
+    """Mono float32 waveforms ``[N_i]`` at the configured rate, with labels, captions and, for files,
+    their paths relative to the folder (POSIX form)."""
 
     waves: list[Tensor]
     labels: np.ndarray | None = None  # int64 [N]
     texts: list[str] | None = None
     class_names: list[str] = field(default_factory=list)
+    names: list[str] | None = None
 
     def subset(self, idx: np.ndarray) -> "AudioSet":
         return AudioSet(
@@ -38,6 +40,7 @@ class AudioSet:
             None if self.labels is None else self.labels[idx],
             None if self.texts is None else [self.texts[i] for i in idx],
             self.class_names,
+            None if self.names is None else [self.names[i] for i in idx],
         )
 
 
@@ -53,14 +56,27 @@ def load_synth(indices: Iterable[int], seed: int, sample_rate: int, length: int)
 
 
 def read_audio(path: Path, sample_rate: int) -> Tensor:
-    """A file as mono float32 ``[N]`` resampled to ``sample_rate``; ``ValueError`` when it has no samples."""
+    """A file as mono float32 ``[N]`` (channels averaged) resampled to ``sample_rate`` with torchaudio;
+    ``ValueError`` when it has no samples or non-finite ones."""
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
     if data.size == 0:
         raise ValueError("no samples")
+    if not np.isfinite(data).all():
+        raise ValueError("non-finite samples")
     wave = torch.from_numpy(data.mean(axis=1))
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
     return wave
+
+
+def normalize_peak(data: AudioSet, level: float) -> AudioSet:
+    """Each clip with its mean removed and scaled to peak ``level`` (silent clips stay silent), as
+    AudioLDM's data pipeline does (Liu et al. 2023, arXiv 2301.12503): recording gain stops being a feature."""
+    waves = []
+    for wave in data.waves:
+        wave = wave - wave.mean()
+        waves.append(wave * (level / wave.abs().max()) if wave.abs().max() > 0 else wave)
+    return AudioSet(waves, data.labels, data.texts, data.class_names, data.names)
 
 
 def _label(path: Path, root: Path, pattern: re.Pattern | None) -> str:
@@ -86,12 +102,15 @@ def _class_names(labels: list[str]) -> list[str]:
 
 
 def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> AudioSet:
-    """Every WAV/FLAC/OGG under ``root``; corrupt or empty files are skipped with one warning naming each."""
+    """Every WAV/FLAC/OGG under ``root`` (sorted by path), with labels from ``label_pattern`` (or the
+    first sub-folder when ``None``) and captions from a ``.txt`` file of the same stem beside each file
+    (else ``"a recording of {label}"``). Corrupt, empty or non-finite files are skipped and reported in
+    one warning naming each."""
     if not root.is_dir():
         raise FileNotFoundError(f"audio.root={root} is not a directory (source 'folder' reads WAV/FLAC/OGG files)")
     pattern = re.compile(label_pattern) if label_pattern else None
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    waves, labels, texts, skipped = [], [], [], SkippedFiles()
+    waves, labels, texts, names, skipped = [], [], [], [], SkippedFiles()
     for path in files:
         label = _label(path, root, pattern)
         try:
@@ -100,10 +119,29 @@ def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> Audi
             skipped.add(path.relative_to(root), e)
             continue
         labels.append(label)
+        names.append(path.relative_to(root).as_posix())
         caption = path.with_suffix(".txt")
         texts.append(caption.read_text().strip() if caption.exists() else f"a recording of {label}")
     skipped.warn(logger, f"audio folder {root}")
     if not waves:
         raise FileNotFoundError(f"audio.root={root}: no readable {'/'.join(AUDIO_SUFFIXES)} files")
-    names = _class_names(labels)
-    return AudioSet(waves, np.array([names.index(k) for k in labels], dtype=np.int64), texts, names)
+    classes = _class_names(labels)
+    return AudioSet(waves, np.array([classes.index(k) for k in labels], dtype=np.int64), texts, classes, names)
+
+
+def pattern_split(names: list[str], val_pattern: str, split: str, root: str | Path) -> np.ndarray:
+    """Indices (int64, file order) of ``split``: files whose relative path matches the regex
+    ``val_pattern`` (``re.search``) are "val", the others "train" (e.g. ``_theo_`` holds out a speaker).
+
+    Raises ``ValueError`` naming the pattern when it matches none or all of the readable files.
+    """
+    check_split(split)
+    regex = re.compile(val_pattern)
+    is_val = np.array([regex.search(n) is not None for n in names], dtype=bool)
+    if not is_val.any() or is_val.all():
+        what = "none" if not is_val.any() else "all"
+        raise ValueError(
+            f"audio.val_pattern={val_pattern!r} matches {what} of the {len(names)} readable files under {root} "
+            f"(e.g. {names[0]!r}); it must select some but not all files (matches form 'val', the rest 'train')"
+        )
+    return np.flatnonzero(is_val if split == "val" else ~is_val)
