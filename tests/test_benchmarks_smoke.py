@@ -81,23 +81,27 @@ def test_quick_run_measures_every_held_out_image(shared_data, tmp_path):
 def test_generation_tasks_compose_and_report(tmp_path):
     from benchmarks import generation
 
-    args = generation.parse_args(["--task", "mnist", "--mnist", str(tmp_path), "--set", "diffusion.lr=1e-4"])
+    args = generation.parse_args(["--task", "mnist", "--data", str(tmp_path), "--set", "diffusion.lr=1e-4"])
     args.ae_minutes, args.diffusion_minutes = 5.0, 14.5
     cfg = generation.compose_config(args)
-    assert (cfg.modality.source, cfg.modality.root) == ("mnist", str(tmp_path))
+    assert (cfg.modality.source, cfg.modality.root) == ("mnist", str(tmp_path / "mnist"))
     assert (cfg.phase1.max_minutes, cfg.diffusion.max_minutes, cfg.diffusion.lr) == (5.0, 14.5, 1e-4)
     assert cfg.regularizer.name == "kl" and cfg.autoencoder.latent_channels == 4
     voxel = generation.compose_config(generation.parse_args(["--task", "voxel"]))
     assert voxel.modality.name == "voxel" and voxel.denoiser.name == "unet3d"
+    fsdd = generation.compose_config(generation.parse_args(["--task", "fsdd", "--data", str(tmp_path)]))
+    assert (fsdd.modality.root, fsdd.modality.val_pattern, fsdd.modality.layout) == (str(tmp_path / "fsdd"), "_theo_", "1d")
     m = {"class_accuracy": 0.975, "frechet_distance": 1.5, "sampling_seconds": 3.0, "modality": {"1nna_cd": 0.6}}
     results = {
         "settings": {"task": "voxel", "ae_minutes": 1, "diffusion_minutes": 2, "per_class": 5, "real": 10, "overrides": ["a=b"]},
         "training": {"wall_seconds": 200.0, "metrics": {"diffusion": {"steps": 7}, "autoencoder": {"reconstruction": {"iou": 0.9}}}},
         "classifier": {"val_accuracy": 0.99, "epochs": 2, "seconds": 3.0},
         "samples": {"dpmpp_2m-25-g3": m, "ddpm-250-g3": {**m, "class_accuracy": 0.96}},
+        "extra": {"ceiling": {"real_vocoded": {"logmel_l1": 0.25, "items": 3}}},
     }
     text = generation.report(results)
     assert "| dpmpp_2m-25-g3 | 0.9750 | 1.500 | 0.6 | 3.0 |" in text
+    assert "| real_vocoded | 3 | 0.25 |" in text
     assert "+1.50 accuracy points" in text and "3.3 min wall clock" in text and "iou 0.9" in text
 
 
