@@ -24,6 +24,9 @@ class UNetConfig(ComponentConfig):
         dropout (`float`): inside the ResBlocks and feed-forwards.
         use_checkpoint (`bool`): gradient checkpointing per block (less memory, ~30% slower training).
         channels_last (`bool`): channels-last memory format for dims 2 and 3 (no effect for dims 1).
+        compile (`bool`): run the forward through ``torch.compile`` (inductor). Off by default: on a 2-core
+            CPU compiling a 3-level U-Net's training step took minutes and a narrow (32-channel) one was
+            not faster afterwards; ``python -m benchmarks.unet_vs_diffusers --compile`` measures it.
     """
 
     model_channels: int = 64
@@ -37,6 +40,7 @@ class UNetConfig(ComponentConfig):
     dropout: float = 0.0
     use_checkpoint: bool = False
     channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass

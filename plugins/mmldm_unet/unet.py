@@ -7,8 +7,9 @@ for ``dims`` 1, 2 and 3 with the layers of :mod:`mmldm.nn`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,9 @@ class UNet(Denoiser):
         concat_channels (`int`): channels of ``conditioning.concat`` stacked onto ``z_t``.
         vector_dim (`int`, *optional*): size of ``conditioning.vector``, added to the time
             embedding through a Linear.
-        The other arguments are the fields of :class:`~mmldm_unet.config.UNetConfig`.
+        The other arguments are the fields of :class:`~mmldm_unet.config.UNetConfig`; with ``compile``
+        the forward runs through one ``torch.compile``-d function shared by all instances (parameters are
+        graph inputs, so copies such as an EMA model reuse the compiled code instead of the original's).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class UNet(Denoiser):
         num_heads: int = 4, head_dim: int | None = None, transformer_depth: int = 1, mid_attention: bool = True,
         dropout: float = 0.0, context_dim: int | None = None, concat_channels: int = 0,
         vector_dim: int | None = None, use_checkpoint: bool = False, channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.dims, self.in_channels, self.out_channels = check_dims(dims), in_channels, out_channels
@@ -71,7 +75,7 @@ class UNet(Denoiser):
             raise ValueError(f"attention_levels {list(attention_levels)} contains {bad[0]}, but channel_mult "
                              f"{list(channel_mult)} only has levels 0..{len(channel_mult) - 1}")
         self.context_dim, self.concat_channels, self.vector_dim = context_dim, concat_channels, vector_dim
-        self.num_levels, self.use_checkpoint = len(channel_mult), use_checkpoint
+        self.num_levels, self.use_checkpoint, self.use_compile = len(channel_mult), use_checkpoint, compile
         self._attn = dict(num_heads=num_heads, head_dim=head_dim, depth=transformer_depth, dropout=dropout)
         emb_dim = 4 * model_channels
         self.time_embed = TimestepEmbedding(model_channels, emb_dim)
@@ -147,6 +151,11 @@ class UNet(Denoiser):
     def forward(self, z_t: Tensor, t: Tensor, conditioning: Conditioning | None = None) -> Tensor:
         cond = conditioning if conditioning is not None else Conditioning()
         self._check(z_t, cond)
+        if self.use_compile and not torch.compiler.is_compiling():
+            return _compiled_forward()(self, z_t, t, cond)
+        return self._forward(z_t, t, cond)
+
+    def _forward(self, z_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         h = z_t if not self.concat_channels else torch.cat([z_t, cond.concat.to(z_t)], dim=1)
         if self.memory_format is not None:
             h = h.contiguous(memory_format=self.memory_format)
@@ -162,6 +171,12 @@ class UNet(Denoiser):
         for block in self.up:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context)
         return self.out(h)
+
+
+@functools.cache
+def _compiled_forward() -> Callable[..., Tensor]:
+    """``torch.compile(UNet._forward)``, made on first use (compilation itself happens on the first call)."""
+    return torch.compile(UNet._forward)
 
 
 def build_unet(

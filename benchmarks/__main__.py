@@ -1,0 +1,234 @@
+"""The performance benchmarks in one run, one table: ``python -m benchmarks``.
+
+Sections (each is a module that also runs alone, with its own ``--help``):
+
+1. ``unet_vs_diffusers``: mmldm's 2D U-Net against diffusers' ``UNet2DConditionModel`` at the same
+   architecture, forward and training step, eager and with mmldm's fast-path switches;
+2. ``utilization``: achieved FLOP/s of the U-Net forward over a large matmul's, and what bounds it;
+3. ``latent_cache``: phase-2 steps/s with and without the latent cache (300 procedural 32^3 shapes,
+   2 rounds of 10 steps: the figure is a ratio, so a smaller data set than the module's default does);
+4. ``latent_vs_pixel``: a training step (batch 1) and one guided sample (10 DPM-Solver++ steps) at
+   64^3, latent (f=4) against pixel space, 2 rounds: a pixel-space forward at 64^3 is ~370 GFLOP per
+   grid, so the module's defaults (batch 2, 25 steps, 3 rounds) alone would take most of 10 minutes;
+5. ``samplers``: quality against steps needs a trained model (``python -m benchmarks.generation``,
+   about 20 minutes); this run quotes ``benchmarks/results/generation_mnist/results.json`` when present.
+
+Every section records its wall time and peak resident memory
+(:func:`benchmarks.utilization.peak_rss`). The acceptance figures go to one table, printed and written
+with every section's result to ``benchmarks/results/perf/results.{json,md}`` (section files in
+subfolders). The whole run is sized for under 10 minutes on a 2-core CPU (its own wall time is the
+last row of the table); ``--quick`` runs every section at tiny sizes in well under a minute (a smoke
+run: its figures say nothing about the targets).
+
+    python -m benchmarks
+    python -m benchmarks --quick
+    python -m benchmarks --only unet_vs_diffusers utilization --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from benchmarks import latent_cache, latent_vs_pixel, unet_vs_diffusers, utilization
+from benchmarks.unet_vs_diffusers import Arch
+
+REPO = Path(__file__).resolve().parents[1]
+#: mmldm's default fast path on the CPU, the row held to <= 0.8 of diffusers' training step
+FAST_PATH = "mmldm_fused_adamw"
+GENERATION = REPO / "benchmarks" / "results" / "generation_mnist" / "results.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one run."""
+
+    unet: Arch
+    unet_rounds: int
+    utilization: Arch
+    utilization_rounds: int
+    matmul_n: int
+    latent_cache: tuple[str, ...]
+    latent_vs_pixel: tuple[str, ...]
+
+
+FULL = Plan(Arch(), 5, replace(Arch(), batch=8), 5, 2048,
+            ("--steps", "10", "--rounds", "2", "--set", "modality.num_shapes=300"),
+            # 64^3 pixel space costs ~370 GFLOP per forward of one grid: batch 1, 10 sampler steps, 2 rounds
+            ("--resolution", "64", "--batch", "1", "--repeats", "2", "--sample-steps", "10"))
+QUICK = Plan(unet_vs_diffusers.QUICK, 2, unet_vs_diffusers.QUICK, 2, 512,
+             ("--steps", "3", "--rounds", "1", "--set", "modality.resolution=16", "modality.num_shapes=40",
+              "data.batch_size=4"),
+             ("--resolution", "16", "--repeats", "1", "--sample-steps", "2", "--batch", "1"))
+
+Row = dict[str, Any]  # benchmark, figure, value, target, met
+
+
+def row(benchmark: str, figure: str, value: float | None, target: str = "", ok: bool | None = None) -> Row:
+    return {"benchmark": benchmark, "figure": figure, "value": value, "target": target, "met": ok}
+
+
+def unet_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
+    r = unet_vs_diffusers.run(plan.unet, plan.unet_rounds, compile=args.compile)
+    v, name = r["variants"], "U-Net vs diffusers"
+    step = {k: x["ratio_to_diffusers"]["train_step"] for k, x in v.items()}
+    mem = {k: v[k]["peak_mb"]["train_step"] for k in ("mmldm", "diffusers")}
+    rows = [
+        row(name, "train step, mmldm / diffusers (matched, eager fp32)", step["mmldm"], "<= 1.0", step["mmldm"] <= 1.0),
+        row(name, "forward, mmldm / diffusers (matched, eager fp32)", v["mmldm"]["ratio_to_diffusers"]["forward"]),
+        row(name, f"train step, mmldm fast path ({FAST_PATH}) / diffusers", step[FAST_PATH], "<= 0.8",
+            step[FAST_PATH] <= 0.8),
+        row(name, "train step, mmldm channels-last / diffusers", step["mmldm_channels_last"]),
+        row(name, "train step, mmldm bf16 autocast + fused AdamW / diffusers fp32", step["mmldm_bf16_fused_adamw"]),
+        row(name, "train step, diffusers with fused AdamW / diffusers", step["diffusers_fused_adamw"]),
+        row(name, f"peak MB of a train step, mmldm / diffusers ({mem['mmldm']:.0f} / {mem['diffusers']:.0f} MB)",
+            mem["mmldm"] / max(mem["diffusers"], 1e-9)),
+    ]
+    if unet_vs_diffusers.COMPILED.name in v:
+        c = v[unet_vs_diffusers.COMPILED.name]
+        rows.append(row(name, "train step, mmldm torch.compile + fused AdamW / diffusers", step[c["name"]]))
+        rows.append(row(name, "first compiled train step (compilation), s", c["first_step_seconds"]))
+    return r, rows, unet_vs_diffusers.report(r)
+
+
+def utilization_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
+    r = utilization.run(plan.utilization, plan.utilization_rounds, plan.matmul_n)
+    ok = r["utilization"] >= utilization.TARGET
+    return r, [row("Utilization", "U-Net forward FLOP/s / matmul FLOP/s", r["utilization"], ">= 0.40", ok)], \
+        utilization.report(r)
+
+
+def latent_cache_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
+    r = latent_cache.main([*plan.latent_cache, "--out", str(out / "latent_cache")])
+    ratio = r["ratio_cache_over_no_cache"]
+    md = (out / "latent_cache" / "results.md").read_text()
+    return r, [row("Latent cache", "phase-2 steps/s, with / without cache", ratio, ">= 1.5", ratio >= 1.5)], md
+
+
+def latent_vs_pixel_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
+    r = latent_vs_pixel.main([*plan.latent_vs_pixel, "--out", str(out / "latent_vs_pixel")])
+    ratio, res, batch = r["ratio_pixel_over_latent"], r["settings"]["resolution"], r["settings"]["batch"]
+    r["peak_mb_train_step"] = step_memory(res, batch)
+    name, mem = f"Latent vs pixel {res}^3", r["peak_mb_train_step"]
+    rows = [row(name, "training step, pixel / latent", ratio["train_step"], ">= 20", ratio["train_step"] >= 20),
+            row(name, f"one sample, {r['settings']['sample_steps']} steps (latent incl. decoding), pixel / latent",
+                ratio["sample"]),
+            row(name, f"peak MB of a training step, pixel / latent ({mem['pixel']:.0f} / {mem['latent']:.0f} MB)",
+                mem["pixel"] / max(mem["latent"], 1e-9))]
+    return r, rows, (out / "latent_vs_pixel" / "results.md").read_text()
+
+
+def step_memory(resolution: int, batch: int) -> dict[str, float]:
+    """Peak tensor memory (MB) of a training step of :mod:`benchmarks.latent_vs_pixel`'s two sides, measured
+    on the second step (the first also allocates the optimizer state)."""
+    parts, peak = latent_vs_pixel.build(resolution), {}
+    for side in ("latent", "pixel"):
+        step = latent_vs_pixel.train_step(*parts[side], batch, parts["schedule"])
+        step()
+        peak[side] = utilization.peak_tensor_memory(step) / 2**20
+    return peak
+
+
+def samplers_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
+    """DPM-Solver++(2M) 25 steps against DDPM 250 steps from the generation benchmark's results, if any."""
+    if not GENERATION.is_file():
+        note = f"no {GENERATION.relative_to(REPO)}: run `python -m benchmarks.generation` (about 20 minutes)"
+        return {"note": note}, [row("Samplers", "DPM-Solver++(2M) 25 vs DDPM 250 steps", None, "within noise")], note
+    r = json.loads(GENERATION.read_text())
+    s = r["samples"]
+    fast, ref = s.get("dpmpp_2m-25-g3"), s.get("ddpm-250-g3")
+    if fast is None or ref is None:
+        return r, [], "the generation results lack the dpmpp_2m-25-g3 / ddpm-250-g3 settings"
+    n = r["settings"]["per_class"] * 10  # MNIST: 10 classes
+    gap = fast["class_accuracy"] - ref["class_accuracy"]
+    noise = 2 * math.sqrt(sum(p * (1 - p) for p in (fast["class_accuracy"], ref["class_accuracy"])) / n)
+    rows = [row("Samplers", "class accuracy, DPM-Solver++(2M) 25 minus DDPM 250 steps", gap,
+                f"within 2 SE (+-{noise:.3f}, {n} samples each)", abs(gap) <= noise),
+            row("Samplers", "Frechet distance, DPM-Solver++(2M) 25 / DDPM 250 steps",
+                fast["frechet_distance"] / ref["frechet_distance"])]
+    return r, rows, f"Quoted from `{GENERATION.relative_to(REPO)}` (MNIST, {n} samples per setting)."
+
+
+SECTIONS: dict[str, Callable[[Plan, Path, argparse.Namespace], tuple[dict, list[Row], str]]] = {
+    "unet_vs_diffusers": unet_section, "utilization": utilization_section, "latent_cache": latent_cache_section,
+    "latent_vs_pixel": latent_vs_pixel_section, "samplers": samplers_section,
+}
+
+
+def table(rows: list[Row], quick: bool) -> str:
+    lines = ["| benchmark | figure | value | target | met |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        value = "n/a" if r["value"] is None else f"{r['value']:.3g}"
+        met = "" if r["met"] is None or quick else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['benchmark']} | {r['figure']} | {value} | {r['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def run(plan: Plan, out: Path, args: argparse.Namespace, sections: Sequence[str]) -> dict[str, Any]:
+    """Run ``sections`` in order; a failing section is recorded and the others still run."""
+    import torch
+
+    start = time.perf_counter()
+    results: dict[str, Any] = {"quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                               "sections": {}, "seconds": {}, "memory": {}, "errors": {}}
+    rows: list[Row] = []
+    reports: list[str] = []
+    for name in sections:
+        t0 = time.perf_counter()
+        with utilization.peak_rss() as memory:
+            try:
+                result, section_rows, md = SECTIONS[name](plan, out, args)
+            except Exception:  # noqa: BLE001 - reported, the run goes on, the exit code says it
+                results["errors"][name] = traceback.format_exc()
+                print(results["errors"][name], flush=True)
+                result, section_rows, md = {}, [row(name, "FAILED (see errors in results.json)", None)], ""
+        results["seconds"][name], results["memory"][name] = time.perf_counter() - t0, memory
+        results["sections"][name] = result
+        rows += section_rows
+        reports.append(md)
+    total = time.perf_counter() - start
+    rows.append(row("Entry point", "wall time of this run, s", total, "< 600", total < 600))
+    results.update(total_seconds=total, table=rows)
+    return {**results, "markdown": markdown(results, rows, reports, args.quick)}
+
+
+def markdown(results: dict[str, Any], rows: list[Row], reports: list[str], quick: bool) -> str:
+    mem = "\n".join(f"| {k} | {results['seconds'][k]:.0f} | {m.get('rss_before_mb') or float('nan'):.0f} "
+                    f"| {m.get('peak_rss_mb') or float('nan'):.0f} |" for k, m in results["memory"].items())
+    method = next(iter(results["memory"].values()), {}).get("method", "")
+    head = "Quick smoke run at tiny sizes: the figures do not test the targets." if quick else (
+        "Ratios are measured side by side in this run; absolute times are context only.")
+    return "\n\n".join([
+        "# mmldm performance", f"{head} {results['threads']} CPU threads, torch {results['torch']}.",
+        table(rows, quick), f"Per section: wall time and peak resident memory ({method}).",
+        "| section | seconds | RSS before, MB | peak RSS, MB |\n| --- | --- | --- | --- |\n" + mem,
+        *[r for r in reports if r], "",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="every section at tiny sizes (about a minute)")
+    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="sections to run")
+    p.add_argument("--compile", action="store_true", help="add the torch.compile U-Net variant (minutes)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "perf")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run(QUICK if args.quick else FULL, args.out, args, args.only)
+    (args.out / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "markdown"},
+                                                      indent=2, default=str))
+    (args.out / "results.md").write_text(results["markdown"])
+    print(results["markdown"])
+    if results["errors"]:
+        raise SystemExit(f"sections failed: {', '.join(results['errors'])} (tracebacks above and in results.json)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""How much of the CPU's matrix-multiply rate the U-Net forward achieves, measured in one run.
+
+* **FLOPs** of one forward are counted with :class:`torch.utils.flop_counter.FlopCounterMode`
+  (convolutions, matrix products and attention, a multiply-add counting 2); its table lacks the
+  CPU flash-attention kernel, which is added here with the library's own SDPA formula.
+* **Reference rate**: the FLOP/s of an ``n x n`` float32 matrix product (``2 n^3`` FLOPs), timed in
+  rounds that alternate with the forward's, so load on the machine hits both alike.
+* **Utilization** = (FLOPs / median forward seconds) / median matmul FLOP/s.
+* **What bounds it**: one profiled forward, its self CPU time split into FLOP-carrying operators
+  (convolution, matmul, attention), normalizations and the rest (element-wise, copies, concatenation,
+  interpolation): the share of time outside FLOP-carrying operators, and the rate those operators reach
+  on their own, say whether memory-bound layers or small matrix shapes hold the figure down.
+
+Also the memory helpers of the performance benchmarks: :func:`peak_tensor_memory` (peak of the
+bytes held by torch's CPU allocator during a call, from the profiler's memory events) and
+:func:`peak_rss` (the process's peak resident set during a block, reset through
+``/proc/self/clear_refs`` where Linux allows it).
+
+    python -m benchmarks.utilization                 # the 2D preset U-Net, batch 8, 32x32 latents
+    python -m benchmarks.utilization --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from benchmarks.latent_vs_pixel import timed
+
+REPO = Path(__file__).resolve().parents[1]
+#: operator-name fragments of the profiler's FLOP-carrying operators and of normalizations
+FLOP_OPS = ("conv", "mm", "matmul", "scaled_dot_product", "flash_attention", "linear")
+NORM_OPS = ("group_norm", "layer_norm", "batch_norm")
+TARGET = 0.40
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's C++ backend otherwise logs a missing-GPU error
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of ``fn()`` by :class:`~torch.utils.flop_counter.FlopCounterMode`, CPU flash attention included."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_flash_attention(q, k, v, *args, out_shape=None, **kwargs) -> int:  # q, k, v: [B, heads, N, d]
+        return sdpa_flop_count(q, k, v)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_operands(n: int) -> tuple[Any, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+
+
+def time_breakdown(fn: Callable[[], Any]) -> dict[str, float]:
+    """Shares of ``fn()``'s self CPU time: ``flop_ops``, ``normalization``, ``other`` (they sum to 1)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+    shares = {"flop_ops": 0.0, "normalization": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        kind = ("flop_ops" if any(s in name for s in FLOP_OPS)
+                else "normalization" if any(s in name for s in NORM_OPS) else "other")
+        shares[kind] += event.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in shares.items()}
+
+
+def peak_tensor_memory(fn: Callable[[], Any]) -> int:
+    """Peak bytes allocated by torch's CPU allocator during ``fn()`` and live at the same time.
+
+    Read from the profiler's ``[memory]`` events: blocks allocated before the call (weights, optimizer
+    state) are not counted, nor is memory that libraries such as oneDNN take outside torch's allocator.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    memory = sorted((e["ts"], e["args"]["Ev Idx"], e["args"]["Addr"], e["args"]["Bytes"])
+                    for e in events if e.get("name") == "[memory]")
+    live, peak, blocks = 0, 0, {}
+    for _, _, addr, size in memory:
+        if size > 0:
+            blocks[addr] = size
+            live += size
+        elif addr in blocks:  # freeing a block allocated during the call
+            live -= blocks.pop(addr)
+        peak = max(peak, live)
+    return peak
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``VmRSS``/``VmHWM`` line of ``/proc/self/status`` in KiB; None off Linux."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in lines if line.startswith(field + ":")), None)
+
+
+@contextlib.contextmanager
+def peak_rss() -> Iterator[dict[str, Any]]:
+    """Yield a dict that gets ``rss_before_mb``, ``peak_rss_mb`` and ``method`` when the block ends.
+
+    The peak is the process's high-water resident set (``VmHWM``), first reset to the current RSS by
+    writing 5 to ``/proc/self/clear_refs``; where that is not allowed, the peak since process start.
+    """
+    out: dict[str, Any] = {}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        out["method"] = "VmHWM after reset via /proc/self/clear_refs"
+    except OSError:
+        out["method"] = "VmHWM since process start (reset not permitted)"
+    before = _status_kib("VmRSS")
+    try:
+        yield out
+    finally:
+        peak = _status_kib("VmHWM")
+        out["rss_before_mb"] = before / 1024 if before is not None else None
+        out["peak_rss_mb"] = peak / 1024 if peak is not None else None
+
+
+def measure(forward: Callable[[], Any], rounds: int = 5, n: int = 2048) -> dict[str, Any]:
+    """Utilization of ``forward`` (a no-grad call) against an ``n x n`` matmul, ``rounds`` alternating rounds."""
+    import torch
+
+    flops = count_flops(forward)
+    a, b = matmul_operands(n)
+    forward(), torch.mm(a, b)  # warm-up
+    seconds: dict[str, list[float]] = {"forward": [], "matmul": []}
+    for r in range(rounds):
+        for kind in ("forward", "matmul") if r % 2 == 0 else ("matmul", "forward"):
+            seconds[kind].append(timed(forward if kind == "forward" else lambda: torch.mm(a, b)))
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    achieved, peak = flops / med["forward"], 2 * n**3 / med["matmul"]
+    shares = time_breakdown(forward)
+    flop_op_rate = flops / (med["forward"] * shares["flop_ops"]) if shares["flop_ops"] else 0.0
+    result = {
+        "forward_flops": flops, "seconds": seconds, "median_seconds": med, "matmul_n": n,
+        "achieved_flops_per_s": achieved, "matmul_flops_per_s": peak, "utilization": achieved / peak,
+        "time_shares": shares, "flop_ops_utilization": flop_op_rate / peak, "threads": torch.get_num_threads(),
+    }
+    result["bound"] = explain(result)
+    return result
+
+
+def explain(r: dict[str, Any]) -> str:
+    """One sentence on what holds utilization down (or that it meets the target)."""
+    s = r["time_shares"]
+    head = f"utilization {r['utilization']:.0%} of the {r['matmul_n']}^2 matmul rate"
+    if r["utilization"] >= TARGET:
+        return f"{head} (target >= {TARGET:.0%})."
+    parts = [f"{1 - s['flop_ops']:.0%} of the forward's CPU time is in operators without FLOPs "
+             f"(normalizations {s['normalization']:.0%}, element-wise/copies/other {s['other']:.0%}), "
+             f"which are memory-bound"]
+    parts.append(f"the convolution/matmul/attention operators themselves reach {r['flop_ops_utilization']:.0%} "
+                 "of the matmul rate (small spatial maps and channel counts make small, poorly blocked GEMMs)")
+    main = "memory-bound layers" if 1 - s["flop_ops"] > 0.5 else "the efficiency of the conv/GEMM kernels"
+    return f"{head}, below {TARGET:.0%}: " + "; ".join(parts) + f". Mostly bound by {main}."
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from benchmarks.unet_vs_diffusers import QUICK, Arch
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.utilization", description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--matmul-n", type=int, default=2048)
+    p.add_argument("--quick", action="store_true", help="tiny U-Net, 2 rounds, 512^2 matmul")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "utilization")
+    args = p.parse_args(argv)
+    arch = QUICK if args.quick else Arch(batch=args.batch)
+    result = run(arch, 2 if args.quick else args.rounds, 512 if args.quick else args.matmul_n)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    (args.out / "results.md").write_text(report(result))
+    print(report(result))
+    return result
+
+
+def run(arch: Any, rounds: int, n: int) -> dict[str, Any]:
+    """:func:`measure` on the mmldm 2D U-Net of :class:`benchmarks.unet_vs_diffusers.Arch` ``arch``."""
+    import torch
+
+    from benchmarks.unet_vs_diffusers import build_mmldm, make_inputs
+    from mmldm.interfaces import Conditioning
+
+    torch.manual_seed(0)
+    model = build_mmldm(arch).eval()
+    x, t, context, _ = make_inputs(arch)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x, t, Conditioning(crossattn=context))
+
+    return {"arch": arch.as_dict(), **measure(forward, rounds, n)}
+
+
+def report(r: dict[str, Any]) -> str:
+    a = r["arch"]
+    return "\n".join([
+        "# U-Net forward utilization",
+        "",
+        f"mmldm 2D U-Net {a['block_channels']}, batch {a['batch']} of [{a['latent_channels']}, {a['resolution']}, "
+        f"{a['resolution']}] latents, {r['threads']} threads: {r['forward_flops'] / 1e9:.1f} GFLOP per forward in "
+        f"{r['median_seconds']['forward']:.3f} s = {r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; "
+        f"{r['matmul_n']}^2 float32 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s.",
+        "",
+        f"**{r['bound']}**",
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    main()

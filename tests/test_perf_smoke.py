@@ -1,0 +1,157 @@
+"""The performance benchmarks' pieces at tiny sizes: matched architectures, FLOP and memory counting,
+the entry point's table, and the U-Net's ``compile`` switch."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from argparse import Namespace
+from dataclasses import replace
+
+import pytest
+import torch
+
+from benchmarks import __main__ as entry
+from benchmarks import unet_vs_diffusers as uvd
+from benchmarks import utilization
+from mmldm.interfaces import Conditioning
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = replace(uvd.QUICK, block_channels=(32, 64), tokens=4, resolution=4)
+
+
+def test_matched_pair_has_the_same_parameters_and_computes_the_same_function():
+    torch.manual_seed(0)
+    ours, theirs = uvd.build_mmldm(TINY), uvd.build_diffusers(TINY)
+    counts = uvd.check_parameter_counts(ours, theirs)
+    assert counts["mmldm"] == counts["diffusers"] > 0
+    assert sorted(tuple(p.shape) for p in ours.parameters()) == sorted(tuple(p.shape) for p in theirs.parameters())
+    x, t, context, _ = uvd.make_inputs(TINY)
+    run_ours = lambda: uvd.caller(ours, "mmldm")(x, t, context)  # noqa: E731
+    run_theirs = lambda: uvd.caller(theirs, "diffusers")(x, t, context)  # noqa: E731
+    assert uvd.copy_weights(theirs, ours, run_theirs, run_ours) == len(list(ours.parameters()))
+    with torch.no_grad():
+        a, b = run_ours(), run_theirs()
+    assert a.shape == b.shape == (TINY.batch, TINY.latent_channels, TINY.resolution, TINY.resolution)
+    assert a.abs().mean() > 1e-3  # diffusers' weights are not zero-initialized: a real comparison
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_mismatched_architectures_fail_loudly():
+    ours = uvd.build_mmldm(replace(TINY, layers_per_block=2))
+    with pytest.raises(RuntimeError, match=r"parameter counts differ by .*the architectures are not matched"):
+        uvd.check_parameter_counts(ours, uvd.build_diffusers(TINY))
+    with pytest.raises(ValueError, match=r"block_channels \(32, 48\) must be multiples of the first level's 32"):
+        uvd.build_mmldm(replace(TINY, block_channels=(32, 48)))
+
+
+def test_flop_count_follows_the_formulas_including_cpu_flash_attention():
+    linear = torch.nn.Linear(16, 32)
+    assert utilization.count_flops(lambda: linear(torch.randn(4, 16))) == 2 * 4 * 16 * 32
+    q, k, v = torch.randn(1, 2, 8, 4), torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    attention = utilization.count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    assert attention == 2 * (2 * 1 * 2 * 8 * 6 * 4)  # Q K^T and (softmax) V: two [8 x 6 x 4] products per head
+    model = uvd.build_mmldm(TINY).eval()
+    x, t, context, _ = uvd.make_inputs(TINY)
+    with torch.no_grad():
+        assert utilization.count_flops(lambda: model(x, t, Conditioning(crossattn=context))) > 0
+
+
+def test_peak_tensor_memory_counts_blocks_live_at_once():
+    kept = []
+
+    def work() -> None:
+        a = torch.ones(1000, 1000)  # 4 MB
+        b = a * 2  # 8 MB live
+        del a
+        kept.append(b + 1)  # 8 MB live again, one block outlives the call
+
+    peak = utilization.peak_tensor_memory(work)
+    assert 8e6 <= peak < 8.5e6
+    assert utilization.peak_tensor_memory(lambda: None) == 0
+
+
+def test_peak_rss_reports_the_high_water_mark():
+    with utilization.peak_rss() as memory:
+        block = torch.ones(4_000_000)  # 16 MB touched
+    assert block.sum() == 4_000_000
+    if memory["peak_rss_mb"] is None:
+        pytest.skip("no /proc/self/status on this system")
+    assert memory["peak_rss_mb"] >= memory["rss_before_mb"] > 0 and "VmHWM" in memory["method"]
+
+
+def test_unet_benchmark_times_every_variant_against_diffusers():
+    r = uvd.run(TINY, rounds=1, memory=False)
+    assert r["parameters"]["mmldm"] == r["parameters"]["diffusers"] and r["max_abs_output_difference"] < 1e-5
+    rows = r["variants"]
+    assert list(rows) == [v.name for v in uvd.VARIANTS]
+    assert rows["diffusers"]["ratio_to_diffusers"] == {"forward": 1.0, "train_step": 1.0}
+    assert rows["mmldm_fused_adamw"]["median_seconds"]["forward"] is None  # shares the eager model's forward
+    assert all(v["ratio_to_diffusers"]["train_step"] > 0 for v in rows.values())
+    assert "| mmldm_bf16_fused_adamw |" in uvd.report(r)
+
+
+def test_utilization_explains_what_bounds_it():
+    r = utilization.run(TINY, rounds=1, n=128)
+    assert r["forward_flops"] > 0 and 0 < r["utilization"] and r["matmul_flops_per_s"] > 0
+    assert math.isclose(sum(r["time_shares"].values()), 1.0)
+    low = {**r, "utilization": 0.1, "time_shares": {"flop_ops": 0.3, "normalization": 0.2, "other": 0.5},
+           "flop_ops_utilization": 0.33}
+    assert "70% of the forward's CPU time is in operators without FLOPs" in utilization.explain(low)
+    assert "Mostly bound by memory-bound layers" in utilization.explain(low)
+    assert utilization.explain({**low, "utilization": 0.5}).endswith("(target >= 40%).")
+
+
+def test_entry_point_table_and_sampler_quote(tmp_path, monkeypatch):
+    generation = tmp_path / "generation.json"
+    samples = {"dpmpp_2m-25-g3": {"class_accuracy": 0.95, "frechet_distance": 2.0},
+               "ddpm-250-g3": {"class_accuracy": 0.96, "frechet_distance": 2.5}}
+    generation.write_text(json.dumps({"settings": {"per_class": 100}, "samples": samples}))
+    monkeypatch.setattr(entry, "GENERATION", generation)
+    monkeypatch.setattr(entry, "REPO", tmp_path)
+    args = Namespace(quick=False, compile=False)
+    results = entry.run(entry.QUICK, tmp_path, args, ["samplers"])
+    gap = next(r for r in results["table"] if r["figure"].startswith("class accuracy"))
+    assert gap["value"] == pytest.approx(-0.01) and gap["met"]  # 1 point apart, 2 SE = 1.9 points at n=1000
+    assert "| Samplers | Frechet distance, DPM-Solver++(2M) 25 / DDPM 250 steps | 0.8 |  |  |" in results["markdown"]
+    assert "| Entry point | wall time of this run, s |" in results["markdown"] and "yes |" in results["markdown"]
+    assert entry.table([entry.row("b", "f", 2.0, "<= 1", False)], quick=True).endswith("| b | f | 2 | <= 1 |  |")
+
+
+@pytest.mark.slow
+def test_quick_entry_point_writes_the_table(tmp_path):
+    results = entry.main(["--quick", "--out", str(tmp_path)])
+    assert not results["errors"] and results["total_seconds"] < 120
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {r["benchmark"] for r in saved["table"]} >= {"U-Net vs diffusers", "Utilization", "Latent cache"}
+    assert "| benchmark | figure | value | target | met |" in (tmp_path / "results.md").read_text()
+
+
+def test_unet_compile_switch_runs_the_forward_through_torch_compile(monkeypatch):
+    """The config switch, traced by dynamo without graph breaks; an eager backend keeps it fast."""
+    from mmldm_unet import unet as unet_module
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=record, fullgraph=True))
+    unet_module._compiled_forward.cache_clear()
+    try:
+        plain = uvd.build_mmldm(TINY).eval()
+        fast = uvd.build_mmldm(TINY, compile=True).eval()
+        fast.load_state_dict(plain.state_dict())
+        for p in fast.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        plain.load_state_dict(fast.state_dict())
+        x, t, context, _ = uvd.make_inputs(TINY)
+        with torch.no_grad():
+            out = fast(x, t, Conditioning(crossattn=context))
+            torch.testing.assert_close(out, plain(x, t, Conditioning(crossattn=context)))
+        assert graphs and not plain.use_compile
+    finally:
+        unet_module._compiled_forward.cache_clear()
+        torch._dynamo.reset()
