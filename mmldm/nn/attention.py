@@ -16,16 +16,19 @@ class Attention(nn.Module):
         dim (`int`): query feature size.
         context_dim (`int`, *optional*): key/value feature size; defaults to ``dim``.
         heads (`int`), head_dim (`int`, *optional*): ``head_dim`` defaults to ``dim // heads``.
+        qkv_bias (`bool`, defaults to False): biases on the query/key/value projections
+            (as in the attention of Stable Diffusion's autoencoder).
     """
 
-    def __init__(self, dim: int, context_dim: int | None = None, heads: int = 8, head_dim: int | None = None):
+    def __init__(self, dim: int, context_dim: int | None = None, heads: int = 8, head_dim: int | None = None,
+                 qkv_bias: bool = False):
         super().__init__()
         head_dim = head_dim or dim // heads
         inner = heads * head_dim
         self.heads = heads
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_q = nn.Linear(dim, inner, bias=qkv_bias)
+        self.to_k = nn.Linear(context_dim or dim, inner, bias=qkv_bias)
+        self.to_v = nn.Linear(context_dim or dim, inner, bias=qkv_bias)
         self.to_out = nn.Linear(inner, dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -40,13 +43,19 @@ class Attention(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Residual self-attention over all positions of ``[B, C, *spatial]`` (the VAE mid-block)."""
+    """Residual self-attention over all positions of ``[B, C, *spatial]`` (the VAE mid-block).
 
-    def __init__(self, dims: int, channels: int, heads: int = 1):
+    Args:
+        dims (`int`), channels (`int`), heads (`int`, defaults to 1: one head of all channels).
+        groups (`int`, defaults to 32): of the GroupNorm before attention (see :func:`group_norm`).
+        qkv_bias (`bool`, defaults to False): biases on the query/key/value projections.
+    """
+
+    def __init__(self, dims: int, channels: int, heads: int = 1, groups: int = 32, qkv_bias: bool = False):
         super().__init__()
         self.dims = dims
-        self.norm = group_norm(channels)
-        self.attn = Attention(channels, heads=heads)
+        self.norm = group_norm(channels, groups)
+        self.attn = Attention(channels, heads=heads, qkv_bias=qkv_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         h = rearrange(self.norm(x), "b c ... -> b (...) c")  # (B, N, C)

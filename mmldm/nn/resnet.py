@@ -65,22 +65,37 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class Downsample(nn.Module):
-    """Halve every spatial axis: strided 3-conv, or average pooling when ``use_conv`` is False."""
+#: Zero padding of the strided downsampling convolution.
+DOWNSAMPLE_PADDING = ("symmetric", "asymmetric")
 
-    def __init__(self, dims: int, channels: int, out_channels: int | None = None, use_conv: bool = True):
+
+class Downsample(nn.Module):
+    """Halve every spatial axis: strided 3-conv, or average pooling when ``use_conv`` is False.
+
+    Args:
+        padding (`str`, defaults to ``"symmetric"``): of the convolution: ``symmetric``
+            pads 1 on both sides of each axis; ``asymmetric`` pads 0 before and 1 after
+            (Stable Diffusion's autoencoder; same output size, other alignment).
+    """
+
+    def __init__(self, dims: int, channels: int, out_channels: int | None = None, use_conv: bool = True,
+                 padding: str = "symmetric"):
         super().__init__()
         out_channels = out_channels or channels
         check_dims(dims)
+        if padding not in DOWNSAMPLE_PADDING:
+            raise ValueError(f"Downsample padding={padding!r} is not valid; "
+                             f"choose one of: {', '.join(DOWNSAMPLE_PADDING)}")
+        self.pad = (0, 1) * dims if use_conv and padding == "asymmetric" else None  # F.pad order: last axis first
         if use_conv:
-            self.op = conv_nd(dims, channels, out_channels, 3, stride=2, padding=1)
+            self.op = conv_nd(dims, channels, out_channels, 3, stride=2, padding=0 if self.pad else 1)
         else:
             if out_channels != channels:
                 raise ValueError("pooled downsampling cannot change the channel count")
             self.op = avg_pool_nd(dims, kernel_size=2, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.op(x)
+        return self.op(F.pad(x, self.pad) if self.pad else x)
 
 
 class Upsample(nn.Module):

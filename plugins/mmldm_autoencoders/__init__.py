@@ -2,6 +2,10 @@
 
 Registers autoencoder ``conv`` and regularizers ``kl``, ``vq`` and ``ae``.
 Imports no torch: factories are lazy ``"module:attr"`` references.
+
+Stable Diffusion's autoencoder: :mod:`mmldm_autoencoders.diffusers_format` loads a diffusers
+``AutoencoderKL`` folder as ``conv`` + ``kl`` with its ``scaling_factor`` as latent statistics
+(``load_diffusers_vae``) and writes one back (``save_diffusers_vae``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from mmldm.config import ComponentConfig
 
 BOUNDS = ("none", "tanh", "clamp")
 DOWNSAMPLE = ("conv", "pool")
+DOWNSAMPLE_PADDING = ("symmetric", "asymmetric")
 RECONSTRUCTION_LOSSES = ("auto", "l1", "l2", "bce", "dice", "bce_dice")
 DISC_LOSSES = ("hinge", "vanilla")
 
@@ -70,16 +71,26 @@ class ConvAutoencoderConfig(ComponentConfig):
     attention: bool = True  # self-attention in the mid block (cost grows with (#latent positions)^2)
     dropout: float = 0.0
     downsample: str = "conv"  # conv (strided 3-conv) | pool (average pooling)
+    # of the strided conv: symmetric (1 on each side) | asymmetric (0 before, 1 after: Stable Diffusion's VAE)
+    downsample_padding: str = "symmetric"
     norm_groups: int = 32
+    attention_norm_groups: Optional[int] = None  # GroupNorm groups before the mid attention; None: 32 (SD: norm_groups)
+    attention_bias: bool = False  # biases on the mid attention's q/k/v projections (SD's VAE has them)
+    quant_conv: bool = False  # 1x1 conv on the encoder's output (SD's quant_conv)
+    post_quant_conv: bool = False  # 1x1 conv on z before the decoder (SD's post_quant_conv)
     # the phase-1 objective that trains this autoencoder (see AutoencoderLoss)
     loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
 
     def __post_init__(self) -> None:
         check_choice("autoencoder", "downsample", self.downsample, DOWNSAMPLE)
+        check_choice("autoencoder", "downsample_padding", self.downsample_padding, DOWNSAMPLE_PADDING)
+        if self.downsample == "pool" and self.downsample_padding != "symmetric":
+            raise ValueError("autoencoder.downsample_padding='asymmetric' needs autoencoder.downsample='conv' "
+                             "(pooling has no padding)")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
             raise ValueError(f"autoencoder.channel_mult must be a non-empty list of positive ints, got {self.channel_mult}")
-        for key in ("channels", "latent_channels", "norm_groups"):
-            if getattr(self, key) <= 0:
+        for key in ("channels", "latent_channels", "norm_groups", "attention_norm_groups"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ValueError(f"autoencoder.{key} must be positive, got {getattr(self, key)}")
         if self.num_res_blocks < 0:
             raise ValueError(f"autoencoder.num_res_blocks must be >= 0, got {self.num_res_blocks}")

@@ -22,18 +22,23 @@ from .config import ConvAutoencoderConfig
 
 
 class MidBlock(nn.Sequential):
-    """ResBlock, optional self-attention, ResBlock, at the lowest resolution."""
+    """ResBlock, optional self-attention (one head of all channels), ResBlock, at the lowest resolution."""
 
-    def __init__(self, dims: int, channels: int, attention: bool, dropout: float, groups: int):
-        layers = [ResBlock(dims, channels, dropout=dropout, groups=groups)]
-        if attention:
-            layers.append(AttentionBlock(dims, channels))
-        layers.append(ResBlock(dims, channels, dropout=dropout, groups=groups))
+    def __init__(self, dims: int, channels: int, cfg: ConvAutoencoderConfig):
+        g = cfg.norm_groups
+        layers = [ResBlock(dims, channels, dropout=cfg.dropout, groups=g)]
+        if cfg.attention:
+            attn_groups = 32 if cfg.attention_norm_groups is None else cfg.attention_norm_groups
+            layers.append(AttentionBlock(dims, channels, groups=attn_groups, qkv_bias=cfg.attention_bias))
+        layers.append(ResBlock(dims, channels, dropout=cfg.dropout, groups=g))
         super().__init__(*layers)
 
 
 class Encoder(nn.Module):
-    """``x [B, C, *s] -> h [B, out_channels, *s/f]`` with ``f = 2 ** (len(channel_mult) - 1)``."""
+    """``x [B, C, *s] -> h [B, out_channels, *s/f]`` with ``f = 2 ** (len(channel_mult) - 1)``.
+
+    With ``cfg.quant_conv`` a 1x1 convolution follows the output convolution.
+    """
 
     def __init__(self, dims: int, in_channels: int, out_channels: int, cfg: ConvAutoencoderConfig):
         super().__init__()
@@ -47,27 +52,33 @@ class Encoder(nn.Module):
                 blocks.append(ResBlock(dims, ch, width, dropout=cfg.dropout, groups=g))
                 ch = width
             if level < len(widths) - 1:
-                blocks.append(Downsample(dims, ch, use_conv=cfg.downsample == "conv"))
+                blocks.append(Downsample(dims, ch, use_conv=cfg.downsample == "conv", padding=cfg.downsample_padding))
         self.down = nn.Sequential(*blocks)
-        self.mid = MidBlock(dims, ch, cfg.attention, cfg.dropout, g)
+        self.mid = MidBlock(dims, ch, cfg)
         self.norm_out = group_norm(ch, g)
         self.conv_out = conv_nd(dims, ch, out_channels, 3, padding=1)
+        self.quant_conv = conv_nd(dims, out_channels, out_channels, 1) if cfg.quant_conv else None
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.mid(self.down(self.conv_in(x)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        return self.quant_conv(h) if self.quant_conv is not None else h
 
 
 class Decoder(nn.Module):
-    """``z [B, c, *s/f] -> x~ [B, out_channels, *s]``, mirroring :class:`Encoder` (one more ResBlock per level)."""
+    """``z [B, c, *s/f] -> x~ [B, out_channels, *s]``, mirroring :class:`Encoder` (one more ResBlock per level).
+
+    With ``cfg.post_quant_conv`` a 1x1 convolution comes first.
+    """
 
     def __init__(self, dims: int, latent_channels: int, out_channels: int, cfg: ConvAutoencoderConfig):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
         g = cfg.norm_groups
         ch = widths[-1]
+        self.post_quant_conv = conv_nd(dims, latent_channels, latent_channels, 1) if cfg.post_quant_conv else None
         self.conv_in = conv_nd(dims, latent_channels, ch, 3, padding=1)
-        self.mid = MidBlock(dims, ch, cfg.attention, cfg.dropout, g)
+        self.mid = MidBlock(dims, ch, cfg)
         blocks: list[nn.Module] = []
         for level in reversed(range(len(widths))):
             for _ in range(cfg.num_res_blocks + 1):
@@ -80,6 +91,8 @@ class Decoder(nn.Module):
         self.conv_out = conv_nd(dims, ch, out_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
         h = self.up(self.mid(self.conv_in(z)))
         return self.conv_out(F.silu(self.norm_out(h)))
 
