@@ -1,0 +1,1 @@
+"""Hydra config directory of the timeseries plugin (presets under ``preset/``)."""
