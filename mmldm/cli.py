@@ -54,8 +54,9 @@ HYDRA_VERB_HELP = {
     ),
     "evaluate": (
         "Evaluate a trained autoencoder (stage=autoencoder) or a full model on held-out data.",
-        "Needs phase1.checkpoint=<exported autoencoder folder> (stage=autoencoder) or "
-        "model=<exported model folder>. Writes metrics.json and a readable table.",
+        "Needs phase1.checkpoint=<exported folder>: an autoencoder export (stage=autoencoder) or "
+        "a full model export (<run dir>/export), which also samples and measures generation. "
+        "Writes metrics.json and a readable table.",
     ),
 }
 

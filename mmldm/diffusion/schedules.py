@@ -73,7 +73,7 @@ class DiscreteSchedule:
     Attributes:
         betas (`Tensor [T]`), alphas_cumprod (`Tensor [T]`): float64.
         sigmas (`Tensor [T]`): ``sqrt((1 - a_t) / a_t)``, increasing with ``t``.
-        log_sigmas (`Tensor [T]`).
+        log_sigmas (`Tensor [T]`): ``log(sigmas)``, for interpolating timesteps between sigmas.
     """
 
     def __init__(self, betas: Tensor):
