@@ -22,6 +22,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Data caches (voxelized shapes, ...) of the whole session go to a temporary folder, not the
+    user's ``~/.cache/mmldm``; subprocesses inherit it through the environment."""
+    if "MMLDM_CACHE" in os.environ:
+        yield os.environ["MMLDM_CACHE"]
+        return
+    path = str(tmp_path_factory.mktemp("mmldm-cache"))
+    os.environ["MMLDM_CACHE"] = path
+    yield path
+    os.environ.pop("MMLDM_CACHE", None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op torch thread for a module of tiny-tensor tests (avoids oversubscribing small
