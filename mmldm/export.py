@@ -21,12 +21,20 @@ class ExportError(RuntimeError):
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
-    """Write ``module``'s state dict to ``path`` (safetensors), via a temp file and rename."""
+    """Write ``module``'s state dict to ``path`` (safetensors), via a temp file and rename.
+
+    Raises :class:`ExportError` naming the file and the tensors when a weight is NaN/Inf
+    (nothing is written: a broken model never replaces a good export).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ExportError(f"refusing to write {path}: non-finite (NaN/Inf) values in {bad[:5]}"
+                          f"{' ...' if len(bad) > 5 else ''} ({len(bad)} tensors)")
+    tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(path)
 
@@ -51,12 +59,14 @@ def load_weights(module: nn.Module, path: Path, strict: bool = True) -> nn.Modul
 
 
 def save_config(config: Any, directory: Path) -> Path:
-    """Write ``config`` (dict/DictConfig/dataclass) as ``directory/config.yaml``."""
+    """Write ``config`` (dict/DictConfig/dataclass) as ``directory/config.yaml`` (via a temp file and rename)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONFIG_FILE
     node = config if isinstance(config, DictConfig) else OmegaConf.create(config) if isinstance(config, dict) else OmegaConf.structured(config)
-    path.write_text(OmegaConf.to_yaml(node, resolve=True))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(node, resolve=True))
+    tmp.replace(path)  # atomic: config.yaml, written last, marks a complete export
     return path
 
 

@@ -85,8 +85,17 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
-        """Normalized latents ``[B, c, *s/f]`` -> samples in the modality's layout ``[B, C, *s]``."""
-        return self.modality.postprocess(self.autoencoder.decode(self.stats.denormalize(z)))
+        """Normalized latents ``[B, c, *s/f]`` -> samples in the modality's layout ``[B, C, *s]``.
+
+        Decoding runs with autocast off and in the autoencoder's own dtype (float32 unless it was
+        cast): decoders' activations overflow float16 (the NaN/black images of half-precision VAEs),
+        so a caller's ``torch.autocast`` or a half-precision denoiser never reaches the decoder.
+        """
+        param = next(self.autoencoder.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        with torch.autocast(z.device.type, enabled=False):
+            x = self.autoencoder.decode(self.stats.denormalize(z.to(dtype)))
+        return self.modality.postprocess(x)
 
     # ----------------------------------------------------------------- phase 2
     @torch.no_grad()
@@ -113,7 +122,10 @@ class LatentDiffusion(nn.Module):
                 ``heun``, ``dpmpp_2m``, ...).
             guidance (`float | Mapping[str, float]`, defaults to 1): classifier-free guidance weight, or
                 one weight per condition key (``{"class": 2.0, "text": 4.0}``, compositional guidance).
-            seed (`int`, *optional*): makes the result reproducible.
+            seed (`int`, *optional*): makes the result reproducible: each sample gets its own noise
+                generator seeded from ``(seed, i)``, so sample ``i`` is the same in a call with
+                ``n=2`` and one with ``n=4`` (for the deterministic samplers: ``dpmpp_2m``,
+                ``ddim`` with ``eta=0``, ``euler``, ``heun``; stochastic ones are reproducible per call).
             return_latents (`bool`): return normalized latents instead of decoded samples.
         """
         if self.denoiser is None:
@@ -123,9 +135,9 @@ class LatentDiffusion(nn.Module):
         options = {k: v for k, v in scfg.items() if k not in ("name", "steps", "spacing")} if name == scfg.get("name") else {}
         options.update(sampler_options)
         device = next(self.denoiser.parameters()).device
-        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
-        from .diffusion import sample_latents
+        from .diffusion.sampling import sample_generators, sample_latents
 
+        generator = sample_generators(seed, n, device) if seed is not None else None
         z = sample_latents(
             self.denoiser, list(self.conditioners), self.schedule, self.config["diffusion"]["parameterization"],
             (n, *self.latent_shape), cond, name, steps or scfg.get("steps", 25), guidance,

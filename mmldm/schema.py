@@ -24,7 +24,11 @@ class TrainerConfig:
         accelerator, devices, num_nodes, strategy, precision: as in Lightning;
             ``strategy: ddp`` on CPU uses the gloo backend.
         log_every_n_steps, val_check_interval: Lightning's logging/validation cadence.
-        checkpoint_every_n_steps: how often ``last.ckpt`` is refreshed.
+        checkpoint_every_n_steps: how often ``last.ckpt`` is refreshed (written to a temporary
+            file, then renamed: a kill while saving leaves the previous one intact).
+        nonfinite: what a NaN/Inf loss or gradient does: ``error`` stops the run with a message naming
+            the step and the loss term; ``skip`` drops that step's update (no weight changes, counted
+            in ``train/skipped_steps``) and goes on.
     """
 
     max_steps: Optional[int] = None
@@ -40,6 +44,7 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = 1.0
     enable_progress_bar: bool = True
     deterministic: bool = False
+    nonfinite: str = "error"  # error | skip
 
 
 @dataclass

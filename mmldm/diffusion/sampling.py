@@ -54,6 +54,27 @@ def resolve_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tenso
     return registry().get("sampler", sampler).resolve()
 
 
+def sample_generators(seed: int, n: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One generator per sample, seeded from ``(seed, i)`` (numpy's ``SeedSequence``, so neighbouring
+    seeds do not share samples): sample ``i`` of a call is the same for any batch size ``n > i``."""
+    import numpy as np
+
+    states = np.random.SeedSequence(seed).spawn(n)
+    return [torch.Generator(device).manual_seed(int(s.generate_state(1, np.uint64)[0] >> 1)) for s in states]
+
+
+def initial_noise(shape: Sequence[int], generator: torch.Generator | Sequence[torch.Generator] | None,
+                  device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Unit Gaussian noise of ``shape`` ``[n, c, *s]``: from one generator, or row ``i`` from ``generator[i]``."""
+    if generator is None or isinstance(generator, torch.Generator):
+        gen_device = generator.device if generator is not None else device
+        return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {shape[0]} samples; pass one per sample")
+    rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+    return torch.stack(rows).to(device)
+
+
 @torch.no_grad()
 def sample_latents(
     denoiser: nn.Module,
@@ -66,7 +87,7 @@ def sample_latents(
     steps: int = 25,
     guidance: float | Mapping[str, float] = 1.0,
     spacing: str = "trailing",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: bool = False,
     **sampler_options: Any,
 ) -> Tensor:
@@ -82,13 +103,20 @@ def sample_latents(
         guidance (`float | Mapping[str, float]`): one weight for all conditions, or a weight
             per condition key (compositional guidance, :func:`guidance_branches`), e.g.
             ``{"class": 2.0, "text": 4.0}``; still one batched forward pass per step.
+        generator (`torch.Generator | Sequence[torch.Generator]`, *optional*): the noise source; with one
+            generator per sample (:func:`sample_generators`) each sample's starting noise is its own, so
+            with a deterministic sampler (``ddim`` with ``eta=0``, ``euler``, ``heun``, ``dpmpp_2m``)
+            sample ``i`` does not depend on the batch size (up to float rounding of batched kernels).
+            Stochastic samplers then draw their per-step noise from the first generator.
         sampler_options: the sampler's own options (``eta`` for DDIM).
     """
     sample_fn = resolve_sampler(sampler)
     ref = next(denoiser.parameters())
     n = shape[0]
     sigmas = schedule.sigmas_for(steps, spacing).to(device=ref.device, dtype=ref.dtype)
-    x = torch.randn(tuple(shape), generator=generator, device=ref.device, dtype=ref.dtype) * sigmas[0]
+    x = initial_noise(shape, generator, ref.device, ref.dtype) * sigmas[0]
+    if generator is not None and not isinstance(generator, torch.Generator):
+        generator = generator[0]
     model = DenoiserWrapper(denoiser, schedule, parameterization)
     if isinstance(guidance, Mapping):
         fn = guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n))

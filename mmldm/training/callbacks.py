@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import random
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 class TimeBudget(L.Callback):
@@ -49,3 +54,134 @@ class TimeBudget(L.Callback):
         remaining = max(0.0, self.seconds - elapsed) * self.margin
         planned = step + max(1, int(remaining / self.seconds_per_step))
         trainer.fit_loop.epoch_loop.max_steps = min(planned, self.limit) if self.limit else planned
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states of torch (CPU and CUDA), numpy and Python as tensors and plain types
+    (so a checkpoint holding them loads with ``torch.load(weights_only=True)``)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": [version, list(state), gauss_next],
+    }
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, state, gauss_next = states["python"]
+    random.setstate((version, tuple(state), gauss_next))
+
+
+class ResumeState(L.Callback):
+    """Checkpoints what Lightning does not: the data position and the global RNG states.
+
+    With it a run killed at any step and resumed from ``last.ckpt`` continues
+    exactly as the uninterrupted run would: the loader's
+    :class:`~mmldm.training.order.EpochBatchSampler` is moved to the next unseen
+    batch, and the RNG states (noise, timesteps, posterior samples, condition
+    dropout) are those the run had after the checkpointed step; they are put
+    back when training starts, after Lightning's own restore.
+
+    Args:
+        sampler (`EpochBatchSampler`, *optional*): ``loader.batch_sampler`` of the training
+            loader (:func:`~mmldm.training.data.make_loader`); without it only the RNG is restored.
+    """
+
+    def __init__(self, sampler: Any = None) -> None:
+        self.sampler = sampler
+        self.batches = 0  # training batches consumed, over all epochs
+        self._pending: dict[str, Any] | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.batches += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches = int(state_dict["batches"])
+        self._pending = state_dict.get("rng")
+        if self.sampler is not None:
+            self.sampler.resume(self.batches)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending)
+            self._pending = None
+
+
+NONFINITE = ("error", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss or gradient became NaN/Inf (the message names the step and the loss term)."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Stop (``error``) or skip (``skip``) an optimizer step whose loss or gradients are not finite.
+
+    The loss is checked before the backward pass; the loss terms come from the
+    module's ``loss_terms`` dict (set in ``training_step``) so the message names
+    the term that broke (``rec``, ``kl``, ``g_loss``, ...). The gradients are
+    checked after the backward pass (so, under DDP, after their all-reduce:
+    every rank decides alike). A skipped step drops all gradients before the
+    optimizer runs, so no weight, moment or EMA moves toward NaN; it still
+    counts as a step (``global_step`` and the learning-rate schedule advance)
+    and is logged as ``train/skipped_steps``. With ``16-mixed`` precision the
+    gradient check is left to the grad scaler, which skips overflowing steps itself.
+
+    Args:
+        mode (`str`): ``"error"`` or ``"skip"`` (``trainer.nonfinite``).
+    """
+
+    def __init__(self, mode: str = "error") -> None:
+        if mode not in NONFINITE:
+            raise ValueError(f"trainer.nonfinite={mode!r} is not valid; choose one of: {', '.join(NONFINITE)}")
+        self.mode = mode
+        self.skipped = 0
+        self._bad: str | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if torch.isfinite(loss).all():
+            return
+        terms = {k: float(v) for k, v in (getattr(pl_module, "loss_terms", None) or {}).items()}
+        bad = [f"{k}={v}" for k, v in terms.items() if k != "total" and not math.isfinite(v)]
+        bad = bad or [f"total={float(loss)}"]
+        self._bad = f"non-finite loss at step {trainer.global_step}: {', '.join(bad)}"
+        if self.mode == "error":
+            raise NonFiniteLossError(
+                f"{self._bad} (all terms: {terms or 'n/a'}); lower the learning rate, check the data, or set "
+                "trainer.nonfinite=skip to skip such steps"
+            )
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self._bad is None and params and "16-mixed" not in str(trainer.precision).replace("bf16", ""):
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if not torch.isfinite(norm):
+                self._bad = f"non-finite gradients at step {trainer.global_step} (loss was finite)"
+                if self.mode == "error":
+                    raise NonFiniteLossError(f"{self._bad}; lower the learning rate or set trainer.nonfinite=skip")
+        if self._bad is not None:
+            for p in params:
+                p.grad = None
+            self.skipped += 1
+            rank_zero_warn(f"{self._bad}; step skipped ({self.skipped} so far)")
+            self._bad = None
+        if self.mode == "skip":
+            pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)

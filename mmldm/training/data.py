@@ -21,16 +21,27 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from ..latents import LatentStats
+from .order import EpochBatchSampler, SeededItems
 
 MANIFEST = "manifest.json"
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, drop_last: bool = False, seed: int = 0) -> DataLoader:
-    """A DataLoader with a seeded shuffle (data order is part of a run's reproducibility)."""
-    generator = torch.Generator().manual_seed(seed)
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, drop_last: bool = False,
+                seed: int = 0, distributed: bool = False) -> DataLoader:
+    """A DataLoader whose order and item randomness are functions of ``(seed, epoch, position)``.
+
+    Batches come from an :class:`~mmldm.training.order.EpochBatchSampler` (``loader.batch_sampler``)
+    over :class:`~mmldm.training.order.SeededItems`, so a run resumed from a checkpoint (which
+    stores the batches consumed) sees the same batches and augmentations as an uninterrupted
+    one, whatever ``num_workers``. With ``distributed`` each rank reads its shard of every epoch
+    (the training loaders of both phases; Lightning's own sampler injection is off, see
+    :func:`~mmldm.training.trainer.make_trainer`).
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    sampler = EpochBatchSampler(size, batch_size, shuffle, drop_last, seed, distributed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-        generator=generator if shuffle else None, persistent_workers=num_workers > 0,
+        SeededItems(dataset), batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,
     )
 
 
@@ -42,11 +53,15 @@ def _cond_arrays(cond: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Path, batch_size: int = 32, progress: bool = True) -> Path:
+def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Path, batch_size: int = 32,
+                   progress: bool = True, seed: int = 0) -> Path:
     """Encode ``dataset`` into ``directory``: ``mean.npy``, ``std.npy``, conditions and a manifest.
 
-    Returns ``directory``. An existing complete cache (its manifest lists the
-    same number of items and latent shape) is reused.
+    Returns ``directory``. The manifest is written last and atomically, so a
+    folder with a manifest is complete (a run killed while encoding encodes
+    again). Item randomness (augmentations) is seeded by ``seed`` and the
+    position, so the cache does not depend on the global RNG. Raises
+    ``ValueError`` naming the items when the encoder returns NaN or Inf.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -55,7 +70,8 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Pa
         raise ValueError("encode_dataset: the dataset is empty, nothing to encode")
     autoencoder.eval()
     device = next(autoencoder.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    loader = make_loader(dataset, batch_size, shuffle=False, seed=seed)
     mean_mm = std_mm = None
     conds: dict[str, list] = {}
     start = 0
@@ -64,6 +80,7 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Pa
         mean = posterior.mode().float().cpu().numpy()
         std = getattr(posterior, "std", None)
         std = np.zeros_like(mean) if std is None else std.float().cpu().numpy()
+        _check_finite(mean, std, start)
         if mean_mm is None:
             shape = (n, *mean.shape[1:])
             mean_mm = np.lib.format.open_memmap(directory / "mean.npy", mode="w+", dtype=np.float32, shape=shape)
@@ -84,8 +101,18 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Pa
             (directory / f"cond_{key}.json").write_text(json.dumps([v for p in parts for v in p]))
             cond_files[key] = f"cond_{key}.json"
     manifest = {"items": n, "latent_shape": list(mean_mm.shape[1:]), "cond": cond_files}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    tmp = directory / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(directory / MANIFEST)
     return directory
+
+
+def _check_finite(mean: np.ndarray, std: np.ndarray, start: int) -> None:
+    bad = ~(np.isfinite(mean).reshape(len(mean), -1).all(1) & np.isfinite(std).reshape(len(std), -1).all(1))
+    if bad.any():
+        items = (np.flatnonzero(bad) + start).tolist()
+        raise ValueError(f"encode_dataset: the autoencoder returned NaN/Inf latents for dataset item(s) {items[:10]}"
+                         f"{' ...' if len(items) > 10 else ''}; check those inputs for non-finite values")
 
 
 class LatentCacheDataset(Dataset):

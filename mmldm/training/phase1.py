@@ -84,6 +84,7 @@ class AutoencoderModule(L.LightningModule):
         self.lr, self.betas, self.disc_lr = lr, tuple(betas), disc_lr
         self.weight_decay, self.warmup_steps, self.schedule = weight_decay, warmup_steps, schedule
         self.last_val: dict[str, Tensor] | None = None
+        self.loss_terms: dict[str, Tensor] = {}
         self.save_hyperparameters(ignore=["autoencoder", "loss"])
 
     @classmethod
@@ -103,6 +104,7 @@ class AutoencoderModule(L.LightningModule):
         out = self.autoencoder(x)
         last_layer = getattr(self.autoencoder, "last_layer", None)
         total, logs = self.loss_fn(x, out, step=self.global_step, last_layer=last_layer)
+        self.loss_terms = logs  # read by NonFiniteGuard to name a term that turned NaN/Inf
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=x.shape[0])
         return total
 

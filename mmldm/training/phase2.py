@@ -90,6 +90,7 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"cond_dropout names unknown conditioner key(s) {sorted(unknown)}; "
                              f"conditioners read {[c.key for c in conditioners]}")
         self.lr, self.weight_decay = lr, weight_decay
+        self.loss_terms: dict[str, Tensor] = {}
         self.ema = None
         if ema_decay:
             self.ema = AveragedModel(self.model, multi_avg_fn=ema_warmup_avg_fn(ema_decay), use_buffers=True)
@@ -136,6 +137,7 @@ class DiffusionModule(L.LightningModule):
             lambda z_t, t: self.denoiser(z_t, t, cond), z, self.schedule, self.parameterization,
             self.weighting, min_snr_gamma=self.min_snr_gamma,
         ).mean()
+        self.loss_terms = {"diffusion": loss.detach()}  # read by NonFiniteGuard
         self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss
 
@@ -149,7 +151,10 @@ class DiffusionModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update: both happen before ``on_train_batch_end``, where
+        the checkpoint of that step is written (so a resumed run has the same EMA)."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 

@@ -13,9 +13,12 @@ A ``train`` run leaves in its directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from ..interfaces import Modality
 from ..latents import LatentStats
 from ..pipeline import LatentDiffusion
 from .data import EncodingDataset, LatentCacheDataset, condition_values, encode_dataset, make_loader
+from .preflight import check_run
 from .trainer import last_checkpoint, make_trainer
 
 log = logging.getLogger("mmldm")
@@ -73,22 +77,25 @@ def _budget(phase: DictConfig, cfg: DictConfig) -> tuple[int, dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- phase 1
 def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> LatentDiffusion:
-    """Phase 1: fit the autoencoder, measure latent statistics, export, diagnose."""
+    """Phase 1: fit the autoencoder, measure latent statistics, diagnose, export (the export is
+    written last: ``autoencoder/export/config.yaml`` marks a finished phase 1)."""
     from .phase1 import AutoencoderModule
 
     root = run_dir / "autoencoder"
     autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
     module = AutoencoderModule.from_config(autoencoder, cfg.phase1, modality.reconstruction_loss)
-    train = make_loader(modality.dataset("train"), cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
-    val = make_loader(modality.dataset("val"), cfg.data.batch_size, False, cfg.data.num_workers)
+    dataset = modality.dataset("train")
+    train = make_loader(dataset, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed,
+                        distributed=True)
+    val = make_loader(modality.dataset("val"), cfg.data.batch_size, False, cfg.data.num_workers, seed=cfg.seed)
     steps, budget = _budget(cfg.phase1, cfg)
-    trainer = make_trainer(cfg.trainer, root, steps, **budget)
-    trainer.fit(module, train, val, ckpt_path=last_checkpoint(root) if cfg.resume else None)
+    trainer = make_trainer(cfg.trainer, root, steps, loader=train, **budget)
+    trainer.fit(module, train, val, ckpt_path=last_checkpoint(root) if cfg.resume else None, weights_only=True)
+    _log_fit("phase 1 (autoencoder)", trainer)
     autoencoder = module.autoencoder.cpu().eval()
-    stats = LatentStats.measure(autoencoder, train, max_batches=cfg.data.stats_batches)
+    stats = _measure_stats(autoencoder, dataset, cfg)
     pipe = LatentDiffusion(modality, autoencoder, stats, _component_configs(cfg, PHASE1_KEYS))
     if _is_rank_zero():
-        pipe.save_pretrained(root / "export")
         diag = autoencoder_diagnostics(autoencoder, stats, modality, val, max_batches=8, seed=cfg.seed)
         write_diagnostics(diag, root)
         batch = next(iter(val))
@@ -97,7 +104,30 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
         modality.save(batch["x"][:8], root / "reconstructions", prefix="input")
         modality.save(recon, root / "reconstructions", prefix="reconstruction")
         _update_metrics(run_dir, {"autoencoder": diag})
+        pipe.save_pretrained(root / "export")
     return pipe
+
+
+def _log_fit(phase: str, trainer: Any) -> None:
+    log.info("%s: %d steps on rank %d of %d process(es)", phase, trainer.global_step, trainer.global_rank,
+             trainer.world_size)
+
+
+def _measure_stats(autoencoder: torch.nn.Module, dataset: Any, cfg: DictConfig) -> LatentStats:
+    """Latent statistics from the whole training set's first batches (not a rank's shard), with seeded
+    posterior samples: every rank of a multi-process run measures the same numbers."""
+    loader = make_loader(dataset, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return LatentStats.measure(autoencoder, loader, max_batches=cfg.data.stats_batches, generator=generator)
+
+
+def finished_autoencoder(cfg: DictConfig, run_dir: Path) -> LatentDiffusion | None:
+    """Phase 1 of an earlier, interrupted invocation of this run (``resume=true``), when it finished."""
+    export = run_dir / "autoencoder" / "export"
+    if not (cfg.resume and (export / "config.yaml").is_file()):
+        return None
+    log.info("phase 1 already finished in %s; loading it (resume=false retrains)", export)
+    return LatentDiffusion.from_pretrained(export)
 
 
 def load_autoencoder(cfg: DictConfig) -> LatentDiffusion:
@@ -113,18 +143,21 @@ def load_autoencoder(cfg: DictConfig) -> LatentDiffusion:
 # ---------------------------------------------------------------------------- phase 2
 def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path):
     """Training latents: the on-disk cache (default) or encoding on the fly."""
-    sample = cfg.regularizer.name == "kl"
+    sample = phase1.config["regularizer"]["name"] == "kl"  # the export's regularizer, not the run config's
     train = phase1.modality.dataset("train")
     if not cfg.diffusion.latent_cache:
         return EncodingDataset(train, phase1.autoencoder, phase1.stats, sample=sample)
     cache = run_dir / "latents"
     if _is_rank_zero() and not (cache / "manifest.json").is_file():
-        encode_dataset(phase1.autoencoder, train, cache, batch_size=cfg.data.batch_size)
+        log.info("caching the latents of %d training items in %s (rank 0)", len(train), cache)
+        encode_dataset(phase1.autoencoder, train, cache, batch_size=cfg.data.batch_size, seed=cfg.seed)
     _barrier()
     return LatentCacheDataset(cache, phase1.stats, sample=sample)
 
 
 def _barrier() -> None:
+    """Wait for every rank (when ``torch.distributed`` runs: Lightning's process group outlives ``fit``,
+    so the ranks meet here between the phases; its timeout, 30 minutes by default, bounds rank 0's work)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
@@ -141,16 +174,19 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
         c.fit(condition_values(data, c.key))  # e.g. a tokenizer learns the training captions
     denoiser = build_denoiser(cfg.denoiser, phase1.latent_shape, conditioners)
     module = DiffusionModule.from_config(denoiser, conditioners, phase1.latent_shape, cfg.diffusion)
-    loader = make_loader(data, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
+    loader = make_loader(data, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed,
+                         distributed=True)
     steps, budget = _budget(cfg.diffusion, cfg)
-    trainer = make_trainer(cfg.trainer, root, steps, limit_val_batches=0, **budget)
+    trainer = make_trainer(cfg.trainer, root, steps, loader=loader, limit_val_batches=0, **budget)
     start = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=last_checkpoint(root) if cfg.resume else None)
+    trainer.fit(module, loader, ckpt_path=last_checkpoint(root) if cfg.resume else None, weights_only=True)
     seconds = time.perf_counter() - start
+    _log_fit("phase 2 (diffusion)", trainer)
     configs = {**phase1.config, **_component_configs(cfg, PHASE2_KEYS)}
     ema = module.sampling_model().cpu().eval()  # EMA weights of denoiser and conditioners
     pipe = LatentDiffusion(modality, phase1.autoencoder, phase1.stats, configs, ema["denoiser"], list(ema["conditioners"]))
     if _is_rank_zero():
+        log.info("exporting to %s, sampling and measuring (rank 0)", run_dir / "export")
         pipe.save_pretrained(run_dir / "export")
         metrics = sample_and_measure(pipe, cfg, run_dir / "samples")
         metrics["train_seconds"] = seconds
@@ -191,7 +227,13 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     modality = build_modality(cfg.modality)
-    phase1 = train_autoencoder(cfg, modality, run_dir) if cfg.stage.autoencoder else load_autoencoder(cfg)
+    check_run(cfg, modality)
+    if not cfg.stage.autoencoder:
+        phase1 = load_autoencoder(cfg)
+    elif (finished := finished_autoencoder(cfg, run_dir)) is not None:
+        phase1 = finished
+    else:
+        phase1 = train_autoencoder(cfg, modality, run_dir)
     if cfg.stage.diffusion:
         train_diffusion(cfg, phase1, run_dir)
     if _is_rank_zero():
@@ -202,14 +244,15 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
 def encode(cfg: DictConfig, run_dir: Path) -> None:
     """Cache the training set's latents under ``<run dir>/latents``."""
     phase1 = load_autoencoder(cfg)
-    path = encode_dataset(phase1.autoencoder, phase1.modality.dataset("train"), run_dir / "latents", cfg.data.batch_size)
+    dataset = phase1.modality.dataset("train")
+    path = encode_dataset(phase1.autoencoder, dataset, run_dir / "latents", cfg.data.batch_size, seed=cfg.seed)
     print(f"mmldm: latents written to {path}")
 
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> None:
     """Autoencoder diagnostics on held-out data (and generation metrics for a full model)."""
     phase1 = load_autoencoder(cfg)
-    val = make_loader(phase1.modality.dataset("val"), cfg.data.batch_size, False)
+    val = make_loader(phase1.modality.dataset("val"), cfg.data.batch_size, False, seed=cfg.seed)
     diag = autoencoder_diagnostics(phase1.autoencoder, phase1.stats, phase1.modality, val, seed=cfg.seed)
     js, md = write_diagnostics(diag, run_dir)
     metrics = {"autoencoder": diag}
@@ -219,8 +262,28 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> None:
     print(md.read_text())
 
 
+@contextlib.contextmanager
+def _relaunchable_argv(verb: str) -> Iterator[None]:
+    """``sys.argv`` as ``mmldm <verb> <overrides>`` while the verb runs.
+
+    Lightning's DDP launcher starts ranks 1.. by re-running ``sys.argv`` (with
+    ``python -m <module>`` or the script path, plus ``hydra.run.dir``); the CLI
+    hands Hydra the overrides without the verb, so the verb is put back here.
+    """
+    import __main__
+
+    saved = sys.argv
+    script = getattr(__main__, "__file__", None) if __main__.__spec__ is None else saved[0]
+    sys.argv = [script or saved[0], verb, *saved[1:]]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def run(verb: str, cfg: DictConfig, run_dir: str | Path) -> None:
     """Dispatch a CLI verb."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    {"train": train, "encode": encode, "evaluate": evaluate}[verb](cfg, run_dir)
+    with _relaunchable_argv(verb):
+        {"train": train, "encode": encode, "evaluate": evaluate}[verb](cfg, run_dir)

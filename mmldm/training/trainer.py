@@ -1,11 +1,80 @@
-"""Building a ``lightning.Trainer`` from the ``trainer`` config group."""
+"""Building a ``lightning.Trainer`` from the ``trainer`` config group, and its checkpoint files.
+
+Checkpoints are written atomically (a temporary file in the same folder,
+flushed to disk, then ``os.replace``), so a run killed while saving keeps its
+previous ``last.ckpt``. They are read with ``torch.load(weights_only=True)``:
+a checkpoint holds tensors and plain Python values only, and a file that
+would run code when unpickled is refused with :class:`CheckpointError`
+naming it.
+"""
 
 from __future__ import annotations
 
+import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
+
+LAST = "last.ckpt"
+
+
+class CheckpointError(RuntimeError):
+    """A training checkpoint cannot be used (the message names the file and what to do)."""
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic saves and ``weights_only`` loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while saving
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, "cpu" if map_location is None else map_location)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with errors that name the file.
+
+    Raises :class:`CheckpointError` for a missing, truncated or corrupted file
+    and for one holding objects other than tensors and plain values (a pickle
+    that would import or call code is refused, never executed).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain values, which could run "
+            f"code when unpickled ({str(e).splitlines()[0]}); mmldm checkpoints never do. Delete the file or "
+            "start the run with resume=false"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or corrupted: {type(e).__name__}: {str(e).splitlines()[0]}); "
+            "delete it to restart the phase, or start the run with resume=false"
+        ) from None
 
 
 def trainer_kwargs(cfg: Any, max_steps: int | None = None) -> dict[str, Any]:
@@ -28,7 +97,8 @@ def trainer_kwargs(cfg: Any, max_steps: int | None = None) -> dict[str, Any]:
     }
 
 
-def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: list | None = None, **overrides: Any):
+def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: list | None = None,
+                 loader: Any = None, **overrides: Any):
     """A Trainer writing checkpoints (``checkpoints/last.ckpt``) and CSV logs under ``root``.
 
     Args:
@@ -36,27 +106,44 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
         root (`Path`): the phase's directory inside the run directory.
         max_steps (`int`, *optional*): the phase's steps (else ``cfg.max_steps``, else unlimited).
         callbacks (`list`, *optional*): extra Lightning callbacks.
+        loader (`DataLoader`, *optional*): the training loader from
+            :func:`~mmldm.training.data.make_loader`; checkpoints then record its position
+            (:class:`~mmldm.training.callbacks.ResumeState`), so a resumed run continues the data order.
+
+    Lightning's distributed sampler injection is off: :func:`~mmldm.training.data.make_loader`
+    shards the training data over the ranks itself; evaluation loaders read all items on every rank.
     """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from .callbacks import NonFiniteGuard, ResumeState
+
     root = Path(root)
     kwargs = trainer_kwargs(cfg, max_steps)
-    every = cfg.checkpoint_every_n_steps if hasattr(cfg, "checkpoint_every_n_steps") else cfg["checkpoint_every_n_steps"]
+    every = _get(cfg, "checkpoint_every_n_steps", 500)
     checkpoint = ModelCheckpoint(
-        dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every, save_on_train_epoch_end=True
+        dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every,
+        save_on_train_epoch_end=True, enable_version_counter=False,
     )
+    guards = [NonFiniteGuard(_get(cfg, "nonfinite", "error")), ResumeState(getattr(loader, "batch_sampler", None))]
     kwargs.update(overrides)
     return L.Trainer(
         default_root_dir=str(root),
         logger=CSVLogger(str(root), name="logs", version=""),
-        callbacks=[checkpoint, *(callbacks or [])],
+        callbacks=[checkpoint, *guards, *(callbacks or [])],
+        plugins=[SafeCheckpointIO()],
+        use_distributed_sampler=False,
         **kwargs,
     )
 
 
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    return cfg.get(key, default) if isinstance(cfg, (dict, DictConfig)) else getattr(cfg, key, default)
+
+
 def last_checkpoint(root: Path) -> str | None:
-    """``<root>/checkpoints/last.ckpt`` if a previous run of this phase left one."""
-    path = Path(root) / "checkpoints" / "last.ckpt"
+    """``<root>/checkpoints/last.ckpt`` if a previous run of this phase left one (Lightning then reads
+    it through :class:`SafeCheckpointIO`: a damaged or unsafe file stops the run with :class:`CheckpointError`)."""
+    path = Path(root) / "checkpoints" / LAST
     return str(path) if path.is_file() else None

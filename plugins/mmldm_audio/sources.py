@@ -56,13 +56,24 @@ def load_synth(indices: Iterable[int], seed: int, sample_rate: int, length: int)
 
 
 def read_audio(path: Path, sample_rate: int) -> Tensor:
-    """A file as mono float32 ``[N]`` (channels averaged) resampled to ``sample_rate`` with torchaudio;
-    ``ValueError`` when it has no samples or non-finite ones."""
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
+    """A file as mono float32 ``[N]`` (channels averaged) resampled to ``sample_rate`` with torchaudio.
+
+    Raises ``ValueError`` when it cannot be decoded (whatever the decoder raised),
+    has no samples, non-finite ones, or only zeros (a silent clip would train as a
+    zero tensor); :func:`load_folder` reports it with the file's name.
+    """
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - libsndfile and its wrappers raise several types
+        raise ValueError(f"cannot decode ({type(e).__name__}: {e})") from e
     if data.size == 0:
         raise ValueError("no samples")
     if not np.isfinite(data).all():
         raise ValueError("non-finite samples")
+    if not data.any():
+        raise ValueError("every sample is zero (silent)")
     wave = torch.from_numpy(data.mean(axis=1))
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
@@ -115,7 +126,7 @@ def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> Audi
         label = _label(path, root, pattern)
         try:
             waves.append(read_audio(path, sample_rate))
-        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        except ValueError as e:
             skipped.add(path.relative_to(root), e)
             continue
         labels.append(label)

@@ -11,6 +11,7 @@ import gzip
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -120,16 +121,27 @@ def load_mnist(root: Path, size: int) -> ImageSet:
     return _digit_set(np.concatenate(images), np.concatenate(labels), size, content=28 / 32)
 
 
+def _decode(path: Path, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """``convert`` applied to the fully decoded image at ``path``; ``ValueError`` when Pillow cannot decode
+    it (truncated or corrupt data raise many types: OSError, SyntaxError, zlib.error...); the folder
+    loader reports it with the file's name."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return convert(img)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see above
+        raise ValueError(f"cannot decode image ({type(e).__name__}: {e})") from e
+
+
 def _read_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """One folder image, its optional mask sidecar (nearest-neighbour resized) and caption sidecar."""
-    with Image.open(path) as img:
-        img.load()
-        pixels = to_channels(fit(img, size), channels)
+    pixels = _decode(path, lambda img: to_channels(fit(img, size), channels))
     mask_path = path.with_name(path.stem + MASK_SUFFIX)
     mask = None
     if mask_path.exists():
-        with Image.open(mask_path) as m:
-            mask = np.asarray(fit(m.convert("L"), size, resample=Image.Resampling.NEAREST))
+        mask = _decode(mask_path, lambda m: np.asarray(fit(m.convert("L"), size, resample=Image.Resampling.NEAREST)))
     caption_path = path.with_suffix(".txt")
     caption = caption_path.read_text().strip() if caption_path.exists() else None
     return pixels, mask, caption

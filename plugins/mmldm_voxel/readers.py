@@ -186,17 +186,42 @@ def load_grid(
 
     Meshes are normalized (bounding box centred, longest side fitting the unit
     cube less a one-voxel border) and voxelized to solids by ray parity.
+
+    Raises ``ValueError`` naming the file for anything unusable: unreadable or
+    truncated content (whatever the parsing library raised), non-finite
+    coordinates or grid values, and a result with no occupied voxel (an empty
+    grid is never returned in place of a shape).
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: unsupported file type '{suffix}', expected one of {SUFFIXES}")
-    if suffix in (".binvox", ".npy", ".npz"):
+    try:
+        occupancy = _read_grid(path, suffix, resolution, representation, sdf_truncation, rays)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - parsers of untrusted files raise many types (zlib, tokenize, struct...)
+        if isinstance(e, ValueError) and str(path) in str(e):
+            raise
+        raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
+    inside = occupancy < 0 if representation == "sdf" else occupancy > 0
+    if not inside.any():
+        raise ValueError(f"{path}: the shape voxelizes to an empty grid at resolution {resolution}")
+    return occupancy
+
+
+def _read_grid(path: Path, suffix: str, resolution: int, representation: str, sdf_truncation: float,
+               rays: int) -> np.ndarray:
+    if suffix in GRID_SUFFIXES:
         grid = read_binvox(path) if suffix == ".binvox" else read_array(path)
+        if not np.isfinite(np.asarray(grid, dtype=np.float64)).all():
+            raise ValueError(f"{path}: grid holds NaN or Inf values")
         return to_representation(resize_grid(grid, resolution), representation, sdf_truncation)
     vertices, triangles = read_mesh(path) if suffix in MESH_SUFFIXES else (read_points(path), np.empty((0, 3)))
     if len(vertices) == 0:
         raise ValueError(f"{path}: no vertices could be read")
+    if not np.isfinite(vertices).all():
+        raise ValueError(f"{path}: vertex coordinates hold NaN or Inf")
     if len(triangles) == 0:
         if suffix not in (".ply",) + POINT_SUFFIXES:
             raise ValueError(f"{path}: mesh has no triangles")
