@@ -184,18 +184,19 @@ def test_export_loads_through_safetensors_only(pipe, tmp_path):
 
 # ---------------------------------------------------------------------------- determinism
 def test_sample_is_reproducible_across_calls_and_batch_sizes(pipe):
-    for sampler in ("dpmpp_2m", "ddim", "euler"):
-        four = pipe.sample(4, seed=7, steps=4, sampler=sampler, progress=False, return_latents=True)
-        again = pipe.sample(4, seed=7, steps=4, sampler=sampler, progress=False, return_latents=True)
-        two = pipe.sample(2, seed=7, steps=4, sampler=sampler, progress=False, return_latents=True)
+    latents = {}
+    for sampler, opts in (("dpmpp_2m", {}), ("ddim", {}), ("euler", {}), ("ddpm", {}), ("ddim", {"eta": 1.0})):
+        kw = {"seed": 7, "steps": 4, "sampler": sampler, "progress": False, "return_latents": True, **opts}
+        four, again, two = pipe.sample(4, **kw), pipe.sample(4, **kw), pipe.sample(2, **kw)
         assert torch.equal(four, again), sampler
         # equal up to float32 rounding: batched convolutions round differently for another batch size
         assert torch.allclose(four[:2], two, atol=1e-5, rtol=1e-5), f"{sampler}: sample i depends on the batch size"
         assert not torch.allclose(four[0], four[1])
+        latents[(sampler, *opts.values())] = two
     other = pipe.sample(2, seed=8, steps=4, progress=False, return_latents=True)
-    assert not torch.allclose(other, two)
+    assert not torch.allclose(other, latents[("dpmpp_2m",)])
     decoded = pipe.sample(2, seed=7, steps=4, sampler="euler", progress=False)
-    assert torch.allclose(decoded, pipe.decode(two), atol=1e-5)
+    assert torch.allclose(decoded, pipe.decode(latents[("euler",)]), atol=1e-5)
 
 
 def test_stochastic_sampler_is_reproducible_per_call(pipe):

@@ -11,6 +11,7 @@ from ..interfaces import Conditioner, Conditioning
 from .guidance import cfg_denoiser, guided_denoiser
 from .parameterization import DenoiserWrapper
 from .schedules import DiscreteSchedule
+from .utils import randn
 
 
 def condition(conditioners: Sequence[Conditioner], cond: Mapping[str, Any] | None, batch_size: int) -> Conditioning:
@@ -66,13 +67,7 @@ def sample_generators(seed: int, n: int, device: str | torch.device = "cpu") -> 
 def initial_noise(shape: Sequence[int], generator: torch.Generator | Sequence[torch.Generator] | None,
                   device: torch.device, dtype: torch.dtype) -> Tensor:
     """Unit Gaussian noise of ``shape`` ``[n, c, *s]``: from one generator, or row ``i`` from ``generator[i]``."""
-    if generator is None or isinstance(generator, torch.Generator):
-        gen_device = generator.device if generator is not None else device
-        return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
-    if len(generator) != shape[0]:
-        raise ValueError(f"got {len(generator)} generators for {shape[0]} samples; pass one per sample")
-    rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
-    return torch.stack(rows).to(device)
+    return randn(tuple(shape), torch.empty((), device=device, dtype=dtype), generator)
 
 
 @torch.no_grad()
@@ -107,7 +102,8 @@ def sample_latents(
             generator per sample (:func:`sample_generators`) each sample's starting noise is its own, so
             with a deterministic sampler (``ddim`` with ``eta=0``, ``euler``, ``heun``, ``dpmpp_2m``)
             sample ``i`` does not depend on the batch size (up to float rounding of batched kernels).
-            Stochastic samplers then draw their per-step noise from the first generator.
+            Stochastic samplers (``ddpm``, ``ddim`` with ``eta > 0``) draw each sample's per-step noise
+            from its own generator too.
         sampler_options: the sampler's own options (``eta`` for DDIM).
     """
     sample_fn = resolve_sampler(sampler)
@@ -115,8 +111,6 @@ def sample_latents(
     n = shape[0]
     sigmas = schedule.sigmas_for(steps, spacing).to(device=ref.device, dtype=ref.dtype)
     x = initial_noise(shape, generator, ref.device, ref.dtype) * sigmas[0]
-    if generator is not None and not isinstance(generator, torch.Generator):
-        generator = generator[0]
     model = DenoiserWrapper(denoiser, schedule, parameterization)
     if isinstance(guidance, Mapping):
         fn = guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -17,14 +19,22 @@ def append_dims(x: Tensor, target_dims: int) -> Tensor:
     return x[(...,) + (None,) * missing]
 
 
-def randn(shape: tuple[int, ...] | torch.Size, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def randn(shape: tuple[int, ...] | torch.Size, like: Tensor,
+          generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
     """Standard normal noise of ``shape`` with ``like``'s dtype and device.
 
     The draw happens on the generator's device (a CPU generator gives the same
     numbers whatever device the model runs on), then moves to ``like.device``.
+    With a sequence of generators, row ``i`` (of ``shape[0]``) comes from ``generator[i]``, so a
+    sample's noise does not depend on the batch it is drawn in.
     """
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    if generator is None or isinstance(generator, torch.Generator):
+        device = generator.device if generator is not None else like.device
+        return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {shape[0]} samples; pass one per sample")
+    rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=like.dtype) for g in generator]
+    return torch.stack(rows).to(like.device)
 
 
 def randint(high: int, size: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
