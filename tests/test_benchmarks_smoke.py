@@ -114,3 +114,19 @@ def test_latent_vs_pixel_measures_both_sides(tmp_path):
     assert set(r["ratio_pixel_over_latent"]) == {"train_step", "sample"}
     assert all(v > 0 for v in r["ratio_pixel_over_latent"].values())
     assert "pixel / latent" in (tmp_path / "results.md").read_text()
+
+
+def test_time_budget_follows_a_machine_that_speeds_up(monkeypatch):
+    """A run calibrated while the machine was slow re-plans when it reaches its end early."""
+    now = [0.0]
+    monkeypatch.setattr("mmldm.training.callbacks.time.perf_counter", lambda: now[0])
+    trainer = SimpleNamespace(global_step=0, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(max_steps=10**9)))
+    budget = TimeBudget(seconds=100.0, skip=5, calibrate=25, checkpoints=(), margin=1.0)
+    budget.on_train_start(trainer, None)
+    step_time = 2.0  # slow at first: 20 steps in 40 s
+    while trainer.global_step < trainer.fit_loop.epoch_loop.max_steps and now[0] < 100:
+        trainer.global_step += 1
+        now[0] += step_time if trainer.global_step <= 25 else 0.1  # then 20x faster
+        budget.on_train_batch_end(trainer, None)
+    assert now[0] > 90  # the run used its time instead of stopping at the first plan (~30 steps)
+    assert trainer.global_step > 400

@@ -16,9 +16,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 class TimeBudget(L.Callback):
     """Fit ``max_steps`` to a time budget from the measured seconds per step.
 
+    The plan is made at step ``calibrate`` and refreshed at each share of the
+    budget in ``checkpoints`` and whenever the run reaches its planned end with
+    time left (the machine got faster), each time from the rate since the
+    previous refresh, so a run whose speed changes (a shared machine) still
+    ends its schedule when its time is up.
+
     Args:
         seconds (`float`): the training budget (from the start of training).
-        skip (`int`): first steps left out of the rate (start-up costs).
+        skip (`int`): first steps left out of the rate (start-up costs); also the
+            fewest steps a refresh measures its rate over.
         calibrate (`int`): step at which ``max_steps`` is first set.
         checkpoints (`tuple[float, ...]`): shares of the budget at which the
             estimate is refreshed (it then includes periodic evaluations).
@@ -28,13 +35,14 @@ class TimeBudget(L.Callback):
     """
 
     def __init__(self, seconds: float, skip: int = 5, calibrate: int = 25,
-                 checkpoints: tuple[float, ...] = (0.25, 0.5, 0.75), margin: float = 0.97,
+                 checkpoints: tuple[float, ...] = tuple(i / 10 for i in range(1, 10)), margin: float = 0.97,
                  limit: int | None = None) -> None:
         if calibrate <= skip:
             raise ValueError(f"TimeBudget: calibrate={calibrate} must exceed skip={skip}")
         self.seconds, self.skip, self.calibrate, self.margin, self.limit = seconds, skip, calibrate, margin, limit
         self.pending = sorted(checkpoints)
         self.start = self.t_skip = 0.0
+        self.mark: tuple[int, float] = (skip, 0.0)  # (step, time) of the last rate measurement
         self.seconds_per_step: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -43,14 +51,22 @@ class TimeBudget(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step, now = trainer.global_step, time.perf_counter()
         if step == self.skip:
-            self.t_skip = now
+            self.t_skip, self.mark = now, (step, now)
+        if step < self.calibrate:
+            return
         elapsed = now - self.start
-        due = step == self.calibrate or (self.pending and step > self.calibrate and elapsed >= self.pending[0] * self.seconds)
-        if not due:
+        ended_early = step >= trainer.fit_loop.epoch_loop.max_steps - 1 and elapsed < self.margin * self.seconds
+        due = step == self.calibrate or ended_early or (self.pending and elapsed >= self.pending[0] * self.seconds)
+        if not due or (self.limit and step >= self.limit - 1):
             return
         while self.pending and elapsed >= self.pending[0] * self.seconds:
             self.pending.pop(0)
-        self.seconds_per_step = (now - self.t_skip) / (step - self.skip)
+        last_step, last_time = self.mark
+        if step - last_step >= self.skip:
+            self.seconds_per_step = (now - last_time) / (step - last_step)
+            self.mark = (step, now)
+        elif self.seconds_per_step is None:
+            self.seconds_per_step = (now - self.t_skip) / max(1, step - self.skip)
         remaining = max(0.0, self.seconds - elapsed) * self.margin
         planned = step + max(1, int(remaining / self.seconds_per_step))
         trainer.fit_loop.epoch_loop.max_steps = min(planned, self.limit) if self.limit else planned
