@@ -160,7 +160,8 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        # fused: one kernel for all parameters; ~6x faster optimizer step on CPU (benchmarks/unet_vs_diffusers.py)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
 
     def sampling_model(self) -> nn.ModuleDict:
         """The EMA copy of denoiser and conditioners when EMA is on, else the trained ones."""
