@@ -13,6 +13,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 
+def fused_ok(module: L.LightningModule) -> bool:
+    """Whether ``module``'s optimizer may be a fused one: fused optimizers unscale gradients
+    themselves, so Lightning refuses them under mixed precision (with gradient clipping)."""
+    trainer = getattr(module, "_trainer", None)
+    return trainer is None or str(trainer.precision).startswith(("32", "64"))
+
+
 class TimeBudget(L.Callback):
     """Fit ``max_steps`` to a time budget from the measured seconds per step.
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from mmldm.interfaces import Autoencoder, AutoencoderOutput
+from mmldm.training.callbacks import fused_ok
 
 SCHEDULES = ("constant", "cosine")
 
@@ -124,7 +125,7 @@ class AutoencoderModule(L.LightningModule):
         if disc:
             groups.append({"params": disc, "lr": self.disc_lr or self.lr})
         # fused: one kernel for all parameters instead of a Python loop over them (benchmarks/unet_vs_diffusers.py)
-        optimizer = torch.optim.Adam(groups, betas=self.betas, weight_decay=self.weight_decay, fused=True)
+        optimizer = torch.optim.Adam(groups, betas=self.betas, weight_decay=self.weight_decay, fused=fused_ok(self))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
