@@ -57,7 +57,7 @@ def tasks(mnist_root: Path) -> dict[str, Task]:
         ),
         "voxel": Task(["modality=voxel", "modality.resolution=32"], 12.0, ["kl"], "iou", 0.85,
                       "held-out IoU of 32^3 occupancy grids at f=4", eval_items=50),
-        "audio": Task(["modality=audio", "modality.layout=1d"], 3.0, ["kl"], "loss_ratio", 5.0,
+        "audio": Task(["modality=audio", "modality.layout=1d"], 10.0, ["kl"], "loss_ratio", 5.0,
                       "first / last training loss (log-mel, 1D layout)"),
     }
 
@@ -210,7 +210,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.phase1", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=("mnist", "voxel", "audio"), default="mnist")
     p.add_argument("--variants", nargs="+", choices=("kl", "vq", "ae"), help="regularizers (default: mnist all three, else kl)")
-    p.add_argument("--minutes", type=float, help="training budget per variant (default: mnist 15, voxel 10, audio 3)")
+    p.add_argument("--minutes", type=float, help="training budget per variant (default: mnist 15, voxel 12, audio 10)")
     p.add_argument("--seconds", type=float, help="budget per variant in seconds (overrides --minutes and --quick)")
     p.add_argument("--steps", type=int, help="exact optimizer steps (the cosine schedule ends there; the budget still caps time)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_SECONDS:.0f} s per variant: a smoke test")
