@@ -395,12 +395,11 @@ def test_sample_uses_ema_weights_and_generator():
     torch.testing.assert_close(module.sample(3, steps=4, sampler="euler", generator=gen()), x0_ema)
 
 
-@pytest.mark.slow
-def test_trained_module_samples_both_classes_in_the_right_proportions():
+def test_trained_module_samples_both_classes_in_the_right_proportions():  # ~20 s
     import lightning as L
 
     torch.manual_seed(0)
-    module = diffusion_module()
+    module = diffusion_module(cond_dropout={"class": 0.5})  # the unconditional mixture needs enough null rows
     loader = torch.utils.data.DataLoader(MixtureData(), batch_size=64, shuffle=True)
     trainer = L.Trainer(max_steps=400, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
