@@ -11,7 +11,7 @@ Sections (each is a module that also runs alone, with its own ``--help``):
    64^3, latent (f=4) against pixel space, 2 rounds: a pixel-space forward at 64^3 is ~370 GFLOP per
    grid, so the module's defaults (batch 2, 25 steps, 3 rounds) alone would take most of 10 minutes;
 5. ``samplers``: quality against steps needs a trained model (``python -m benchmarks.generation``,
-   about 20 minutes); this run quotes ``benchmarks/results/generation_mnist/results.json`` when present.
+   about 20 minutes); this run quotes ``benchmarks/results/generation_mnist_samplers/results.json`` when present.
 
 Every section records its wall time and peak resident memory
 (:func:`benchmarks.utilization.peak_rss`). The acceptance figures go to one table, printed and written
@@ -42,7 +42,7 @@ from benchmarks.unet_vs_diffusers import Arch
 REPO = Path(__file__).resolve().parents[1]
 #: mmldm's default fast path on the CPU, the row held to <= 0.8 of diffusers' training step
 FAST_PATH = "mmldm_fused_adamw"
-GENERATION = REPO / "benchmarks" / "results" / "generation_mnist" / "results.json"
+GENERATION = REPO / "benchmarks" / "results" / "generation_mnist_samplers" / "results.json"
 
 
 @dataclass(frozen=True)
