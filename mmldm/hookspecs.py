@@ -45,3 +45,26 @@ def mmldm_config_dirs() -> list[str]:  # type: ignore[empty-body]
     ``preset/<modality>.yaml`` (selected automatically by ``modality=<name>``)
     or extra options of any group.
     """
+
+
+@hookspec(firstresult=True)
+def mmldm_phase1_latent_shape(path: str, sample_shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """The latent shape ``(c, *spatial)`` of a phase-1 checkpoint in a format this plugin reads.
+
+    Called for ``phase1.checkpoint=<path>`` when ``path`` is not an mmldm export, before
+    any training (the run's pre-flight check). Return ``None`` when ``path`` is not in
+    this plugin's format; raise a ``ValueError`` naming the file when it is, but does
+    not fit ``sample_shape`` (the modality's ``(C, *spatial)``). Should not load weights.
+    """
+
+
+@hookspec(firstresult=True)
+def mmldm_load_phase1(path: str, modality_cfg):  # type: ignore[no-untyped-def]
+    """Phase 1 from a checkpoint in a format this plugin reads, or ``None`` when it does not.
+
+    Return a :class:`~mmldm.pipeline.LatentDiffusion` without a denoiser (modality,
+    autoencoder, latent statistics and their component configs), as
+    ``LatentDiffusion.from_pretrained`` returns for an mmldm autoencoder export.
+    ``modality_cfg`` is the run's ``modality`` config node. The built-in autoencoder
+    plugin reads diffusers ``AutoencoderKL`` folders (Stable Diffusion's VAE) this way.
+    """

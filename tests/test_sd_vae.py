@@ -226,3 +226,28 @@ def test_defaults_keep_the_weights_layout_and_asymmetric_padding_matches_f_pad()
     assert torch.allclose(down(x), F.conv3d(F.pad(x, (0, 1, 0, 1, 0, 1)), down.op.weight, down.op.bias, stride=2))
     with pytest.raises(ValueError, match="padding='same'"):
         Downsample(2, 4, padding="same")
+
+
+def test_mmldm_train_runs_phase2_on_a_diffusers_vae(vae_dir, tmp_path):
+    """``mmldm train stage=diffusion phase1.checkpoint=<diffusers folder>``: the plugin hook loads the VAE,
+    phase 2 trains on its latents and the export is a plain mmldm model encoding like the VAE."""
+    from .conftest import run_cli
+
+    path, vae = vae_dir
+    run = tmp_path / "run"
+    common = ["modality=image", "modality.source=shapes", "modality.size=32", "modality.num_samples=16",
+              "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "data.batch_size=4",
+              "data.stats_batches=2", "sample.num_samples=2", "sampler.steps=2", "denoiser.model_channels=16"]
+    out = run_cli("train", *common, "stage=diffusion", f"phase1.checkpoint={path}", "diffusion.max_steps=2",
+                  f"hydra.run.dir={run}", env_extra={"MMLDM_CACHE": str(tmp_path / "cache")}, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pipe = LatentDiffusion.from_pretrained(run / "export")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    assert torch.allclose(pipe.encode(x), expected, atol=ATOL)
+    assert len(list((run / "samples").glob("sample_0*.png"))) == 2
+
+    gray = run_cli("train", *common, "modality.channels=1", "stage=diffusion", f"phase1.checkpoint={path}",
+                   f"hydra.run.dir={tmp_path / 'gray'}", cwd=tmp_path)
+    assert gray.returncode != 0 and "config.json encodes in_channels=3" in gray.stderr

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from ..build import build_autoencoder, build_denoiser
 from ..export import load_config
 from ..interfaces import Conditioning, Modality
+from ..plugins import plugins
 from .callbacks import NONFINITE
 from .order import preserved_rng
 
@@ -41,7 +42,7 @@ def check_run(cfg: DictConfig, modality: Modality) -> tuple[int, ...]:
         if cfg.stage.autoencoder:
             latent_shape = _phase1_latent_shape(cfg, modality)
         elif cfg.phase1.checkpoint:
-            latent_shape = _export_latent_shape(cfg)
+            latent_shape = _checkpoint_latent_shape(cfg, modality)
         else:
             return ()
         if cfg.stage.diffusion:
@@ -59,6 +60,20 @@ def _phase1_latent_shape(cfg: DictConfig, modality: Modality) -> tuple[int, ...]
             f"autoencoder={cfg.autoencoder.name} cannot encode: {e} (keys: modality size settings, "
             "autoencoder.channel_mult)"
         ) from None
+
+
+def _checkpoint_latent_shape(cfg: DictConfig, modality: Modality) -> tuple[int, ...]:
+    """An mmldm export's latent shape, or that of a format a plugin reads (hook ``mmldm_phase1_latent_shape``)."""
+    where = Path(cfg.phase1.checkpoint)
+    if not (where / "config.yaml").is_file():
+        try:
+            shape = plugins().manager.hook.mmldm_phase1_latent_shape(path=str(where),
+                                                                     sample_shape=tuple(modality.sample_shape))
+        except ValueError as e:
+            raise PreflightError(f"phase1.checkpoint={where}: {e}") from None
+        if shape is not None:
+            return tuple(int(s) for s in shape)
+    return _export_latent_shape(cfg)
 
 
 def _export_latent_shape(cfg: DictConfig) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ from ..diagnostics import autoencoder_diagnostics, write_diagnostics
 from ..interfaces import Modality
 from ..latents import LatentStats
 from ..pipeline import LatentDiffusion
+from ..plugins import plugins
 from .data import EncodingDataset, LatentCacheDataset, condition_values, encode_dataset, make_loader
 from .preflight import check_run
 from .trainer import last_checkpoint, make_trainer
@@ -137,7 +138,12 @@ def load_autoencoder(cfg: DictConfig) -> LatentDiffusion:
             "stage=diffusion (and encode/evaluate) need a trained autoencoder: set "
             "phase1.checkpoint=<run dir>/autoencoder/export (or a full model export)"
         )
-    return LatentDiffusion.from_pretrained(cfg.phase1.checkpoint)
+    where = Path(cfg.phase1.checkpoint)
+    if not (where / "config.yaml").is_file():  # not an mmldm export: a plugin may read its format
+        phase1 = plugins().manager.hook.mmldm_load_phase1(path=str(where), modality_cfg=cfg.modality)
+        if phase1 is not None:
+            return phase1
+    return LatentDiffusion.from_pretrained(where)
 
 
 # ---------------------------------------------------------------------------- phase 2

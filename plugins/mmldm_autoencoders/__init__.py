@@ -22,7 +22,8 @@ from .config import (
 
 __all__ = [
     "AERegularizerConfig", "AutoencoderLossConfig", "ConvAutoencoderConfig",
-    "KLRegularizerConfig", "VQRegularizerConfig", "mmldm_register_components",
+    "KLRegularizerConfig", "VQRegularizerConfig", "mmldm_load_phase1", "mmldm_phase1_latent_shape",
+    "mmldm_register_components",
 ]
 
 
@@ -44,3 +45,34 @@ def mmldm_register_components(registry) -> None:  # type: ignore[no-untyped-def]
         "regularizer", "ae", "mmldm_autoencoders.regularizers:build_ae", config=AERegularizerConfig,
         description="deterministic latent with optional tanh/clamp bound, variance pull and noise",
     )
+
+
+def _diffusers_folder(path: str) -> bool:
+    """A cheap, torch-free test: ``path`` (or ``path/vae``) has a diffusers ``AutoencoderKL`` config.json."""
+    import json
+    from pathlib import Path
+
+    for folder in (Path(path), Path(path) / "vae"):
+        try:
+            return json.loads((folder / "config.json").read_text()).get("_class_name") == "AutoencoderKL"
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+@hookimpl
+def mmldm_phase1_latent_shape(path, sample_shape):  # type: ignore[no-untyped-def]
+    if not _diffusers_folder(path):
+        return None
+    from .diffusers_format import diffusers_latent_shape
+
+    return diffusers_latent_shape(path, sample_shape)
+
+
+@hookimpl
+def mmldm_load_phase1(path, modality_cfg):  # type: ignore[no-untyped-def]
+    if not _diffusers_folder(path):
+        return None
+    from .diffusers_format import phase1_from_diffusers
+
+    return phase1_from_diffusers(path, modality_cfg)

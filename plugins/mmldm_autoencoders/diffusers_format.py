@@ -23,7 +23,8 @@ Reading and writing need only ``json`` and ``safetensors``; diffusers is never i
     save_diffusers_vae(autoencoder, stats, "exported-vae")   # AutoencoderKL.from_pretrained loads it
 
 For phase 2 on SD latents from the command line, ``phase1.checkpoint=<diffusers folder>`` goes
-through :func:`phase1_from_diffusers`.
+through the plugin hooks ``mmldm_phase1_latent_shape`` (pre-flight) and ``mmldm_load_phase1``, which
+call :func:`diffusers_latent_shape` and :func:`phase1_from_diffusers`.
 """
 
 from __future__ import annotations
