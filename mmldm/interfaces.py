@@ -332,6 +332,14 @@ class Modality(abc.ABC):
         """Quality of a set of generated samples against real ones. Empty when not defined."""
         return {}
 
+    def save_reconstructions(self, x: Tensor, x_rec: Tensor, directory: Path) -> list[Path]:
+        """Write inputs ``x`` and their reconstructions ``x_rec`` (``[B, C, *s]``) for a person to compare.
+
+        The default saves both sets with :meth:`save` (prefixes ``input`` and ``reconstruction``); a
+        modality may add a side-by-side picture.
+        """
+        return [*self.save(x, directory, prefix="input"), *self.save(x_rec, directory, prefix="reconstruction")]
+
     def postprocess(self, decoded: Tensor) -> Tensor:
         """Map the decoder's raw output to the modality's layout (e.g. occupancy logits -> probabilities)."""
         return decoded

@@ -93,6 +93,27 @@ def test_flip_augmentation_flips_mask_and_caption():
     assert all(torch.equal(val[0]["x"], val[0]["x"]) for _ in range(5))
 
 
+def test_random_crop_translates_image_and_mask_together():
+    plain, cropped = make(num_samples=8, val_fraction=0.5), make(num_samples=8, val_fraction=0.5, crop=3)
+    torch.manual_seed(0)
+    moved = 0
+    for i in range(4):
+        a, b = plain.dataset("train")[i], cropped.dataset("train")[i]
+        assert b["x"].shape == a["x"].shape and b["cond"]["segmentation"].dtype == torch.long
+        # some shift (dy, dx) in [-3, 3]^2 maps the padded original onto the crop, for image and mask alike
+        pad = lambda t: torch.nn.functional.pad(t[None].float(), (3, 3, 3, 3), mode="reflect")[0]
+        px, pm = pad(a["x"]), pad(a["cond"]["segmentation"])
+        hits = [(dy, dx) for dy in range(7) for dx in range(7)
+                if torch.equal(px[:, dy:dy + 32, dx:dx + 32], b["x"])
+                and torch.equal(pm[:, dy:dy + 32, dx:dx + 32].long(), b["cond"]["segmentation"])]
+        assert hits, f"item {i}: the crop is no window of the padded image"
+        moved += hits[0] != (3, 3)
+    assert moved >= 2
+    assert torch.equal(cropped.dataset("val")[0]["x"], plain.dataset("val")[0]["x"])  # val is never cropped
+    with pytest.raises(ValueError, match=r"image.crop=16 must be >= 0 and below image.size / 2 = 16"):
+        make(crop=16)
+
+
 def test_digits_source_is_grayscale_and_padded():
     m = make(source="digits")
     train, val = m.dataset("train"), m.dataset("val")
@@ -172,6 +193,17 @@ def test_save_writes_pngs_and_grid(tmp_path):
     back = torch.from_numpy(np.array(Image.open(paths[2]))).permute(2, 0, 1).float() / 127.5 - 1
     assert torch.allclose(back, x[2], atol=1 / 127.5)
     assert Image.open(paths[-1]).size == (3 * 34 + 2, 2 * 34 + 2)
+
+
+def test_save_reconstructions_puts_inputs_above_reconstructions(tmp_path):
+    x = stack(make(num_samples=4, val_fraction=0).dataset("train"))
+    paths = make(num_samples=4).save_reconstructions(x, -x, tmp_path)
+    assert paths[-1].name == "comparison.png" and (tmp_path / "input_grid.png").is_file()
+    sheet = np.array(Image.open(paths[-1]))
+    assert sheet.shape == (2 * 34 + 2, 4 * 34 + 2, 3)
+    top = torch.from_numpy(sheet[2:34, 36:68]).permute(2, 0, 1).float() / 127.5 - 1  # input 1
+    bottom = torch.from_numpy(sheet[36:68, 36:68]).permute(2, 0, 1).float() / 127.5 - 1  # its reconstruction
+    assert torch.allclose(top, x[1], atol=1 / 127.5) and torch.allclose(bottom, -x[1], atol=1 / 127.5)
 
 
 def test_psnr_and_ssim():

@@ -102,8 +102,7 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
         batch = next(iter(val))
         with torch.no_grad():
             recon = modality.postprocess(autoencoder(batch["x"][:8]).reconstruction)
-        modality.save(batch["x"][:8], root / "reconstructions", prefix="input")
-        modality.save(recon, root / "reconstructions", prefix="reconstruction")
+        modality.save_reconstructions(batch["x"][:8], recon, root / "reconstructions")
         _update_metrics(run_dir, {"autoencoder": diag})
         pipe.save_pretrained(root / "export")
     return pipe

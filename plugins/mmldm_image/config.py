@@ -33,6 +33,9 @@ class ImageConfig(ComponentConfig):
             a permutation seeded by ``seed``.
         flip (`bool`): random horizontal flips in the train split ("left" and
             "right" in captions and the mask are flipped along).
+        crop (`int`): random-crop augmentation in the train split: translations of up to
+            ``crop`` pixels per axis (reflection padding; the mask follows). 0: off. Must be
+            below ``size / 2``.
     """
 
     source: str = "shapes"
@@ -43,3 +46,4 @@ class ImageConfig(ComponentConfig):
     root: Optional[str] = None  # required by "mnist" and "folder"
     val_fraction: float = 0.1
     flip: bool = False  # off by default: flipped digits are not digits
+    crop: int = 0  # off by default: captions say where a shape is

@@ -14,7 +14,7 @@ from mmldm.interfaces import Modality
 
 from . import metrics, sources
 from .config import IMAGE_SOURCES, ImageConfig
-from .preview import save_pngs
+from .preview import save_comparison, save_pngs
 
 #: Channels of each source when ``channels`` is left unset.
 NATIVE_CHANNELS = {"shapes": 3, "digits": 1, "mnist": 1, "folder": 3}
@@ -34,14 +34,18 @@ class ImageDataset(Dataset):
         data (`sources.ImageSet`): decoded images of one split.
         flip (`bool`): flip each item horizontally with probability 1/2
             (the mask and "left"/"right" in the caption follow).
+        crop (`int`): random-crop augmentation: pad each side by ``crop`` pixels (reflection)
+            and cut a window of the original size at a uniformly random offset, i.e.
+            translations of up to ``crop`` pixels per axis (the mask follows); 0 turns it off.
     """
 
-    def __init__(self, data: sources.ImageSet, flip: bool = False) -> None:
+    def __init__(self, data: sources.ImageSet, flip: bool = False, crop: int = 0) -> None:
         self.x = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # uint8 [N, C, H, W]
         self.labels = data.labels
         self.texts = data.texts
         self.masks = None if data.masks is None else torch.from_numpy(data.masks.astype(np.int64))[:, None]
         self.flip = flip
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.x)
@@ -61,7 +65,22 @@ class ImageDataset(Dataset):
                 cond["segmentation"] = cond["segmentation"].flip(-1)
             if "text" in cond:
                 cond["text"] = flip_caption(cond["text"])
+        if self.crop:
+            x, cond = self._random_crop(x, cond)
         return {"x": x, "cond": cond}
+
+    def _random_crop(self, x: Tensor, cond: dict) -> tuple[Tensor, dict]:
+        """A window of ``x [C, H, W]``'s size at a random offset in ``x`` padded by ``crop`` (reflection)."""
+        k, (h, w) = self.crop, x.shape[-2:]
+        top, left = (int(v) for v in torch.randint(0, 2 * k + 1, (2,)))
+
+        def window(t: Tensor) -> Tensor:
+            padded = torch.nn.functional.pad(t[None], (k, k, k, k), mode="reflect")[0]
+            return padded[:, top : top + h, left : left + w]
+
+        if "segmentation" in cond:
+            cond["segmentation"] = window(cond["segmentation"].float()).long()
+        return window(x), cond
 
 
 class ImageModality(Modality):
@@ -90,6 +109,9 @@ class ImageModality(Modality):
             raise ValueError(f"image.source='{cfg.source}' needs image.root (a directory), got {cfg.root!r}")
         if not 0.0 <= cfg.val_fraction < 1.0:
             raise ValueError(f"image.val_fraction={cfg.val_fraction} must be in [0, 1)")
+        if not 0 <= 2 * cfg.crop < cfg.size:
+            raise ValueError(f"image.crop={cfg.crop} must be >= 0 and below image.size / 2 = {cfg.size / 2:g} "
+                             "(pixels of random translation)")
         self.cfg = cfg
         self.channels = channels
         self._data: sources.ImageSet | None = None
@@ -137,11 +159,17 @@ class ImageModality(Modality):
             None if data.masks is None else data.masks[idx],
             data.class_names,
         )
-        return ImageDataset(subset, flip=self.cfg.flip and split == "train")
+        return ImageDataset(subset, flip=self.cfg.flip and split == "train", crop=self.cfg.crop if split == "train" else 0)
 
     def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
         """PNG per sample of ``[B, C, H, W]`` plus ``{prefix}_grid.png``."""
         return save_pngs(samples, Path(directory), prefix)
+
+    def save_reconstructions(self, x: Tensor, x_rec: Tensor, directory: Path) -> list[Path]:
+        """Inputs and reconstructions as PNGs, plus ``comparison.png``: inputs in the top row, their
+        reconstructions below."""
+        paths = super().save_reconstructions(x, x_rec, directory)
+        return [*paths, save_comparison(x, x_rec, Path(directory) / "comparison.png")]
 
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
         """``psnr`` (dB, mean of per-image values; inf when identical) and ``ssim`` on [0, 1]-mapped images."""

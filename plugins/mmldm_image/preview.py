@@ -46,3 +46,11 @@ def save_pngs(samples: Tensor, directory: Path, prefix: str) -> list[Path]:
     paths.append(directory / f"{prefix}_grid.png")
     _pil(grid(images)).save(paths[-1])
     return paths
+
+
+def save_comparison(x: Tensor, x_rec: Tensor, path: Path) -> Path:
+    """One PNG: the images of ``x [B, C, H, W]`` in a row, those of ``x_rec`` in the row below."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _pil(grid(np.concatenate([to_uint8(x), to_uint8(x_rec)]), nrow=len(x))).save(path)
+    return path
