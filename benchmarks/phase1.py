@@ -7,8 +7,12 @@ with mmldm's own phase-1 module and trainer):
   channels; variants ``kl``, ``vq``, ``ae``; PSNR/SSIM over all held-out images
   and the latent diagnostics of :mod:`mmldm.diagnostics` side by side.
 * ``voxel``: 32^3 procedural occupancy grids, f=4; held-out IoU and Chamfer.
-* ``audio``: log-mel spectrograms in the 1D layout; the ratio of the first to
-  the last logged training loss.
+* ``audio``: log-mel spectrograms of spoken digits (FSDD, four speakers; the
+  fifth, "theo", held out) in the 1D layout; the ratio of the first to the
+  last logged training loss, and held-out log-mel L1, spectral convergence
+  and LSD.
+* ``audio_synth``: the same on the audio modality's embedded synthesized
+  sounds (notes, chirps, noise, melodies).
 
 Examples::
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_ROOT = REPO.parent / "shared" / "data" / "mnist"
+SHARED_DATA = REPO.parent / "shared" / "data"
 QUICK_SECONDS = 30.0
 
 
@@ -48,17 +52,20 @@ class Task:
     eval_items: int = 200  # held-out items of the PSNR/IoU curve
 
 
-def tasks(mnist_root: Path) -> dict[str, Task]:
-    """The three tasks; ``mnist_root`` holds the IDX files."""
+def tasks(data: Path) -> dict[str, Task]:
+    """The tasks; ``data`` holds ``mnist/`` (IDX files) and ``fsdd/`` (WAV files)."""
     return {
         "mnist": Task(
-            ["modality=image", "modality.source=mnist", f"modality.root={mnist_root}", "autoencoder=conv_image"],
+            ["modality=image", "modality.source=mnist", f"modality.root={data / 'mnist'}", "autoencoder=conv_image"],
             15.0, ["kl", "vq", "ae"], "psnr", 30.0, "held-out PSNR (dB) over all 1,000 held-out images",
         ),
         "voxel": Task(["modality=voxel", "modality.resolution=32"], 12.0, ["kl"], "iou", 0.85,
                       "held-out IoU of 32^3 occupancy grids at f=4", eval_items=50),
-        "audio": Task(["modality=audio", "modality.layout=1d"], 10.0, ["kl"], "loss_ratio", 5.0,
-                      "first / last training loss (log-mel, 1D layout)"),
+        "audio": Task(["modality=audio", "preset=audio_fsdd", f"modality.root={data / 'fsdd'}", "modality.layout=1d"],
+                      10.0, ["kl"], "loss_ratio", 5.0,
+                      "first / last training loss (log-mel of spoken digits, 1D layout; held-out speaker theo)"),
+        "audio_synth": Task(["modality=audio", "modality.layout=1d"], 10.0, ["kl"], "loss_ratio", 5.0,
+                            "first / last training loss (log-mel of the embedded synthesized sounds, 1D layout)"),
     }
 
 
@@ -208,21 +215,21 @@ def write_report(task_name: str, task: Task, results: dict[str, dict[str, Any]],
 # ---------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.phase1", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", choices=("mnist", "voxel", "audio"), default="mnist")
+    p.add_argument("--task", choices=("mnist", "voxel", "audio", "audio_synth"), default="mnist")
     p.add_argument("--variants", nargs="+", choices=("kl", "vq", "ae"), help="regularizers (default: mnist all three, else kl)")
     p.add_argument("--minutes", type=float, help="training budget per variant (default: mnist 15, voxel 12, audio 10)")
     p.add_argument("--seconds", type=float, help="budget per variant in seconds (overrides --minutes and --quick)")
     p.add_argument("--steps", type=int, help="exact optimizer steps (the cosine schedule ends there; the budget still caps time)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_SECONDS:.0f} s per variant: a smoke test")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/phase1_<task>)")
-    p.add_argument("--mnist-root", type=Path, default=MNIST_ROOT, help="folder of the MNIST IDX files")
+    p.add_argument("--data", type=Path, default=SHARED_DATA, help="folder with mnist/ (IDX files) and fsdd/ (WAV files)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra config overrides, e.g. phase1.lr=2e-3")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
-    task = tasks(args.mnist_root)[args.task]
+    task = tasks(args.data)[args.task]
     seconds = args.seconds or (QUICK_SECONDS if args.quick else 60.0 * (args.minutes or task.minutes))
     out = args.out or REPO / "benchmarks" / "results" / f"phase1_{args.task}"
     results: dict[str, dict[str, Any]] = {}

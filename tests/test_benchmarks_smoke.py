@@ -66,7 +66,7 @@ def test_mnist_variant_composes_the_image_autoencoder_preset(tmp_path):
 @pytest.mark.slow
 def test_quick_run_measures_every_held_out_image(shared_data, tmp_path):
     out = tmp_path / "bench"
-    results = phase1.main(["--quick", "--variants", "ae", "--out", str(out), "--mnist-root", str(shared_data / "mnist")])
+    results = phase1.main(["--quick", "--variants", "ae", "--out", str(out), "--data", str(shared_data)])
     r = results["ae"]
     assert r["held_out_items"] == 1000 and r["steps"] > 0
     assert r["train_seconds"] < phase1.QUICK_SECONDS + 15

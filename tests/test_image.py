@@ -122,6 +122,10 @@ def test_digits_source_is_grayscale_and_padded():
     assert x.shape == (50, 1, 32, 32) and x.min() == -1 and x.max() <= 1
     assert (x[..., :4, :] == -1).all() and (x[..., :, -4:] == -1).all()  # 24-pixel digit padded by 4
     assert m.num_classes == 10 and train[0]["cond"]["text"] == f"a handwritten digit {train[0]['cond']['class']}"
+    item = train[3]  # the mask: label + 1 where the digit is bright (>= 128 of 255), 0 elsewhere
+    mask, bright = item["cond"]["segmentation"], item["x"] >= 128 / 127.5 - 1
+    assert mask.shape == (1, 32, 32) and m.segmentation_classes == 11
+    assert torch.equal(mask > 0, bright) and set(mask.unique().tolist()) == {0, item["cond"]["class"] + 1}
     with pytest.raises(ValueError, match="image.channels=3 .* grayscale"):
         make(source="digits", channels=3)
 

@@ -70,11 +70,17 @@ def load_shapes(num_samples: int, size: int, seed: int, channels: int) -> ImageS
     )
 
 
+#: Gray level (0..255) at and above which a digit's pixel belongs to its mask.
+DIGIT_MASK_LEVEL = 128
+
+
 def _digit_set(gray: np.ndarray, labels: np.ndarray, size: int, content: float) -> ImageSet:
-    """Grayscale uint8 ``[N, h, w]`` digits fitted into ``size`` with captions."""
+    """Grayscale uint8 ``[N, h, w]`` digits fitted into ``size`` with captions and masks (the pixels of
+    gray level >= ``DIGIT_MASK_LEVEL`` hold ``label + 1``, the others 0)."""
     images = np.stack([np.asarray(fit(Image.fromarray(g), size, content)) for g in gray])[..., None]
     texts = [f"a handwritten digit {int(k)}" for k in labels]
-    return ImageSet(images, labels.astype(np.int64), texts, None, [str(k) for k in range(10)])
+    masks = np.where(images[..., 0] >= DIGIT_MASK_LEVEL, labels.astype(np.uint8)[:, None, None] + 1, 0).astype(np.uint8)
+    return ImageSet(images, labels.astype(np.int64), texts, masks, [str(k) for k in range(10)])
 
 
 def load_digits(size: int) -> ImageSet:
