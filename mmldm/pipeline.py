@@ -200,3 +200,22 @@ class LatentDiffusion(nn.Module):
         keep = {k: cfg[k] for k in ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler") if k in cfg}
         pipe = cls(modality, autoencoder, stats, keep, denoiser, conditioners)
         return pipe.to(device).eval()
+
+
+def sample_conditions(pipe: LatentDiffusion, val: Any, n: int) -> dict[str, Any] | None:
+    """Conditions for ``n`` samples: the classes in turn for a class-only model (a balanced grid), else the
+    conditions of held-out items ``0..n-1`` (cycled), every key from the same item, so class, caption and
+    mask agree. ``None`` for an unconditional model."""
+    keys = [c.key for c in pipe.conditioners if getattr(c, "key", None)]
+    if not keys:
+        return None
+    if keys == ["class"]:
+        return {"class": torch.arange(n) % pipe.conditioners[0].num_classes}
+    items = [val[i % len(val)]["cond"] for i in range(n)]
+    missing = [k for k in keys if k not in items[0]]
+    if missing:
+        raise ValueError(f"the model is conditioned on {missing}, but the held-out items of modality="
+                         f"{pipe.modality.name} carry only {sorted(items[0])}")
+    values = {k: [it[k] for it in items] for k in keys}
+    return {k: torch.stack(v) if isinstance(v[0], torch.Tensor) else torch.tensor(v) if k == "class" else v
+            for k, v in values.items()}

@@ -421,6 +421,34 @@ def test_text_conditioned_run_exports_the_tokenizer_and_samples_from_a_caption(t
     assert not torch.allclose(a, c)
 
 
+def test_runs_and_mmldm_sample_condition_on_held_out_items_and_given_captions(tmp_path):
+    """A run's samples use the held-out items' captions and masks (written to conditions.json);
+    `mmldm sample text=...` uses the given captions, the rest comes from held-out items."""
+    import json
+
+    from mmldm.build import build_modality
+    from mmldm.pipeline import sample_conditions
+
+    pipe = _train(tmp_path, "conditioner=text_segmentation", "+conditioner.0.hidden_size=16",
+                  "+conditioner.0.num_heads=2")
+    val = build_modality(pipe.config["modality"]).dataset("val")
+    written = json.loads((tmp_path / "run" / "samples" / "conditions.json").read_text())
+    assert written == {"text": [val[0]["cond"]["text"], val[1]["cond"]["text"]]}
+    cond = sample_conditions(pipe, val, 3)
+    assert len(val) == 2 and cond["text"] == [val[i % 2]["cond"]["text"] for i in range(3)]  # cycled
+    assert torch.equal(cond["segmentation"][2], val[0]["cond"]["segmentation"])
+
+    out = run_cli("sample", str(tmp_path / "run" / "export"), "n=3", "steps=2", "text=a large red square|a star",
+                  f"out={tmp_path / 's'}", env_extra={"MMLDM_CACHE": str(tmp_path / "cache")}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list((tmp_path / "s").glob("sample_0*.png"))) == 3
+    from mmldm.sampling_cli import conditions
+
+    cond = conditions(pipe, {"text": "a large red square|a star"}, 3)
+    assert cond["text"] == ["a large red square", "a star", "a large red square"]
+    assert torch.equal(cond["segmentation"][0], val[0]["cond"]["segmentation"])
+
+
 def test_text_and_segmentation_run_with_its_own_dropout(tmp_path):
     pipe = _train(tmp_path, "conditioner=text_segmentation", "+conditioner.0.hidden_size=16",
                   "+conditioner.0.num_heads=2", "conditioner.1.dropout=0.5")

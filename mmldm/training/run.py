@@ -29,7 +29,7 @@ from ..build import build_autoencoder, build_conditioners, build_denoiser, build
 from ..diagnostics import autoencoder_diagnostics, write_diagnostics
 from ..interfaces import Modality
 from ..latents import LatentStats
-from ..pipeline import LatentDiffusion
+from ..pipeline import LatentDiffusion, sample_conditions
 from ..plugins import plugins
 from .data import EncodingDataset, LatentCacheDataset, condition_values, encode_dataset, make_loader
 from .preflight import check_run
@@ -200,20 +200,19 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
     return pipe
 
 
-def _labels(pipe: LatentDiffusion, n: int) -> torch.Tensor | None:
-    classes = [c for c in pipe.conditioners if getattr(c, "key", None) == "class"]
-    return torch.arange(n) % classes[0].num_classes if classes else None
-
-
 def sample_and_measure(pipe: LatentDiffusion, cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Sample ``cfg.sample.num_samples`` (classes in turn when class-conditional), save, measure."""
+    """Sample ``cfg.sample.num_samples`` (see :func:`sample_conditions`), save them with their conditions
+    (``conditions.json``: classes and captions), and measure them against held-out data."""
     n = cfg.sample.num_samples
-    labels = _labels(pipe, n)
-    cond = {"class": labels} if labels is not None else None
+    val = pipe.modality.dataset("val")
+    cond = sample_conditions(pipe, val, n)
     samples = pipe.sample(n, cond=cond, guidance=cfg.sample.guidance, seed=cfg.sample.seed)
     pipe.modality.save(samples, out, prefix="sample")
-    val = pipe.modality.dataset("val")
+    if cond:
+        readable = {k: v.tolist() if k == "class" else v for k, v in cond.items() if k in ("class", "text")}
+        (Path(out) / "conditions.json").write_text(json.dumps(readable, indent=1))
     real = torch.stack([val[i]["x"] for i in range(min(n, len(val)))])
+    labels = cond.get("class") if cond else None
     return {"num_samples": n, "generation": pipe.modality.generation_metrics(real, samples, labels)}
 
 
