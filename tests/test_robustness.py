@@ -53,6 +53,21 @@ def test_ddp_preset_trains_both_phases_with_two_processes_through_the_cli(tmp_pa
     assert (run / "export" / "denoiser.safetensors").is_file()
 
 
+def test_multirun_through_hydras_submitit_launcher(tmp_path):
+    """`-m hydra/launcher=submitit_local`: the launcher that `submitit_slurm` shares its code with
+    (the `slurm` extra) runs each variant as its own job, pickling the task with cloudpickle."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    out = run_cli("train", "-m", "hydra/launcher=submitit_local", *TINY, "regularizer=kl,ae", f"hydra.sweep.dir={sweep}",
+                  "hydra.launcher.timeout_min=10", env_extra={"MMLDM_CACHE": str(tmp_path / "cache")}, cwd=tmp_path,
+                  timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    for job, regularizer in ((0, "kl"), (1, "ae")):
+        exported = LatentDiffusion.from_pretrained(sweep / str(job) / "export")
+        assert exported.config["regularizer"]["name"] == regularizer
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # one submitit job per variant
+
+
 # ---------------------------------------------------------------------------- numerics
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     run, out = _train(tmp_path, "trainer.precision=bf16-mixed")
