@@ -21,6 +21,9 @@ class TrainerConfig:
         max_steps: an upper bound on the optimizer steps of every phase (``trainer=quick``
             sets 300); None: each phase runs its own ``phase1.max_steps`` /
             ``diffusion.max_steps`` (or its ``max_minutes``).
+        max_minutes: an upper bound on the wall-clock minutes of every phase (``trainer=quick`` sets 4;
+            a phase's own ``max_minutes`` applies when smaller); the learning-rate schedule is fitted to
+            the steps that fit (:class:`~mmldm.training.callbacks.TimeBudget`). None: no time limit.
         accelerator, devices, num_nodes, strategy, precision: as in Lightning;
             ``strategy: ddp`` on CPU uses the gloo backend.
         log_every_n_steps, val_check_interval: Lightning's logging/validation cadence.
@@ -32,6 +35,7 @@ class TrainerConfig:
     """
 
     max_steps: Optional[int] = None
+    max_minutes: Optional[float] = None
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1

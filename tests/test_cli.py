@@ -109,9 +109,13 @@ def test_phase_steps_come_from_the_preset_and_trainer_max_steps_caps_them():
     from mmldm.training.run import _budget
 
     full = compose(["modality=voxel"])
-    assert _budget(full.phase1, full) == (600, {}) and _budget(full.diffusion, full) == (4000, {})
+    assert _budget(full.phase1, full) == (350, {}) and _budget(full.diffusion, full) == (4000, {})
     quick = compose(["modality=voxel", "trainer=quick"])
-    assert _budget(quick.phase1, quick)[0] == 300 and _budget(quick.diffusion, quick)[0] == 300
+    for phase in (quick.phase1, quick.diffusion):  # 300 steps or 4 minutes, whichever comes first
+        steps, extra = _budget(phase, quick)
+        assert steps == 300 and extra["max_time"].total_seconds() == 240 and extra["callbacks"][0].limit == 300
+    shorter = compose(["modality=voxel", "trainer=quick", "phase1.max_minutes=1"])
+    assert _budget(shorter.phase1, shorter)[1]["max_time"].total_seconds() == 60  # the smaller budget wins
     image = compose(["modality=image", "trainer.max_steps=500", "diffusion.max_minutes=2"])
     assert _budget(image.phase1, image) == (500, {})
     steps, extra = _budget(image.diffusion, image)

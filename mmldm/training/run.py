@@ -56,7 +56,8 @@ def _budget(phase: DictConfig, cfg: DictConfig) -> tuple[int, dict[str, Any]]:
     """``max_steps`` and extra ``make_trainer`` arguments of a phase.
 
     The phase runs its own ``max_steps``, capped by ``trainer.max_steps`` when
-    that is set. With ``max_minutes`` it stops after that long if the steps are
+    that is set. With ``max_minutes`` (the phase's or ``trainer.max_minutes``,
+    whichever is smaller) it stops after that long if the steps are
     not done first: Lightning's ``max_time`` is the hard stop and
     :class:`~mmldm.training.callbacks.TimeBudget` fits ``max_steps``, and with it
     the learning-rate schedule, to the measured step rate.
@@ -64,11 +65,12 @@ def _budget(phase: DictConfig, cfg: DictConfig) -> tuple[int, dict[str, Any]]:
     steps = int(phase.max_steps)
     if cfg.trainer.max_steps is not None:
         steps = min(steps, int(cfg.trainer.max_steps))
-    minutes = phase.get("max_minutes")
-    if minutes is None:
+    limits = [m for m in (phase.get("max_minutes"), cfg.trainer.get("max_minutes")) if m is not None]
+    if not limits:
         return steps, {}
+    minutes = min(limits)
     if minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {minutes}")
+        raise ValueError(f"max_minutes must be positive, got {minutes} (phase1/diffusion.max_minutes, trainer.max_minutes)")
     from datetime import timedelta
 
     from .callbacks import TimeBudget
