@@ -4,7 +4,7 @@ Tasks (each trains both phases with ``mmldm.training.run.train``, the code behin
 ``mmldm train``, for fixed wall-clock budgets, then samples the exported model
 with the *held-out* items' conditions):
 
-* ``text``: the image modality's embedded shapes (8 classes, captions such as
+* ``text``: 10,000 of the image modality's embedded shapes (8 classes, captions such as
   "a small red star on the left"), ``conditioner=text`` alone (the class is
   never given). An independent classifier, trained on the real training images'
   classes, labels each sample; the score is the share whose label is the class
@@ -47,7 +47,8 @@ _UNET = ["denoiser.model_channels=64", "denoiser.channel_mult=[1,2]", "denoiser.
 _COMMON = ["trainer=cpu", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=50", "data.batch_size=64",
            "diffusion.lr=5e-4", "diffusion.ema_decay=0.999", "sample.num_samples=8",
            "phase1.max_steps=1000000", "diffusion.max_steps=1000000"]
-TEXT = ["modality=image", "modality.source=shapes", "autoencoder=conv_image", "regularizer=kl", "conditioner=text",
+#: 10,000 shapes (9,000 train): the independent classifier reaches 99.8% on the held-out 1,000 (1,800 train: 63%).
+TEXT = ["modality=image", "modality.source=shapes", "modality.num_samples=10000", "autoencoder=conv_image", "regularizer=kl", "conditioner=text",
         *_UNET, *_COMMON]
 SEGMENTATION = [*[o for o in MNIST if not o.startswith("sample.")], "conditioner=segmentation", "sample.num_samples=8"]
 
