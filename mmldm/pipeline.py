@@ -46,7 +46,9 @@ class LatentDiffusion(nn.Module):
         shapes = pipe.sample(8, cond={"class": [0, 1, 2, 3, 4, 5, 0, 1]}, guidance=3.0, seed=0)
 
     Args:
-        modality (`Modality`), autoencoder (`Autoencoder`), stats (`LatentStats`): phase 1.
+        modality (`Modality`): the data, its files and metrics.
+        autoencoder (`Autoencoder`): phase 1.
+        stats (`LatentStats`): the latent normalization measured after phase 1.
         denoiser (`Denoiser`, *optional*): phase 2 (the EMA weights); ``None`` for an
             autoencoder-only export.
         conditioners (`list[Conditioner]`): tau_theta, empty when unconditional.

@@ -181,6 +181,9 @@ def test_site_builds_strict(tmp_path):
         assert (tmp_path / "site" / page).is_file(), page
     built = (tmp_path / "site" / "plugins" / "index.html").read_text()
     assert "band_accuracy" in built  # the example plugin's files are included in the page
+    reference = (tmp_path / "site" / "reference" / "index.html").read_text()
+    assert "<code>from_pretrained</code>" in reference and ":meth:" not in reference  # docs/hooks/sphinx_roles.py
+    assert "<code>Denoiser, optional</code>" in reference and "<code>`" not in reference
 
 
 def _hookspecs() -> list[str]:
