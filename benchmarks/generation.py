@@ -157,25 +157,20 @@ def train_model(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out: Path,
           settings: Sequence[tuple[str, str, int, float]]) -> dict[str, Any]:
-    """Every setting from the same seed: class accuracy, Frechet distance, the modality's own metrics."""
+    """Every setting from the same seed (:func:`mmldm.evaluation.generation.judge_samples`); the headline
+    setting's samples are written (a grid with one row per class)."""
     import torch
 
-    from mmldm.evaluation.classifier import classifier_metrics, per_class_accuracy
+    from mmldm.evaluation.generation import judge_samples
 
     classes = pipe.modality.num_classes
-    labels = torch.arange(classes).repeat_interleave(per_class)
     results = {}
     for name, sampler, steps, guidance in settings:
-        start = time.perf_counter()
-        samples = pipe.sample(len(labels), cond={"class": labels}, steps=steps, sampler=sampler,
-                              guidance=guidance, seed=seed, progress=False)
-        seconds = time.perf_counter() - start
-        m = classifier_metrics(classifier, real, samples, labels)
-        m["per_class_accuracy"] = per_class_accuracy(classifier, samples, labels)
-        m["sampling_seconds"] = round(seconds, 1)
-        m["modality"] = pipe.modality.generation_metrics(real, samples, labels)
+        m, samples, _ = judge_samples(pipe, classifier, real, per_class, sampler=sampler, steps=steps,
+                                      guidance=guidance, seed=seed)
         results[name] = m
-        print(f"{name}: accuracy {m['class_accuracy']:.4f}, Frechet {m['frechet_distance']:.3f}, {seconds:.0f} s", flush=True)
+        print(f"{name}: accuracy {m['class_accuracy']:.4f}, Frechet {m['frechet_distance']:.3f}, "
+              f"{m['sampling_seconds']:.0f} s", flush=True)
         if name == settings[0][0]:  # the headline setting's files: a grid with one row per class
             idx = torch.cat([torch.arange(k * per_class, k * per_class + min(10, per_class)) for k in range(classes)])
             if pipe.modality.dims == 2:

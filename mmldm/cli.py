@@ -28,6 +28,8 @@ commands:
   sample     generate samples from an exported model folder
   encode     encode a dataset into a latent cache with a trained autoencoder
   evaluate   measure a trained autoencoder or model on held-out data
+  ablate     train the variants of a study (regularizer, kl_weight, latent_scale, compression,
+             voxel_latent) with one budget and compare reconstruction and generation
   plugins    list installed plugins, their versions and components
 
 Run `{PROG} <command> --help` for the options of one command.
@@ -37,6 +39,7 @@ examples:
   {PROG} train modality=audio regularizer=vq trainer.max_steps=500
   {PROG} train -m regularizer=kl,vq,ae trainer=quick
   {PROG} sample outputs/voxel/<run>/export n=16 guidance=3
+  {PROG} ablate regularizer --quick
 """
 
 HYDRA_VERB_HELP = {
@@ -178,6 +181,12 @@ def cmd_plugins(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_ablate(args: Sequence[str]) -> int:
+    from .ablation import main as ablate_main
+
+    return ablate_main(args)
+
+
 def cmd_sample(args: Sequence[str]) -> int:
     from .sampling_cli import main as sample_main
 
@@ -199,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[Sequence[str]], int]] = {
         "plugins": cmd_plugins,
         "sample": cmd_sample,
+        "ablate": cmd_ablate,
         **{v: (lambda a, v=v: _run_hydra_verb(v, a)) for v in HYDRA_VERB_HELP},
     }
     if verb not in commands:

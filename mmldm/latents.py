@@ -48,6 +48,10 @@ class _Moments:
         return (self.m2 / max(self.n - 1.0, 1.0)).sqrt()
 
 
+#: Values of ``data.latent_scale``: measured per channel, one pooled mean/std, or no normalization.
+LATENT_SCALES = ("per_channel", "global", "none")
+
+
 @dataclass
 class LatentStats:
     """Per-channel mean and standard deviation of latents ``[B, c, *s]``.

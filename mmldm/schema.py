@@ -59,6 +59,9 @@ class DataConfig:
     num_workers: int = 0
     # batches used to measure the latent statistics after phase 1
     stats_batches: int = 20
+    # how phase 2 normalizes latents: per_channel (measured mean/std per channel, the default) |
+    # global (one measured mean/std for all channels, as Stable Diffusion's scale factor) | none
+    latent_scale: str = "per_channel"
 
 
 @dataclass

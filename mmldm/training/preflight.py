@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from ..build import build_autoencoder, build_denoiser
 from ..export import load_config
 from ..interfaces import Conditioning, Modality
+from ..latents import LATENT_SCALES
 from ..plugins import plugins
 from .callbacks import NONFINITE
 from .order import preserved_rng
@@ -34,6 +35,9 @@ def check_run(cfg: DictConfig, modality: Modality) -> tuple[int, ...]:
     the run config (modality, latent channels), or when the denoiser cannot
     take the latents (a zero latent is passed through it once).
     """
+    if cfg.data.get("latent_scale", "per_channel") not in LATENT_SCALES:
+        raise PreflightError(f"data.latent_scale={cfg.data.latent_scale!r} is not valid; choose one of: "
+                             f"{', '.join(LATENT_SCALES)}")
     if cfg.trainer.get("nonfinite", "error") not in NONFINITE:
         raise PreflightError(
             f"trainer.nonfinite={cfg.trainer.nonfinite!r} is not valid; choose one of: {', '.join(NONFINITE)}"

@@ -116,11 +116,15 @@ def _log_fit(phase: str, trainer: Any) -> None:
 
 
 def _measure_stats(autoencoder: torch.nn.Module, dataset: Any, cfg: DictConfig) -> LatentStats:
-    """Latent statistics from the whole training set's first batches (not a rank's shard), with seeded
+    """Latent statistics (``data.latent_scale``: per channel, pooled over channels, or none) from the whole training set's first batches (not a rank's shard), with seeded
     posterior samples: every rank of a multi-process run measures the same numbers."""
+    scale = cfg.data.get("latent_scale", "per_channel")  # checked before training (preflight)
+    if scale == "none":
+        return LatentStats.identity(autoencoder.latent_shape(tuple(dataset[0]["x"].shape))[0])
     loader = make_loader(dataset, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    return LatentStats.measure(autoencoder, loader, max_batches=cfg.data.stats_batches, generator=generator)
+    return LatentStats.measure(autoencoder, loader, max_batches=cfg.data.stats_batches, generator=generator,
+                               global_scale=scale == "global")
 
 
 def finished_autoencoder(cfg: DictConfig, run_dir: Path) -> LatentDiffusion | None:

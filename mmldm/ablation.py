@@ -1,0 +1,350 @@
+"""Ablation studies: the field's open questions about phase 1, answered on the user's own data.
+
+``mmldm ablate <study>`` trains every variant of a study with the same seed and the
+same wall-clock budget per phase, through the code behind ``mmldm train``, then
+measures each one twice:
+
+* phase 1: the modality's reconstruction metrics and the latent diagnostics that
+  the run writes to ``metrics.json`` (:mod:`mmldm.diagnostics`);
+* phase 2: class-conditional samples judged by an independent classifier trained
+  on the real data (class accuracy, Frechet distance in its features;
+  :func:`mmldm.evaluation.generation.judge_samples`) and the modality's own
+  generation metrics (for voxels 1-NNA, COV, MMD).
+
+The report (``report.md``, ``report.json``, ``report.png``: reconstruction vs
+generation quality, one point per variant) goes to the output folder. A variant
+that fails is reported with its error and the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+FORMS = ("quick", "full")
+
+#: The 2D studies' data and sizes: scikit-learn's bundled digits (embedded, 10 classes) at 32x32,
+#: f=4 -> 8x8x4 latents, the U-Net of the MNIST benchmark. Budgets per variant and phase.
+_IMAGE = ["modality=image", "modality.source=digits", "autoencoder=conv_image", "denoiser.model_channels=64",
+          "denoiser.channel_mult=[1,2]", "denoiser.num_res_blocks=2", "denoiser.attention_levels=[1]",
+          "denoiser.head_dim=32", "data.batch_size=64", "diffusion.lr=5e-4", "diffusion.ema_decay=0.999"]
+_QUICK = ["trainer=cpu", "phase1.max_minutes=1.0", "diffusion.max_minutes=1.5", "phase1.max_steps=1000000",
+          "diffusion.max_steps=1000000", "sample.num_samples=10"]
+_FULL = ["phase1.max_steps=20000", "diffusion.max_steps=50000", "sample.num_samples=50"]
+_COMMON = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=50"]
+
+
+@dataclass
+class Study:
+    """A question, the variants that answer it and the overrides of its two forms.
+
+    ``variants`` maps a variant name to its config overrides; ``quick_variants``
+    replaces them in the quick form when the quick sizes need different values.
+    """
+
+    name: str
+    question: str
+    base: list[str]
+    variants: dict[str, list[str]]
+    quick: list[str] = field(default_factory=lambda: list(_QUICK))
+    full: list[str] = field(default_factory=lambda: list(_FULL))
+    quick_variants: dict[str, list[str]] | None = None
+    per_class: dict[str, int] = field(default_factory=lambda: {"quick": 20, "full": 100})
+    classifier: dict[str, Any] = field(default_factory=dict)  # train_classifier options
+
+    def overrides(self, form: str, variant: str, extra: Sequence[str] = ()) -> list[str]:
+        """The full override list of one variant: base, form, variant, then the user's ``extra``."""
+        variants = self.variant_table(form)
+        return [*self.base, *_COMMON, *getattr(self, form), *variants[variant], *extra]
+
+    def variant_table(self, form: str) -> dict[str, list[str]]:
+        return self.quick_variants if form == "quick" and self.quick_variants else self.variants
+
+
+def _compression_unet(levels: int) -> list[str]:
+    return [f"denoiser.channel_mult={[1, 2][:levels]}".replace(" ", ""), f"denoiser.attention_levels=[{levels - 1}]"]
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in [
+    Study("regularizer", "Which phase-1 latent serves diffusion best: KL, VQ, a plain AE, or a bounded AE "
+          "trained with latent noise?", _IMAGE, {
+              "kl": ["regularizer=kl"],
+              "vq": ["regularizer=vq"],
+              "ae": ["regularizer=ae"],
+              "ae_robust": ["regularizer=ae", "regularizer.bound=tanh", "regularizer.variance_weight=1e-3",
+                            "regularizer.noise_std=0.1"],
+          }),
+    Study("kl_weight", "Is a higher KL weight better for generation, at what cost in reconstruction?",
+          [*_IMAGE, "regularizer=kl"],
+          {f"kl_{w:g}": [f"regularizer.kl_weight={w:g}"] for w in (1e-7, 1e-5, 1e-3, 1e-2)},
+          quick_variants={f"kl_{w:g}": [f"regularizer.kl_weight={w:g}"] for w in (1e-6, 1e-4, 1e-2)}),
+    Study("latent_scale", "Does normalizing the latents by measured statistics matter, per channel or with one "
+          "global scale (Stable Diffusion's 0.18215), compared with none?", [*_IMAGE, "regularizer=kl"],
+          {name: [f"data.latent_scale={name}"] for name in ("per_channel", "global", "none")}),
+    Study("compression", "At an equal latent size, is trading spatial resolution for channels (f=4 c=4, f=8 c=16, "
+          "f=16 c=64) good for reconstruction and for generation?", [*_IMAGE, "regularizer=kl"], {
+              "f4_c4": ["autoencoder.channel_mult=[1,2,4]", "autoencoder.latent_channels=4", *_compression_unet(2)],
+              "f8_c16": ["autoencoder.channel_mult=[1,2,4,4]", "autoencoder.latent_channels=16",
+                         *_compression_unet(2)],
+              "f16_c64": ["autoencoder.channel_mult=[1,2,4,4,4]", "autoencoder.latent_channels=64",
+                          *_compression_unet(2)],
+          }),
+    Study("voxel_latent", "Should 3D data get a 3D latent, or a 2D one with depth folded into channels "
+          "(equal latent size)?", ["modality=voxel", "trainer.limit_val_batches=2"],
+          {"3d": [], "2d": ["preset=voxel_2d"]},
+          quick=["preset=voxel_quick", "modality.num_shapes=600", "phase1.max_minutes=2.5", "diffusion.max_minutes=2.5",
+                 "phase1.max_steps=1000000", "diffusion.max_steps=1000000", "sample.num_samples=6"],
+          quick_variants={"3d": [], "2d": ["modality.layout=2d", "denoiser=unet2d", "denoiser.channel_mult=[1,2]",
+                                           "denoiser.attention_levels=[1]", "autoencoder.channels=32",
+                                           "autoencoder.latent_channels=16"]},
+          per_class={"quick": 10, "full": 50}, classifier={"width": 8}),
+]}
+
+
+# ---------------------------------------------------------------------------- one variant
+def train_variant(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Both phases through :func:`mmldm.training.run.train` (a fresh run); its metrics and wall time."""
+    import shutil
+
+    from .training.run import train
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    train(cfg, run_dir)
+    return {"train_seconds": round(time.perf_counter() - start, 1),
+            "metrics": json.loads((run_dir / "metrics.json").read_text())}
+
+
+class Judges:
+    """One independent classifier per distinct data setup (variants that share the modality config share it)."""
+
+    def __init__(self, study: Study, form: str, seed: int, epochs: int | None = None) -> None:
+        self.study, self.form, self.seed, self.epochs = study, form, seed, epochs
+        self._cache: dict[str, tuple[Any, dict[str, Any], Any]] = {}
+
+    def get(self, modality_cfg: Any) -> tuple[Any, dict[str, Any], Any]:
+        """``(classifier, its report, held-out samples)`` for the data ``modality_cfg`` describes."""
+        from omegaconf import OmegaConf
+
+        from .build import build_modality
+        from .evaluation.classifier import train_classifier
+
+        key = json.dumps(OmegaConf.to_container(modality_cfg, resolve=True), sort_keys=True)
+        if key not in self._cache:
+            import torch
+
+            modality = build_modality(modality_cfg)
+            train, val = modality.dataset("train"), modality.dataset("val")
+            options = {"epochs": 8, **self.study.classifier, **({"epochs": self.epochs} if self.epochs else {})}
+            model, report = train_classifier(train, val, modality.dims, modality.channels, modality.num_classes,
+                                             seed=self.seed, **options)
+            real = torch.stack([val[i]["x"] for i in range(len(val))])
+            self._cache[key] = (model, report, real)
+        return self._cache[key]
+
+
+def run_variant(study: Study, form: str, name: str, extra: Sequence[str], out: Path, judges: Judges,
+                seed: int, per_class: int) -> dict[str, Any]:
+    """Train, then judge one variant; the row of the report."""
+    from .configuration import compose
+    from .evaluation.generation import judge_samples
+    from .pipeline import LatentDiffusion
+
+    overrides = study.overrides(form, name, extra)
+    cfg = compose([*overrides, f"seed={seed}"])
+    trained = train_variant(cfg, out / name)
+    classifier, clf_report, real = judges.get(cfg.modality)
+    pipe = LatentDiffusion.from_pretrained(out / name / "export")
+    judged, samples, _ = judge_samples(pipe, classifier, real, per_class, seed=seed)
+    pipe.modality.save(samples[:: max(1, per_class // 2)], out / name / "judged", prefix="sample")
+    ae = trained["metrics"].get("autoencoder", {})
+    return {
+        "status": "ok", "overrides": overrides, "train_seconds": trained["train_seconds"],
+        "diffusion_steps": trained["metrics"].get("diffusion", {}).get("steps"),
+        "reconstruction": ae.get("reconstruction", {}),
+        "latent": {k: ae.get("latent", {}).get(k) for k in ("shape", "channel_std", "kl_per_element")},
+        "robustness": ae.get("robustness", {}),
+        "generation": {k: judged[k] for k in ("class_accuracy", "frechet_distance", "sampling_seconds")},
+        "modality_generation": judged["modality"],
+        "classifier_val_accuracy": clf_report["val_accuracy"],
+    }
+
+
+# ---------------------------------------------------------------------------- a study
+def run_study(study: Study, form: str = "quick", out: str | Path = "ablations", variants: Sequence[str] | None = None,
+              extra: Sequence[str] = (), seed: int = 0, per_class: int | None = None,
+              classifier_epochs: int | None = None) -> dict[str, Any]:
+    """Every variant in turn (same seed and budget); writes and returns the report.
+
+    ``per_class`` (samples judged per class) and ``classifier_epochs`` default to the study's.
+    """
+    from tqdm.auto import tqdm
+
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} is not valid; choose one of: {', '.join(FORMS)}")
+    table = study.variant_table(form)
+    chosen = list(variants or table)
+    unknown = [v for v in chosen if v not in table]
+    if unknown:
+        raise ValueError(f"study '{study.name}' has no variant {unknown}; its variants: {', '.join(table)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    judges, rows, start = Judges(study, form, seed, classifier_epochs), {}, time.perf_counter()
+    per_class = per_class or study.per_class[form]
+    for name in tqdm(chosen, desc=f"ablate {study.name} ({form})", unit="variant"):
+        t0 = time.perf_counter()
+        print(f"[ablate {study.name}] {name}: training and judging ...", flush=True)
+        try:
+            rows[name] = run_variant(study, form, name, extra, out, judges, seed, per_class)
+        except Exception as e:  # noqa: BLE001 - one failing variant is reported, the others still run
+            log.error("variant %s failed:\n%s", name, traceback.format_exc())
+            rows[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
+                          "overrides": study.overrides(form, name, extra)}
+        print(f"[ablate {study.name}] {name}: {rows[name]['status']} after {time.perf_counter() - t0:.0f} s", flush=True)
+    report = {"study": study.name, "question": study.question, "form": form, "seed": seed, "extra": list(extra),
+              "budget": [o for o in getattr(study, form) if "max_minutes" in o or "max_steps" in o],
+              "wall_seconds": round(time.perf_counter() - start, 1), "variants": rows}
+    write_report(report, out)
+    return report
+
+
+# ---------------------------------------------------------------------------- report
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return f"{min(v):.3g}-{max(v):.3g}" if v and all(isinstance(x, (int, float)) for x in v) else str(v)
+    return "" if v is None else str(v)
+
+
+def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the Markdown table: one row per variant, failures included."""
+    ok = [r for r in report["variants"].values() if r["status"] == "ok"]
+    rec = sorted({k for r in ok for k in r["reconstruction"]})
+    own = sorted({k for r in ok for k, v in r["modality_generation"].items() if isinstance(v, (int, float))})
+    header = ["variant", *rec, "latent shape", "latent std", "class accuracy", "Frechet", *own,
+              "train s", "status"]
+    rows = []
+    for name, r in report["variants"].items():
+        if r["status"] != "ok":
+            rows.append([name, *[""] * (len(header) - 2), f"failed: {r['error']}"])
+            continue
+        rows.append([name, *[_fmt(r["reconstruction"].get(k)) for k in rec], "x".join(map(str, r["latent"]["shape"] or [])),
+                     _fmt(r["latent"]["channel_std"]), _fmt(r["generation"]["class_accuracy"]),
+                     _fmt(r["generation"]["frechet_distance"]), *[_fmt(r["modality_generation"].get(k)) for k in own],
+                     _fmt(r["train_seconds"]), "ok"])
+    return header, rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    header, rows = table_rows(report)
+    lines = [f"# Ablation: {report['study']} ({report['form']})", "", report["question"], "",
+             f"Seed {report['seed']}; budget per variant: {' '.join(report['budget'])}; the whole study took "
+             f"{report['wall_seconds'] / 60:.1f} min.", "",
+             "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    accuracy = {r.get("classifier_val_accuracy") for r in report["variants"].values() if r["status"] == "ok"}
+    lines += ["", "Class accuracy: the share of class-conditional samples an independent classifier labels as "
+              f"their class (its own held-out accuracy on real data: {', '.join(f'{a:.3f}' for a in sorted(accuracy))}); "
+              "Frechet: the distance of their features to the held-out data's. Reconstruction: held-out data.",
+              "", "![reconstruction vs generation](report.png)", ""]
+    if report["extra"]:
+        lines.insert(4, f"Extra overrides: `{' '.join(report['extra'])}`")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    """Reconstruction quality (x) vs generation quality (y), one labelled point per successful variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = {n: r for n, r in report["variants"].items() if r["status"] == "ok" and r["reconstruction"]}
+    if not ok:
+        return None
+    rec_key = sorted(next(iter(ok.values()))["reconstruction"])[0]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, (key, label) in zip(axes, (("class_accuracy", "class accuracy (higher is better)"),
+                                       ("frechet_distance", "Frechet distance (lower is better)"))):
+        for name, r in ok.items():
+            x, y = r["reconstruction"][rec_key], r["generation"][key]
+            ax.scatter([x], [y])
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(f"held-out reconstruction {rec_key}")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"ablation '{report['study']}' ({report['form']}): reconstruction vs generation", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    plot(report, out / "report.png")
+    (out / "report.md").write_text(markdown(report))
+
+
+# ---------------------------------------------------------------------------- command line
+def study_help() -> str:
+    lines = []
+    for s in STUDIES.values():
+        lines.append(f"  {s.name:<13} {s.question}")
+        lines.append(f"  {'':<13} variants: {', '.join(s.variants)}"
+                     + (f" (quick: {', '.join(s.quick_variants)})" if s.quick_variants else ""))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``mmldm ablate <study> [--quick|--full] [--out DIR] [--variants ...] [--seed N] [key=value ...]``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="mmldm ablate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train every variant of a study with the same seed and budget, measure reconstruction and "
+                    "generation, and write report.md, report.json and report.png.",
+        epilog="studies:\n" + study_help() + "\n\nexamples:\n  mmldm ablate regularizer --quick\n"
+               "  mmldm ablate kl_weight --full modality.source=mnist modality.root=/data/mnist\n"
+               "  mmldm ablate voxel_latent --quick --out ablations/voxel")
+    parser.add_argument("study", help="one of: " + ", ".join(STUDIES))
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--quick", dest="form", action="store_const", const="quick",
+                      help="CPU-sized: about 2.5 minutes of training per variant (the default)")
+    form.add_argument("--full", dest="form", action="store_const", const="full",
+                      help="step budgets for real hardware (20,000 + 50,000 steps per variant)")
+    parser.add_argument("--out", type=Path, help="report folder (default: ablations/<study>_<form>)")
+    parser.add_argument("--variants", nargs="+", help="only these variants")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-class", type=int, help="samples judged per class (default: quick 20, full 100; voxels 10/50)")
+    parser.add_argument("--classifier-epochs", type=int, help="epochs of the independent classifier (default 8)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides applied to every variant")
+    args = parser.parse_intermixed_args(argv)
+    if args.study not in STUDIES:
+        print(f"mmldm ablate: error: unknown study '{args.study}'; studies: {', '.join(STUDIES)}", file=sys.stderr)
+        return 2
+    form_name = args.form or "quick"
+    study = STUDIES[args.study]
+    out = args.out or Path("ablations") / f"{study.name}_{form_name}"
+    try:
+        report = run_study(study, form_name, out, args.variants, args.overrides, args.seed, args.per_class,
+                           args.classifier_epochs)
+    except ValueError as e:
+        print(f"mmldm ablate: error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(report))
+    failed = [n for n, r in report["variants"].items() if r["status"] != "ok"]
+    print(f"mmldm ablate: report in {out} (report.md, report.json, report.png)"
+          + (f"; {len(failed)} variant(s) failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0

@@ -1,0 +1,84 @@
+"""`mmldm ablate`: a study in a tiny form, its report, failures, and the latent-scale settings it compares."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmldm.ablation import STUDIES, run_study
+from mmldm.configuration import compose
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["trainer.max_steps=3", "autoencoder.channels=8", "denoiser.model_channels=16", "data.batch_size=8",
+        "data.stats_batches=2", "sample.num_samples=2", "sampler.steps=2"]
+
+
+def test_a_tiny_study_reports_numbers_from_its_runs_and_survives_a_failing_variant(tmp_path):
+    # regularizer.bound exists for the ae regularizers only: the kl variant fails, the others run
+    report = run_study(STUDIES["regularizer"], "quick", tmp_path, ["kl", "ae", "ae_robust"],
+                       [*TINY, "regularizer.bound=tanh"], per_class=2, classifier_epochs=1)
+    rows = report["variants"]
+    assert rows["kl"]["status"] == "failed" and "bound" in rows["kl"]["error"]
+    assert rows["ae"]["status"] == rows["ae_robust"]["status"] == "ok"
+    for name in ("ae", "ae_robust"):  # the report's figures are the runs' own
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert rows[name]["reconstruction"] == metrics["autoencoder"]["reconstruction"]
+        assert rows[name]["latent"]["shape"] == metrics["autoencoder"]["latent"]["shape"] == [4, 8, 8]
+        assert 0 <= rows[name]["generation"]["class_accuracy"] <= 1
+        assert any((tmp_path / name / "judged").glob("sample_*.png"))
+    assert rows["ae"]["reconstruction"]["psnr"] != rows["ae_robust"]["reconstruction"]["psnr"]
+    assert json.loads((tmp_path / "report.json").read_text())["variants"]["ae"] == rows["ae"]
+    table = (tmp_path / "report.md").read_text()
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:] == [
+        "| kl", "| ae", "| ae_robust"]
+    assert f"{rows['ae']['reconstruction']['psnr']:.4g}" in table and "failed: " in table
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_cli_names_a_bad_study_and_a_bad_variant(tmp_path):
+    bad = run_cli("ablate", "regulariser", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown study 'regulariser'; studies: regularizer, kl_weight" in bad.stderr
+    bad = run_cli("ablate", "kl_weight", "--variants", "kl_1", cwd=tmp_path)
+    assert bad.returncode == 2 and "no variant ['kl_1']; its variants: kl_1e-06, kl_0.0001, kl_0.01" in bad.stderr
+    assert "voxel_latent" in run_cli("ablate", "--help").stdout
+
+
+def test_every_variant_of_every_study_composes():
+    for study in STUDIES.values():
+        for form in ("quick", "full"):
+            for name in study.variant_table(form):
+                compose(study.overrides(form, name))
+
+
+@pytest.mark.parametrize("scale", ["per_channel", "global", "none"])
+def test_latent_scale_settings(scale):
+    from mmldm.build import build_autoencoder, build_modality
+    from mmldm.training.run import _measure_stats
+
+    cfg = compose(["modality=image", "modality.num_samples=24", "autoencoder.channels=8", "data.batch_size=4",
+                   "data.stats_batches=2", f"data.latent_scale={scale}"])
+    modality = build_modality(cfg.modality)
+    torch.manual_seed(0)
+    autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
+    stats = _measure_stats(autoencoder, modality.dataset("train"), cfg)
+    assert stats.channels == 4
+    if scale == "none":
+        assert stats.mean == [0.0] * 4 and stats.std == [1.0] * 4
+    elif scale == "global":
+        assert stats.global_scale and len(set(stats.std)) == 1 and len(set(stats.mean)) == 1
+    else:
+        assert not stats.global_scale and len(set(stats.std)) == 4
+
+
+def test_a_bad_latent_scale_fails_before_training():
+    from mmldm.build import build_modality
+    from mmldm.training.preflight import PreflightError, check_run
+
+    cfg = compose(["modality=image", "modality.num_samples=24", "data.latent_scale=measured"])
+    with pytest.raises(PreflightError, match="data.latent_scale='measured' is not valid; choose one of: per_channel"):
+        check_run(cfg, build_modality(cfg.modality))
