@@ -57,7 +57,7 @@ def test_markdown_table_puts_variants_side_by_side():
 
 def test_mnist_variant_composes_the_image_autoencoder_preset(tmp_path):
     cfg = phase1.compose_variant(phase1.tasks(tmp_path)["mnist"], "vq", ["phase1.lr=2e-3"])
-    assert (cfg.modality.source, cfg.modality.root) == ("mnist", str(tmp_path))
+    assert (cfg.modality.source, cfg.modality.root) == ("mnist", str(tmp_path / "mnist"))
     assert (cfg.autoencoder.channels, list(cfg.autoencoder.channel_mult), cfg.autoencoder.attention) == (32, [1, 2, 4], False)
     assert cfg.regularizer.name == "vq" and cfg.phase1.lr == 2e-3
     assert cfg.stage.autoencoder and not cfg.stage.diffusion
