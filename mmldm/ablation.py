@@ -235,7 +235,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rec = sorted({k for r in ok for k in r["reconstruction"]})
     own = sorted({k for r in ok for k, v in r["modality_generation"].items() if isinstance(v, (int, float))})
     header = ["variant", *rec, "latent shape", "latent std", "class accuracy", "Frechet", *own,
-              "train s", "status"]
+              "phase-2 steps", "train s", "status"]
     rows = []
     for name, r in report["variants"].items():
         if r["status"] != "ok":
@@ -244,7 +244,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([name, *[_fmt(r["reconstruction"].get(k)) for k in rec], "x".join(map(str, r["latent"]["shape"] or [])),
                      _fmt(r["latent"]["channel_std"]), _fmt(r["generation"]["class_accuracy"]),
                      _fmt(r["generation"]["frechet_distance"]), *[_fmt(r["modality_generation"].get(k)) for k in own],
-                     _fmt(r["train_seconds"]), "ok"])
+                     _fmt(r["diffusion_steps"]), _fmt(r["train_seconds"]), "ok"])
     return header, rows
 
 
@@ -258,7 +258,9 @@ def markdown(report: dict[str, Any]) -> str:
     accuracy = {r.get("classifier_val_accuracy") for r in report["variants"].values() if r["status"] == "ok"}
     lines += ["", "Class accuracy: the share of class-conditional samples an independent classifier labels as "
               f"their class (its own held-out accuracy on real data: {', '.join(f'{a:.3f}' for a in sorted(accuracy))}); "
-              "Frechet: the distance of their features to the held-out data's. Reconstruction: held-out data.",
+              "Frechet: the distance of their features to the held-out data's. Reconstruction: held-out data. "
+              "Budgets in minutes give every variant the same wall clock; the phase-2 steps show the compute "
+              "each got (fewer when the machine was busier).",
               "", "![reconstruction vs generation](report.png)", ""]
     if report["extra"]:
         lines.insert(4, f"Extra overrides: `{' '.join(report['extra'])}`")
