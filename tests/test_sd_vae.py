@@ -251,3 +251,17 @@ def test_mmldm_train_runs_phase2_on_a_diffusers_vae(vae_dir, tmp_path):
     gray = run_cli("train", *common, "modality.channels=1", "stage=diffusion", f"phase1.checkpoint={path}",
                    f"hydra.run.dir={tmp_path / 'gray'}", cwd=tmp_path)
     assert gray.returncode != 0 and "config.json encodes in_channels=3" in gray.stderr
+
+
+def test_the_autoencoder_plugin_answers_the_phase1_hooks_only_for_diffusers_folders(vae_dir, tmp_path):
+    from mmldm.plugins import plugins
+
+    path, vae = vae_dir
+    hook = plugins().manager.hook
+    assert hook.mmldm_phase1_latent_shape(path=str(path), sample_shape=(3, 32, 32)) == (4, 16, 16)
+    assert hook.mmldm_phase1_latent_shape(path=str(tmp_path), sample_shape=(3, 32, 32)) is None  # not a VAE folder
+    modality_cfg = {"name": "image", "source": "shapes", "size": 32, "num_samples": 8}
+    pipe = hook.mmldm_load_phase1(path=str(path), modality_cfg=modality_cfg)
+    assert pipe.denoiser is None and pipe.latent_shape == (4, 16, 16)
+    assert abs(pipe.stats.std[0] * vae.config.scaling_factor - 1) < 1e-6
+    assert hook.mmldm_load_phase1(path=str(tmp_path), modality_cfg=modality_cfg) is None
