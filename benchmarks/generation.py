@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -142,17 +140,12 @@ def compose_config(args: argparse.Namespace) -> Any:
 
 
 def train_model(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """Both phases through ``mmldm.training.run.train``; returns its metrics.json plus the wall time."""
-    from mmldm.training.run import train
+    """Both phases, fresh, through :func:`mmldm.ablation.train_variant` (``mmldm train``'s code); its
+    metrics.json plus the wall time."""
+    from mmldm.ablation import train_variant
 
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    start = time.perf_counter()
-    train(cfg, run_dir)
-    wall = time.perf_counter() - start
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"wall_seconds": round(wall, 1), "metrics": metrics}
+    trained = train_variant(cfg, run_dir)
+    return {"wall_seconds": trained["train_seconds"], "metrics": trained["metrics"]}
 
 
 def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out: Path,
