@@ -103,6 +103,8 @@ class DiffusionConfig:
         cond_dropout: probability of replacing a condition by the null condition
             in training, for classifier-free guidance.
         ema_decay: decay of the EMA of the denoiser weights used for sampling and export.
+        batch_size: batch of phase 2; None takes ``data.batch_size`` (latents are small, so
+            phase 2 can afford larger batches than the autoencoder).
     """
 
     num_timesteps: int = 1000
@@ -121,6 +123,7 @@ class DiffusionConfig:
     max_minutes: Optional[float] = None  # wall-clock budget of phase 2 (max_steps still ends it earlier)
     # cache latents of the training set once (the phase-2 default)
     latent_cache: bool = True
+    batch_size: Optional[int] = None  # None: data.batch_size
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from einops import rearrange
 from omegaconf import OmegaConf
 
 from mmldm.build import build_conditioners, build_denoiser
@@ -203,6 +204,15 @@ class TestSegmentationProbabilitiesAndTokens(ConditionerContract):
         return {"segmentation": torch.rand(batch, 4, *input_spatial(dims)).softmax(1)}
 
 
+class TestSegmentationSubcells(ConditionerContract):
+    def build(self, dims):
+        return build({"name": "segmentation", "outputs": ["crossattn", "concat"], "subcells": 2, "embed_dim": 16},
+                     dims)
+
+    def condition(self, dims, batch):
+        return {"segmentation": torch.randint(-1, 4, (batch, *input_spatial(dims)))}
+
+
 # ---------------------------------------------------------------------------- class / text / segmentation
 def test_class_index_out_of_range_names_index_and_number_of_classes():
     c = build({"name": "class"})
@@ -291,6 +301,27 @@ def test_segmentation_area_resize_keeps_class_shares():
     c.set_latent_shape((4, 1))
     maps = c({"segmentation": torch.tensor([[0, 0, 0, 3]])}, 1).concat
     torch.testing.assert_close(maps[0, :, 0], torch.tensor([0.75, 0, 0, 0.25, 0]))
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_segmentation_subcells_keep_the_whole_map(dims):
+    """subcells = f folds each latent cell's f**dims input cells into channels: nothing is lost."""
+    c = build({"name": "segmentation", "subcells": 4}, dims=dims)
+    c.set_latent_shape((4, *[2] * dims))
+    assert c.concat_channels == 5 * 4**dims
+    seg = torch.randint(-1, 4, (3, *[8] * dims))
+    maps = c({"segmentation": seg}, 3).concat  # [3, 5 * 4**dims, 2, ...]
+    assert maps.shape == (3, 5 * 4**dims, *[2] * dims)
+    axes = " ".join(f"g{i}" for i in range(dims))
+    subs = " ".join(f"s{i}" for i in range(dims))
+    unfolded = rearrange(maps, f"b (c {subs}) {axes} -> b c " + " ".join(f"({g} {s})" for g, s in
+                                                                       zip(axes.split(), subs.split())),
+                         **{s: 4 for s in subs.split()})
+    assert torch.equal(unfolded.argmax(1), torch.where(seg < 0, 4, seg))
+    null = c.null(2).concat
+    assert null.shape == (2, 5 * 4**dims, *[2] * dims) and null.sum(1).eq(4**dims).all()
+    with pytest.raises(ValueError, match="subcells >= 1, got 0"):
+        build({"name": "segmentation", "subcells": 0})
 
 
 def test_segmentation_needs_masks_in_the_modality():

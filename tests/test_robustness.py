@@ -247,6 +247,20 @@ def test_invalid_nonfinite_mode_fails_before_training(tmp_path):
     assert not (run / "autoencoder").exists()
 
 
+def test_invalid_phase2_batch_size_fails_before_training(tmp_path):
+    run, out = _train(tmp_path, "diffusion.batch_size=0")
+    assert out.returncode != 0 and "diffusion.batch_size=0 is not valid: expected a positive integer" in out.stderr
+    assert not (run / "autoencoder").exists()
+
+
+def test_a_batch_larger_than_the_training_data_names_the_key(parts):
+    _, modality, _ = parts
+    data = modality.dataset("train")
+    with pytest.raises(ValueError, match=rf"diffusion.batch_size=999 is larger than the {len(data)} training items"):
+        make_loader(data, 999, True, drop_last=True, key="diffusion.batch_size")
+    assert len(make_loader(data, 999, False)) == 1  # evaluation loaders keep the partial batch
+
+
 def test_item_randomness_is_a_function_of_seed_epoch_and_position(parts):
     """Loaders give the same batches (augmentations included) whatever the global RNG and the worker count,
     a new order each epoch, and resume at any batch."""

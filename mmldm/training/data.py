@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, drop_last: bool = False,
-                seed: int = 0, distributed: bool = False) -> DataLoader:
+                seed: int = 0, distributed: bool = False, key: str = "data.batch_size") -> DataLoader:
     """A DataLoader whose order and item randomness are functions of ``(seed, epoch, position)``.
 
     Batches come from an :class:`~mmldm.training.order.EpochBatchSampler` (``loader.batch_sampler``)
@@ -36,9 +36,16 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     one, whatever ``num_workers``. With ``distributed`` each rank reads its shard of every epoch
     (the training loaders of both phases; Lightning's own sampler injection is off, see
     :func:`~mmldm.training.trainer.make_trainer`).
+
+    Raises:
+        ValueError: with ``drop_last``, when the data (per rank) fills no batch; ``key`` is the
+            config key named in the message.
     """
     size = len(dataset)  # type: ignore[arg-type]
     sampler = EpochBatchSampler(size, batch_size, shuffle, drop_last, seed, distributed)
+    if drop_last and len(sampler) == 0:
+        raise ValueError(f"{key}={batch_size} is larger than the {sampler._per_rank()} training items per process: "
+                         f"no full batch; lower {key} or add data")
     return DataLoader(
         SeededItems(dataset), batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
         generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..build import build_autoencoder, build_denoiser
 from ..export import load_config
@@ -38,6 +38,11 @@ def check_run(cfg: DictConfig, modality: Modality) -> tuple[int, ...]:
     if cfg.data.get("latent_scale", "per_channel") not in LATENT_SCALES:
         raise PreflightError(f"data.latent_scale={cfg.data.latent_scale!r} is not valid; choose one of: "
                              f"{', '.join(LATENT_SCALES)}")
+    for key in ("data.batch_size", "diffusion.batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise PreflightError(f"{key}={value!r} is not valid: expected a positive integer"
+                                 + (" (or null: data.batch_size)" if key.startswith("diffusion") else ""))
     if cfg.trainer.get("nonfinite", "error") not in NONFINITE:
         raise PreflightError(
             f"trainer.nonfinite={cfg.trainer.nonfinite!r} is not valid; choose one of: {', '.join(NONFINITE)}"

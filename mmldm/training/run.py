@@ -185,8 +185,9 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
         c.fit(condition_values(data, c.key))  # e.g. a tokenizer learns the training captions
     denoiser = build_denoiser(cfg.denoiser, phase1.latent_shape, conditioners)
     module = DiffusionModule.from_config(denoiser, conditioners, phase1.latent_shape, cfg.diffusion)
-    loader = make_loader(data, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed,
-                         distributed=True)
+    loader = make_loader(data, cfg.diffusion.batch_size or cfg.data.batch_size, True, cfg.data.num_workers,
+                         drop_last=True, seed=cfg.seed, distributed=True,
+                         key="diffusion.batch_size" if cfg.diffusion.batch_size else "data.batch_size")
     steps, budget = _budget(cfg.diffusion, cfg)
     trainer = make_trainer(cfg.trainer, root, steps, loader=loader, limit_val_batches=0, **budget)
     start = time.perf_counter()

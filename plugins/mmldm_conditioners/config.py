@@ -123,6 +123,10 @@ class SegmentationConditionerConfig(ConditionerConfig):
             class in the cell).
         embed_dim: ``d_tau`` of the tokens.
         token_pool: average-pool the map by this factor per axis before making tokens.
+        subcells: keep detail finer than the latent grid: resize the map to ``subcells``
+            times the grid per axis and fold each block into channels (space-to-depth;
+            ``subcells`` = f keeps the map whole). Multiplies the map channels by
+            ``subcells**dims``.
     """
 
     key: str = "segmentation"
@@ -131,3 +135,4 @@ class SegmentationConditionerConfig(ConditionerConfig):
     resize: str = "nearest"
     embed_dim: int = 128
     token_pool: int = 1
+    subcells: int = 1

@@ -4,8 +4,11 @@ Rombach et al. 2022 (Sec. 4.3.2) condition on semantic maps by resizing them to
 the latent resolution and concatenating them with ``z_t``. This conditioner
 does that for any ``dims``: a label map ``[B, *spatial]`` (or ``[B, 1, *spatial]``)
 of integers, or class probabilities ``[B, K, *spatial]``, becomes ``K + 1``
-channels on the latent grid, the last one meaning "unknown". Optionally each
-latent cell (or pooled block) also becomes a cross-attention token.
+channels on the latent grid, the last one meaning "unknown". With
+``subcells=s`` each latent cell carries the map at ``s**dims`` positions
+(space-to-depth), so strokes thinner than a latent cell still reach the
+denoiser: ``(K + 1) * s**dims`` channels. Optionally each latent cell (or pooled
+block) also becomes a cross-attention token.
 
 Null condition: the all-"unknown" map (every cell has the unknown channel set),
 which labels ``-1`` also give, cell by cell.
@@ -31,13 +34,15 @@ UNKNOWN = -1
 
 
 class SegmentationConditioner(Conditioner):
-    """``y`` label maps -> ``concat [B, K + 1, *latent_spatial]`` and/or ``crossattn [B, M, d_tau]``.
+    """``y`` label maps -> ``concat [B, (K + 1) * subcells**dims, *latent_spatial]`` and/or ``crossattn [B, M, d_tau]``.
 
     Args:
         dims (`int`): spatial dims of the maps (1, 2 or 3).
         num_classes (`int`): ``K``, the labels ``0..K-1`` of the maps.
         outputs (`Sequence[str]`): "concat" and/or "crossattn".
         resize (`str`): "nearest" (one label per latent cell) or "area" (class shares per cell).
+        subcells (`int`): resize the map to ``subcells`` times the latent grid per axis and fold
+            each ``subcells**dims`` block into channels (1: one value per cell and class).
         embed_dim (`int`): ``d_tau`` of the tokens.
         token_pool (`int`): pool the latent-grid map by this factor per axis before making tokens
             (``M = prod(latent_spatial) / token_pool**dims``).
@@ -49,19 +54,22 @@ class SegmentationConditioner(Conditioner):
 
     def __init__(
         self, dims: int, num_classes: int, outputs: Sequence[str] = ("concat",), resize: str = "nearest",
-        embed_dim: int = 128, token_pool: int = 1,
+        embed_dim: int = 128, token_pool: int = 1, subcells: int = 1,
     ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"segmentation conditioner needs num_classes >= 1, got {num_classes}")
         if resize not in SEGMENTATION_RESIZE:
             raise ValueError(f"segmentation conditioner: resize '{resize}' unknown; choices: {list(SEGMENTATION_RESIZE)}")
-        self.dims, self.num_classes, self.resize = check_dims(dims), num_classes, resize
+        if subcells < 1:
+            raise ValueError(f"segmentation conditioner needs subcells >= 1, got {subcells}")
+        self.dims, self.num_classes, self.resize, self.subcells = check_dims(dims), num_classes, resize, subcells
         self.outputs = check_outputs(outputs, ("crossattn", "concat"), "segmentation")
-        self.concat_channels = num_classes + 1 if "concat" in self.outputs else 0
+        self.map_channels = (num_classes + 1) * subcells**dims  # one-hot classes + "unknown", per sub-cell
+        self.concat_channels = self.map_channels if "concat" in self.outputs else 0
         self.context_dim = embed_dim if "crossattn" in self.outputs else None
         self.pool = avg_pool_nd(dims, token_pool, token_pool) if token_pool > 1 else nn.Identity()
-        self.token_proj = nn.Linear(num_classes + 1 + dims, embed_dim) if self.context_dim else None
+        self.token_proj = nn.Linear(self.map_channels + dims, embed_dim) if self.context_dim else None
         self.register_buffer("anchor", torch.zeros(()), persistent=False)  # device of maps without weights
         self.grid: tuple[int, ...] | None = None
 
@@ -92,12 +100,20 @@ class SegmentationConditioner(Conditioner):
         return rearrange(F.one_hot(seg, k + 1), "b ... c -> b c ...").float()
 
     def latent_maps(self, seg: Tensor) -> Tensor:
-        """``[B, K + 1, *s]`` at the input resolution -> on the latent grid."""
+        """``[B, K + 1, *s]`` at the input resolution -> ``[B, map_channels, *grid]`` on the latent grid."""
         if self.grid is None:
             raise RuntimeError(f"segmentation conditioner '{self.key}': set_latent_shape() was not called")
-        if tuple(seg.shape[2:]) == self.grid:
+        size = tuple(g * self.subcells for g in self.grid)
+        if tuple(seg.shape[2:]) != size:
+            seg = F.interpolate(seg, size=size, mode="nearest-exact" if self.resize == "nearest" else "area")
+        if self.subcells == 1:
             return seg
-        return F.interpolate(seg, size=self.grid, mode="nearest-exact" if self.resize == "nearest" else "area")
+        # space-to-depth over any number of axes: (g s) per axis -> channels (c s s ...)
+        axes = [f"g{i}" for i in range(self.dims)]
+        subs = [f"s{i}" for i in range(self.dims)]
+        pattern = (f"b c {' '.join(f'({g} {s})' for g, s in zip(axes, subs))} -> "
+                   f"b (c {' '.join(subs)}) {' '.join(axes)}")
+        return rearrange(seg, pattern, **{s: self.subcells for s in subs})
 
     def tokens(self, maps: Tensor) -> Tensor:
         """Maps ``[B, K + 1, *g]`` -> tokens ``[B, M, d_tau]``: each cell's classes and its coordinates in [-1, 1]."""
@@ -124,9 +140,10 @@ class SegmentationConditioner(Conditioner):
     def null(self, batch_size: int) -> Conditioning:
         if self.grid is None:
             raise RuntimeError(f"segmentation conditioner '{self.key}': set_latent_shape() was not called")
-        maps = torch.zeros(batch_size, self.num_classes + 1, *self.grid, device=anchor_device(self))
-        maps[:, self.num_classes] = 1.0
-        return self._wrap(maps)
+        unknown = torch.zeros(batch_size, self.num_classes + 1, *(g * self.subcells for g in self.grid),
+                              device=anchor_device(self))
+        unknown[:, self.num_classes] = 1.0
+        return self._wrap(self.latent_maps(unknown))
 
 
 def build_segmentation_conditioner(
@@ -143,6 +160,6 @@ def build_segmentation_conditioner(
     if modality is None:
         raise ValueError("conditioner=segmentation needs the modality (its dims)")
     conditioner = SegmentationConditioner(
-        modality.dims, num_classes, tuple(cfg.outputs), cfg.resize, cfg.embed_dim, cfg.token_pool
+        modality.dims, num_classes, tuple(cfg.outputs), cfg.resize, cfg.embed_dim, cfg.token_pool, cfg.subcells
     )
     return apply_options(conditioner, cfg)
