@@ -62,3 +62,36 @@ def test_unlabelled_data_is_refused_with_the_item():
 def test_one_class_is_refused():
     with pytest.raises(ValueError, match="num_classes >= 2"):
         FeatureClassifier(2, 1, 1)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_symmetry_augmentation_draws_every_flip_and_axis_order(dims):
+    """Each draw is a symmetry of the grid (axes of equal length permuted, axes flipped); over many draws
+    all 2**dims * dims! of them appear, and each keeps the content."""
+    import itertools
+    import math
+
+    from mmldm.evaluation.classifier import _random_symmetry
+
+    x = torch.arange(3**dims, dtype=torch.float).view(1, 1, *[3] * dims)
+    group = {}
+    for order in itertools.permutations(range(2, 2 + dims)):
+        for flips in itertools.product([False, True], repeat=dims):
+            y = x.permute(0, 1, *order).flip([a for a, f in zip(range(2, 2 + dims), flips) if f])
+            group[tuple(y.flatten().tolist())] = 0
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(60 * len(group)):
+        key = tuple(_random_symmetry(x, gen).flatten().tolist())
+        assert key in group
+        group[key] += 1
+    assert len(group) == 2**dims * math.factorial(dims) and min(group.values()) > 0
+    # a non-cubic grid only permutes axes of equal length
+    flat = torch.randn(2, 1, 4, 4, 2)
+    assert all(_random_symmetry(flat, gen).shape == flat.shape for _ in range(20))
+
+
+def test_classifier_trains_with_symmetry_augmentation():
+    train, val = Blobs(64, 3, seed=0), Blobs(32, 3, seed=1)
+    _, report = train_classifier(train, val, 3, 1, 2, epochs=4, batch_size=16, lr=3e-3, augment_symmetries=True,
+                                 width=8, levels=2, feature_dim=16)
+    assert report["val_accuracy"] == 1.0

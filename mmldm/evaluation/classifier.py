@@ -114,14 +114,18 @@ def accuracy(model: FeatureClassifier, x: Tensor, labels: Tensor, batch_size: in
 
 def train_classifier(
     train: Any, val: Any, dims: int, channels: int, num_classes: int, epochs: int = 8, batch_size: int = 64,
-    lr: float = 2e-3, seed: int = 0, augment_shift: int = 2, log_every: float = 30.0, **model_options: Any,
+    lr: float = 2e-3, seed: int = 0, augment_shift: int = 2, augment_symmetries: bool = False,
+    log_every: float = 30.0, **model_options: Any,
 ) -> tuple[FeatureClassifier, dict[str, float]]:
     """Train a :class:`FeatureClassifier` on a labelled dataset and measure it on ``val``.
 
     A plain loop rather than a Lightning run: the network is tiny, trains in
     about a minute, and is a measuring instrument, not a model users keep.
     AdamW with a one-cycle schedule (torch's ``OneCycleLR``); random circular
-    shifts of up to ``augment_shift`` cells per spatial axis as augmentation.
+    shifts of up to ``augment_shift`` cells per spatial axis as augmentation, and
+    with ``augment_symmetries`` a random flip of each axis and a random order of the
+    equal-length axes per batch (the symmetries of the cube for voxel grids: right
+    for data whose classes do not depend on orientation, wrong for digits).
 
     Returns:
         the model (eval mode) and ``{"train_accuracy", "val_accuracy", "seconds", "epochs"}``.
@@ -145,6 +149,8 @@ def train_classifier(
             if augment_shift > 0:
                 shifts = torch.randint(-augment_shift, augment_shift + 1, (dims,), generator=gen).tolist()
                 xb = torch.roll(xb, shifts=shifts, dims=axes)
+            if augment_symmetries:
+                xb = _random_symmetry(xb, gen)
             loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -158,6 +164,20 @@ def train_classifier(
     report = {"train_accuracy": accuracy(model, x, y), "val_accuracy": accuracy(model, xv, yv),
               "seconds": round(time.perf_counter() - start, 1), "epochs": epochs}
     return model, report
+
+
+def _random_symmetry(x: Tensor, gen: torch.Generator) -> Tensor:
+    """``x [B, C, *s]`` under one random symmetry of its grid: axes of equal length permuted, each axis
+    flipped with probability 1/2 (for a cube, one of the 48 symmetries of the cube)."""
+    spatial = list(range(2, x.ndim))
+    order = list(spatial)
+    for size in set(x.shape[2:]):
+        same = [a for a in spatial if x.shape[a] == size]
+        for a, b in zip(same, [same[i] for i in torch.randperm(len(same), generator=gen).tolist()]):
+            order[a - 2] = b
+    x = x.permute(0, 1, *order)
+    flips = [a for a in spatial if torch.rand((), generator=gen) < 0.5]
+    return x.flip(flips) if flips else x
 
 
 def classifier_metrics(model: FeatureClassifier, real: Tensor, generated: Tensor,
