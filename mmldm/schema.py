@@ -25,7 +25,9 @@ class TrainerConfig:
             a phase's own ``max_minutes`` applies when smaller); the learning-rate schedule is fitted to
             the steps that fit (:class:`~mmldm.training.callbacks.TimeBudget`). None: no time limit.
         accelerator, devices, num_nodes, strategy, precision: as in Lightning;
-            ``strategy: ddp`` on CPU uses the gloo backend.
+            ``strategy: ddp`` on CPU uses the gloo backend. ``precision: auto`` (the default) is
+            ``bf16-mixed`` on hardware with native bf16 and ``32-true`` elsewhere
+            (:func:`~mmldm.training.trainer.resolve_precision`).
         log_every_n_steps, val_check_interval: Lightning's logging/validation cadence.
         checkpoint_every_n_steps: how often ``last.ckpt`` is refreshed (written to a temporary
             file, then renamed: a kill while saving leaves the previous one intact).
@@ -40,7 +42,7 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
     log_every_n_steps: int = 10
     val_check_interval: Optional[int] = None  # steps between validations; None = end of epoch
     limit_val_batches: Optional[int] = 8

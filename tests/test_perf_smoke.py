@@ -89,7 +89,7 @@ def test_unet_benchmark_times_every_variant_against_diffusers():
     assert rows["diffusers"]["ratio_to_diffusers"] == {"forward": 1.0, "train_step": 1.0}
     assert rows["mmldm_fused_adamw"]["median_seconds"]["forward"] is None  # shares the eager model's forward
     assert all(v["ratio_to_diffusers"]["train_step"] > 0 for v in rows.values())
-    assert "| mmldm_bf16_fused_adamw |" in uvd.report(r)
+    assert "| mmldm_bf16 |" in uvd.report(r)
 
 
 def test_utilization_explains_what_bounds_it():
@@ -155,3 +155,29 @@ def test_unet_compile_switch_runs_the_forward_through_torch_compile(monkeypatch)
     finally:
         unet_module._compiled_forward.cache_clear()
         torch._dynamo.reset()
+
+
+def test_precision_benchmark_times_both_phases_of_each_preset(tmp_path):
+    from benchmarks import precision
+
+    r = precision.main(["--quick", "--out", str(tmp_path)])
+    assert set(r["models"]) == {f"{m} {p}" for m in precision.PRESETS for p in ("phase1", "phase2")}
+    assert all(m["fp32_s"] > 0 and m["bf16_s"] > 0 and m["ratio"] > 0 for m in r["models"].values())
+    assert r["auto_precision_here"] in ("bf16-mixed", "32-true")
+    assert "| voxel phase2 | 2 |" in (tmp_path / "results.md").read_text()
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from mmldm.configuration import compose
+    from mmldm.training.trainer import resolve_precision, trainer_kwargs
+
+    assert compose([]).trainer.precision == "auto"
+    for value in ("32-true", "bf16-mixed", "16-mixed"):
+        assert resolve_precision(value, "cpu") == value
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert trainer_kwargs(compose(["trainer=cpu"]).trainer)["precision"] == "32-true"
+    assert resolve_precision("auto", "mps") == "32-true"

@@ -105,14 +105,14 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
         with torch.no_grad():
             recon = modality.postprocess(autoencoder(batch["x"][:8]).reconstruction)
         modality.save_reconstructions(batch["x"][:8], recon, root / "reconstructions")
-        _update_metrics(run_dir, {"autoencoder": diag})
+        _update_metrics(run_dir, {"autoencoder": diag, "precision": str(trainer.precision)})
         pipe.save_pretrained(root / "export")
     return pipe
 
 
 def _log_fit(phase: str, trainer: Any) -> None:
-    log.info("%s: %d steps on rank %d of %d process(es)", phase, trainer.global_step, trainer.global_rank,
-             trainer.world_size)
+    log.info("%s: %d steps on rank %d of %d process(es), precision %s", phase, trainer.global_step,
+             trainer.global_rank, trainer.world_size, trainer.precision)
 
 
 def _measure_stats(autoencoder: torch.nn.Module, dataset: Any, cfg: DictConfig) -> LatentStats:
@@ -203,6 +203,7 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
         metrics = sample_and_measure(pipe, cfg, run_dir / "samples")
         metrics["train_seconds"] = seconds
         metrics["steps"] = int(trainer.global_step)
+        metrics["precision"] = str(trainer.precision)
         _update_metrics(run_dir, {"diffusion": metrics})
     return pipe
 

