@@ -48,7 +48,7 @@ def fast_path() -> str:
     AdamW, as Lightning refuses fused optimizers under mixed precision), else in float32 with fused AdamW."""
     from mmldm.training.trainer import resolve_precision
 
-    return "mmldm_bf16" if resolve_precision("auto", "cpu") == "bf16-mixed" else "mmldm_fused_adamw"
+    return "mmldm_bf16" if resolve_precision("auto", "cpu", dims=2) == "bf16-mixed" else "mmldm_fused_adamw"
 
 GENERATION = REPO / "benchmarks" / "results" / "generation_mnist_samplers" / "results.json"
 

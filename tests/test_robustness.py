@@ -275,3 +275,22 @@ def test_item_randomness_is_a_function_of_seed_epoch_and_position(parts):
     assert not any(torch.equal(x, y) for x, y in zip(first, second))
     loader.batch_sampler.resume(len(first) + 1)  # one epoch and one batch consumed
     assert torch.equal(next(iter(loader))["x"], second[1])
+
+
+def test_nonfinite_gradients_name_the_parameter():
+    from types import SimpleNamespace
+
+    from mmldm.training.callbacks import NonFiniteGuard
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    trainer = SimpleNamespace(precision="32-true", global_step=7)
+    for p in module.parameters():
+        p.grad = torch.zeros_like(p)
+    module[1].weight.grad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"step 7 in 1 parameter\(s\), first 1.weight"):
+        NonFiniteGuard("error").on_before_optimizer_step(trainer, module, opt)
+    module[1].weight.grad[0, 0] = 3e38  # finite, but the total norm overflows
+    module[0].weight.grad[0, 0] = 3e38
+    with pytest.raises(NonFiniteLossError, match=r"norm overflows; largest entry 3e\+38 in 0.weight"):
+        NonFiniteGuard("error").on_before_optimizer_step(trainer, module, opt)

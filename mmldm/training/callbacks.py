@@ -197,7 +197,14 @@ class NonFiniteGuard(L.Callback):
         if self._bad is None and params and "16-mixed" not in str(trainer.precision).replace("bf16", ""):
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             if not torch.isfinite(norm):
-                self._bad = f"non-finite gradients at step {trainer.global_step} (loss was finite)"
+                grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+                names = [n for n, g in grads if not torch.isfinite(g).all()]
+                if names:
+                    where = f" in {len(names)} parameter(s), first {', '.join(names[:3])}"
+                else:  # finite entries whose norm overflows float32
+                    name, g = max(grads, key=lambda item: float(item[1].abs().max()))
+                    where = f" (norm overflows; largest entry {float(g.abs().max()):.3g} in {name})"
+                self._bad = f"non-finite gradients at step {trainer.global_step}{where} (loss was finite)"
                 if self.mode == "error":
                     raise NonFiniteLossError(f"{self._bad}; lower the learning rate or set trainer.nonfinite=skip")
         if self._bad is not None:

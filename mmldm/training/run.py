@@ -92,7 +92,7 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
                         distributed=True)
     val = make_loader(modality.dataset("val"), cfg.data.batch_size, False, cfg.data.num_workers, seed=cfg.seed)
     steps, budget = _budget(cfg.phase1, cfg)
-    trainer = make_trainer(cfg.trainer, root, steps, loader=train, **budget)
+    trainer = make_trainer(cfg.trainer, root, steps, loader=train, dims=modality.dims, **budget)
     trainer.fit(module, train, val, ckpt_path=last_checkpoint(root) if cfg.resume else None, weights_only=True)
     _log_fit("phase 1 (autoencoder)", trainer)
     autoencoder = module.autoencoder.cpu().eval()
@@ -189,7 +189,8 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
                          drop_last=True, seed=cfg.seed, distributed=True,
                          key="diffusion.batch_size" if cfg.diffusion.batch_size else "data.batch_size")
     steps, budget = _budget(cfg.diffusion, cfg)
-    trainer = make_trainer(cfg.trainer, root, steps, loader=loader, limit_val_batches=0, **budget)
+    trainer = make_trainer(cfg.trainer, root, steps, loader=loader, limit_val_batches=0,
+                           dims=len(phase1.latent_shape) - 1, **budget)
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=last_checkpoint(root) if cfg.resume else None, weights_only=True)
     seconds = time.perf_counter() - start

@@ -10,6 +10,7 @@ naming it.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import zipfile
@@ -77,14 +78,16 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         ) from None
 
 
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+def resolve_precision(precision: str, accelerator: str = "auto", dims: int | None = None) -> str:
     """``trainer.precision``: ``auto`` becomes ``bf16-mixed`` where the hardware computes in bf16 natively
     (CUDA GPUs that support it; CPUs with AVX512-BF16 or AMX), else ``32-true``; other values pass through.
 
     bf16 keeps float32's exponent range, so unlike ``16-mixed`` it needs no loss scaling; weights,
-    optimizer state, norms and losses stay float32 under autocast. On a CPU with AVX512-BF16 a
-    training step of the presets' models took 0.50-0.83x the float32 time
-    (``python -m benchmarks.unet_vs_diffusers`` measures the U-Net).
+    optimizer state, norms and losses stay float32 under autocast. On the CPU, ``auto`` also checks
+    that bf16 convolutions of ``dims`` spatial dims get the right weight gradients
+    (:func:`bf16_conv_gradients_ok`): with torch 2.11's oneDNN, 3D convolutions on 2^3 grids (the
+    bottom of a voxel U-Net) got gradients off by 100% under bf16, so such runs stay float32.
+    ``python -m benchmarks.precision`` measures both the speed and this check.
     """
     if precision != "auto":
         return precision
@@ -96,12 +99,52 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
         # torch.cpu's capability probes (no public API answers "native bf16 on this CPU")
         native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
             getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return "bf16-mixed" if native else "32-true"
+        return "bf16-mixed" if native and (dims is None or bf16_conv_gradients_ok(dims)) else "32-true"
     return "32-true"
 
 
-def trainer_kwargs(cfg: Any, max_steps: int | None = None) -> dict[str, Any]:
-    """Lightning ``Trainer`` arguments from a :class:`mmldm.schema.TrainerConfig` node."""
+@functools.lru_cache(maxsize=None)
+def bf16_conv_gradients_ok(dims: int, tolerance: float = 0.05) -> bool:
+    """Whether bf16 autocast gives a ``dims``-d convolution's weight gradient within ``tolerance``
+    (relative to its largest entry) of float32's on this CPU, on the grid sizes a U-Net's bottom
+    levels have (:func:`bf16_conv_gradient_errors`). Under a second; cached per process.
+
+    A check rather than a list of known-bad versions: the kernels differ by torch version and CPU.
+    """
+    return all(err <= tolerance for err in bf16_conv_gradient_errors(dims).values())
+
+
+def bf16_conv_gradient_errors(dims: int, sides: tuple[int, ...] = (2, 4, 8)) -> dict[int, float]:
+    """``{side: error}``: the largest deviation of a bf16-autocast weight gradient of a 3-conv
+    (128 -> 128 channels, batch 4, ``side`` cells per axis) from float32's, relative to the float32
+    gradient's largest entry (``inf`` when not finite). bf16 rounding alone gives about 0.004."""
+    import torch
+
+    conv_cls = getattr(torch.nn, f"Conv{dims}d")
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        conv = conv_cls(128, 128, 3, padding=1)
+    errors = {}
+    for side in sides:
+        x = torch.randn(4, 128, *[side] * dims, generator=gen)
+        grad_out = torch.randn(4, 128, *[side] * dims, generator=gen)
+        grads = []
+        for bf16 in (False, True):
+            conv.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16, cache_enabled=False):
+                y = conv(x)
+            y.float().backward(grad_out)
+            grads.append(conv.weight.grad.clone())
+        reference, got = grads
+        err = (got - reference).abs().max() / reference.abs().max()
+        errors[side] = float(err) if torch.isfinite(got).all() else float("inf")
+    return errors
+
+
+def trainer_kwargs(cfg: Any, max_steps: int | None = None, dims: int | None = None) -> dict[str, Any]:
+    """Lightning ``Trainer`` arguments from a :class:`mmldm.schema.TrainerConfig` node; ``dims``: spatial dims
+    of the model's convolutions, for ``precision: auto`` (:func:`resolve_precision`)."""
     t = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(vars(cfg))
     return {
         "max_steps": next((m for m in (max_steps, t["max_steps"]) if m is not None), -1),  # -1: no limit
@@ -109,7 +152,7 @@ def trainer_kwargs(cfg: Any, max_steps: int | None = None) -> dict[str, Any]:
         "devices": t["devices"],
         "num_nodes": t["num_nodes"],
         "strategy": t["strategy"],
-        "precision": resolve_precision(t["precision"], t["accelerator"]),
+        "precision": resolve_precision(t["precision"], t["accelerator"], dims),
         "log_every_n_steps": t["log_every_n_steps"],
         "val_check_interval": t["val_check_interval"],
         "check_val_every_n_epoch": None if t["val_check_interval"] else 1,
@@ -121,7 +164,7 @@ def trainer_kwargs(cfg: Any, max_steps: int | None = None) -> dict[str, Any]:
 
 
 def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: list | None = None,
-                 loader: Any = None, **overrides: Any):
+                 loader: Any = None, dims: int | None = None, **overrides: Any):
     """A Trainer writing checkpoints (``checkpoints/last.ckpt``) and CSV logs under ``root``.
 
     Args:
@@ -132,6 +175,7 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
         loader (`DataLoader`, *optional*): the training loader from
             :func:`~mmldm.training.data.make_loader`; checkpoints then record its position
             (:class:`~mmldm.training.callbacks.ResumeState`), so a resumed run continues the data order.
+        dims (`int`, *optional*): spatial dims of the model's convolutions (``precision: auto`` checks them).
 
     Lightning's distributed sampler injection is off: :func:`~mmldm.training.data.make_loader`
     shards the training data over the ranks itself; evaluation loaders read all items on every rank.
@@ -143,7 +187,7 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
     from .callbacks import NonFiniteGuard, ResumeState
 
     root = Path(root)
-    kwargs = trainer_kwargs(cfg, max_steps)
+    kwargs = trainer_kwargs(cfg, max_steps, dims)
     every = _get(cfg, "checkpoint_every_n_steps", 500)
     checkpoint = ModelCheckpoint(
         dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every,
