@@ -116,5 +116,7 @@ class SpatialTransformer(nn.Module):
         h = rearrange(self.proj_in(self.norm(x)), "b c ... -> b (...) c")  # (B, N, C)
         for block in self.blocks:
             h = block(h, context, mask)
-        h = h.transpose(1, 2).reshape(x.shape)  # (B, C, *spatial)
+        h = h.transpose(1, 2).reshape(x.shape)  # (B, C, *spatial), a view with channels-last strides
+        if h.stride() != x.stride():  # back to x's layout, so proj_out, the residual add and the skip
+            h = h.contiguous()  # concatenations downstream see one memory format (~1% of a training step)
         return x + self.proj_out(h)
