@@ -121,6 +121,7 @@ def train_variant(cfg: Any, run_dir: Path, seconds: float, steps: int | None, ev
     root = run_dir / "autoencoder"
     trainer = make_trainer(
         cfg.trainer, root, steps or 10**9, callbacks=callbacks, max_time=timedelta(seconds=seconds), limit_val_batches=0,
+        dims=modality.dims,
     )
     start = time.perf_counter()
     trainer.fit(module, train)

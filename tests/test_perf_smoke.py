@@ -183,13 +183,15 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert compose([]).trainer.precision == "auto"
     for value in ("32-true", "bf16-mixed", "16-mixed"):
         assert resolve_precision(value, "cpu") == value
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert resolve_precision("auto", "cpu") == "bf16-mixed"
     from mmldm.training import trainer
 
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(trainer, "bf16_conv_gradients_ok", lambda dims: True)
+    assert resolve_precision("auto", "cpu") == "bf16-mixed"
     monkeypatch.setattr(trainer, "bf16_conv_gradients_ok", lambda dims: dims != 3)
     assert resolve_precision("auto", "cpu", dims=2) == "bf16-mixed"
     assert resolve_precision("auto", "cpu", dims=3) == "32-true"  # wrong 3D conv gradients in bf16: float32
+    assert resolve_precision("auto", "cpu") == "32-true"  # dims unknown: every dims must pass
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert resolve_precision("auto", "cpu") == "32-true"

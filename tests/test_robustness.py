@@ -253,6 +253,16 @@ def test_invalid_phase2_batch_size_fails_before_training(tmp_path):
     assert not (run / "autoencoder").exists()
 
 
+def test_phase2_reads_batches_of_diffusion_batch_size(tmp_path):
+    """Phase 1 trains on data.batch_size; phase 2's loader takes diffusion.batch_size (here too large, so the
+    run stops at phase 2 naming that key, after phase 1 finished)."""
+    run, out = _train(tmp_path, "diffusion.batch_size=999")
+    assert out.returncode != 0
+    assert "diffusion.batch_size=999 is larger than the" in out.stderr and "training items per process" in out.stderr
+    assert (run / "autoencoder" / "export" / "config.yaml").is_file()
+    assert not (run / "diffusion" / "checkpoints").exists()
+
+
 def test_a_batch_larger_than_the_training_data_names_the_key(parts):
     _, modality, _ = parts
     data = modality.dataset("train")

@@ -45,6 +45,11 @@ def test_train_leaves_a_complete_run_directory(tmp_path, modality):
     assert metrics["diffusion"]["steps"] == 3 and metrics["diffusion"]["num_samples"] == 2
     assert set(metrics["autoencoder"]) == {"reconstruction", "latent", "regularizer", "robustness"}
     assert len(metrics["autoencoder"]["latent"]["normalization"]["std"]) == 4
+    # precision=auto resolved for the dims each phase trains (3D stays float32 where bf16 3D convs are wrong)
+    from mmldm.training.trainer import resolve_precision
+
+    dims = len(metrics["autoencoder"]["latent"]["shape"]) - 1
+    assert metrics["precision"] == metrics["diffusion"]["precision"] == resolve_precision("auto", "cpu", dims)
 
 
 def test_sample_evaluate_and_reuse_of_a_trained_autoencoder(tmp_path):

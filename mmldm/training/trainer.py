@@ -86,7 +86,8 @@ def resolve_precision(precision: str, accelerator: str = "auto", dims: int | Non
     optimizer state, norms and losses stay float32 under autocast. On the CPU, ``auto`` also checks
     that bf16 convolutions of ``dims`` spatial dims get the right weight gradients
     (:func:`bf16_conv_gradients_ok`): with torch 2.11's oneDNN, 3D convolutions on 2^3 grids (the
-    bottom of a voxel U-Net) got gradients off by 100% under bf16, so such runs stay float32.
+    bottom of a voxel U-Net) got non-finite or 100%-off gradients under bf16, so such runs stay
+    float32. ``dims=None`` (a caller that does not know its model) takes bf16 only if 1, 2 and 3 all pass.
     ``python -m benchmarks.precision`` measures both the speed and this check.
     """
     if precision != "auto":
@@ -99,7 +100,8 @@ def resolve_precision(precision: str, accelerator: str = "auto", dims: int | Non
         # torch.cpu's capability probes (no public API answers "native bf16 on this CPU")
         native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
             getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return "bf16-mixed" if native and (dims is None or bf16_conv_gradients_ok(dims)) else "32-true"
+        checked = (1, 2, 3) if dims is None else (dims,)
+        return "bf16-mixed" if native and all(bf16_conv_gradients_ok(d) for d in checked) else "32-true"
     return "32-true"
 
 

@@ -116,7 +116,8 @@ class SegmentationConditioner(Conditioner):
         return rearrange(seg, pattern, **{s: self.subcells for s in subs})
 
     def tokens(self, maps: Tensor) -> Tensor:
-        """Maps ``[B, K + 1, *g]`` -> tokens ``[B, M, d_tau]``: each cell's classes and its coordinates in [-1, 1]."""
+        """Maps ``[B, map_channels, *g]`` -> tokens ``[B, M, d_tau]``: each cell's classes (per sub-cell) and its
+        coordinates in [-1, 1]."""
         maps = self.pool(maps)
         axes = [torch.linspace(-1, 1, n, device=maps.device, dtype=maps.dtype) for n in maps.shape[2:]]
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).expand(maps.shape[0], -1, *maps.shape[2:])
