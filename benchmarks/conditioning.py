@@ -124,8 +124,9 @@ def judge_text(pipe: Any, modality: Any, args: argparse.Namespace, out: Path) ->
                                        epochs=2 if args.quick else 8, seed=args.seed)
     x, labels, captions = held_out(val_set, args.samples, "text")
     samples, seconds = _sample(pipe, {"text": captions}, args)
-    metrics = classifier_metrics(classifier, x, samples, labels)
-    metrics["per_class_accuracy"] = per_class_accuracy(classifier, samples, labels)
+    final = modality.finalize(samples)  # as mmldm.evaluation.generation.judge_samples judges
+    metrics = classifier_metrics(classifier, modality.finalize(x), final, labels)
+    metrics["per_class_accuracy"] = per_class_accuracy(classifier, final, labels)
     modality.save(samples[:32], out / "samples", prefix="sample")
     (out / "samples" / "captions.txt").write_text("\n".join(captions[:32]) + "\n")
     return {"classifier": clf, "score": metrics["class_accuracy"], "metrics": metrics, "sampling_seconds": seconds}

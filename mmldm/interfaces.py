@@ -344,6 +344,16 @@ class Modality(abc.ABC):
         """Map the decoder's raw output to the modality's layout (e.g. occupancy logits -> probabilities)."""
         return decoded
 
+    def finalize(self, samples: Tensor) -> Tensor:
+        """Data-space samples as the modality delivers them: the form its files and metrics use, and what
+        a classifier trained on real data judges (:func:`mmldm.evaluation.generation.judge_samples`).
+
+        The default returns ``samples`` unchanged. A modality whose data are discrete overrides it, e.g.
+        voxel occupancy: probabilities -> the 0/1 occupancy its meshes are extracted at. Keeps the shape
+        and is idempotent.
+        """
+        return samples
+
     def state_dict(self) -> dict[str, Any]:
         """Statistics measured on the data that an exported model needs (e.g. feature normalization).
 

@@ -390,6 +390,13 @@ class ModalityContract:
         x = self.batch(m)
         assert m.postprocess(x).shape == x.shape
 
+    def test_finalize_keeps_the_shape_and_is_idempotent(self):
+        m = self.build()
+        x = m.postprocess(self.batch(m))
+        final = m.finalize(x)
+        assert final.shape == x.shape and final.dtype == x.dtype
+        assert torch.equal(m.finalize(final), final)
+
     def test_state_dict_round_trip(self):
         from omegaconf import OmegaConf
 

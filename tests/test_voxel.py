@@ -235,6 +235,19 @@ def test_sdf_representation(tmp_path):
     assert torch.allclose(occ.postprocess(torch.tensor([0.0, 40.0])), torch.tensor([0.5, 1.0]))
 
 
+def test_finalize_gives_the_occupancy_that_meshes_and_metrics_use(tmp_path):
+    occ = _modality(tmp_path, num_shapes=6, resolution=16, val_fraction=0.0)
+    real = occ.dataset("train")[2]["x"][None]
+    assert torch.equal(occ.finalize(real), real)  # real grids are already 0/1
+    probs = torch.sigmoid(torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0)) * 3)
+    final = occ.finalize(probs)
+    assert set(final.unique().tolist()) == {0.0, 1.0}
+    assert np.array_equal(final[:, 0].numpy().astype(bool), occ.occupancy(probs))
+    sdf = _modality(tmp_path, num_shapes=6, resolution=16, representation="sdf", val_fraction=0.0)
+    values = probs * 2 - 1
+    assert torch.equal(sdf.finalize(values), values)
+
+
 def test_save_writes_ply_and_png_that_reload(tmp_path):
     m = _modality(tmp_path, resolution=16)
     samples = torch.from_numpy(generate(3, seed=0, resolution=16)[0]).float()[:, None]

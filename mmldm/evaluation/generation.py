@@ -27,7 +27,8 @@ def judge_samples(pipe: Any, classifier: FeatureClassifier, real: Tensor, per_cl
 
     Returns:
         ``(metrics, samples [K*per_class, C, *s], labels [K*per_class])``; the metrics hold
-        ``class_accuracy`` (the share the classifier labels as its conditioning class),
+        ``class_accuracy`` (the share the classifier labels as its conditioning class; it judges
+        ``pipe.modality.finalize(samples)``, the form the modality delivers, e.g. 0/1 voxel occupancy),
         ``frechet_distance`` (classifier features, against ``real``), ``per_class_accuracy``,
         ``sampling_seconds`` and ``modality`` (``pipe.modality.generation_metrics``, e.g. 1-NNA for voxels).
     """
@@ -40,8 +41,10 @@ def judge_samples(pipe: Any, classifier: FeatureClassifier, real: Tensor, per_cl
     samples = pipe.sample(len(labels), cond={"class": labels}, steps=steps, sampler=sampler, guidance=guidance,
                           seed=seed, progress=False)
     seconds = time.perf_counter() - start
-    metrics: dict[str, Any] = classifier_metrics(classifier, real, samples, labels)
-    metrics["per_class_accuracy"] = per_class_accuracy(classifier, samples, labels)
+    # the classifier sees samples in the form the modality delivers them (e.g. 0/1 voxel occupancy)
+    final = pipe.modality.finalize(samples)
+    metrics: dict[str, Any] = classifier_metrics(classifier, pipe.modality.finalize(real), final, labels)
+    metrics["per_class_accuracy"] = per_class_accuracy(classifier, final, labels)
     metrics["sampling_seconds"] = round(seconds, 1)
     metrics["modality"] = pipe.modality.generation_metrics(real, samples, labels)
     return metrics, samples, labels

@@ -133,6 +133,14 @@ class VoxelModality(Modality):
             return torch.sigmoid(decoded)
         return decoded.clamp(-1.0, 1.0)
 
+    def finalize(self, samples: Tensor) -> Tensor:
+        """Occupancy probabilities -> the 0/1 occupancy at the 0.5 level that meshes are extracted at and
+        the generation metrics use (real grids are 0/1, so a classifier trained on them judges the shape,
+        not the decoder's soft boundary); SDF samples are returned unchanged."""
+        if self.cfg.representation == "occupancy":
+            return (samples > 0.5).to(samples.dtype)
+        return samples
+
     def occupancy(self, x: Tensor) -> np.ndarray:
         """Boolean occupancy ``[B, R, R, R]`` of data-space samples (occupancy > 0.5, or SDF < 0)."""
         grids = self.grids(x)
