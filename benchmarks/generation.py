@@ -131,6 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--settings", nargs="+", metavar="NAME", help="only these sampler settings (default: all of the task's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", help="a paragraph for the top of results.md, e.g. how a --reuse'd run was trained")
     return p.parse_args(argv)
 
 
@@ -207,6 +208,10 @@ def report(results: dict[str, Any]) -> str:
     ae = train["metrics"].get("autoencoder", {}).get("reconstruction", {})
     lines = [
         f"# Class-conditional latent diffusion: {results['settings']['task']}",
+        "",
+        *([results["settings"]["note"], ""] if results["settings"].get("note") else []),
+        "The classifier judges samples in the form the modality delivers them (`Modality.finalize`; for voxels the "
+        "0/1 occupancy at the level meshes are extracted at).",
         "",
         f"Budget: phase 1 {_budget(results['settings']['ae_minutes'])} + phase 2 "
         f"{_budget(results['settings']['diffusion_minutes'])}; "
@@ -298,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--settings {args.settings}: none of the task's settings {[st[0] for st in task.settings]}")
     samples = judge(pipe, classifier, real, args.per_class, args.seed, out, chosen)
     settings = {"task": args.task, "ae_minutes": args.ae_minutes, "diffusion_minutes": args.diffusion_minutes, "per_class": args.per_class,
-                "real": len(real), "seed": args.seed,
+                "real": len(real), "seed": args.seed, "note": args.note,
                 "overrides": [o for o in task_overrides(args) if not o.startswith("modality.root=")]}
     results = {"settings": settings, "training": training, "classifier": clf, "samples": samples}
     if task.extra:

@@ -103,6 +103,10 @@ def test_generation_tasks_compose_and_report(tmp_path):
     assert "| dpmpp_2m-25-g3 | 0.9750 | 1.500 | 0.6 | 3.0 |" in text
     assert "| real_vocoded | 3 | 0.25 |" in text
     assert "+1.50 accuracy points" in text and "3.3 min wall clock" in text and "iou 0.9" in text
+    assert "Modality.finalize" in text
+    results["settings"]["note"] = "Resumed from an earlier run."
+    assert generation.report(results).split("\n")[2] == "Resumed from an earlier run."
+    assert generation.parse_args(["--note", "n"]).note == "n"
 
 
 def test_latent_vs_pixel_measures_both_sides(tmp_path):
