@@ -109,7 +109,7 @@ def test_phase_steps_come_from_the_preset_and_trainer_max_steps_caps_them():
     from mmldm.training.run import _budget
 
     full = compose(["modality=voxel"])
-    assert _budget(full.phase1, full) == (350, {}) and _budget(full.diffusion, full) == (4000, {})
+    assert _budget(full.phase1, full) == (350, {}) and _budget(full.diffusion, full) == (16000, {})
     quick = compose(["modality=voxel", "trainer=quick"])
     for phase in (quick.phase1, quick.diffusion):  # 300 steps or 4 minutes, whichever comes first
         steps, extra = _budget(phase, quick)
