@@ -345,8 +345,8 @@ class Modality(abc.ABC):
         return decoded
 
     def finalize(self, samples: Tensor) -> Tensor:
-        """Data-space samples as the modality delivers them: the form its files and metrics use, and what
-        a classifier trained on real data judges (:func:`mmldm.evaluation.generation.judge_samples`).
+        """Data-space samples as the modality delivers them: the form its generation metrics measure,
+        and what a classifier trained on real data judges (:func:`mmldm.evaluation.generation.judge_samples`).
 
         The default returns ``samples`` unchanged. A modality whose data are discrete overrides it, e.g.
         voxel occupancy: probabilities -> the 0/1 occupancy its meshes are extracted at. Keeps the shape
