@@ -248,19 +248,26 @@ def test_finalize_gives_the_occupancy_that_meshes_and_metrics_use(tmp_path):
     assert torch.equal(sdf.finalize(values), values)
 
 
-def test_save_writes_ply_and_png_that_reload(tmp_path):
+def test_save_writes_grids_meshes_and_pngs_that_reload(tmp_path):
     m = _modality(tmp_path, resolution=16)
     samples = torch.from_numpy(generate(3, seed=0, resolution=16)[0]).float()[:, None]
-    paths = m.save(samples, tmp_path / "out", prefix="s")
-    assert [p.name for p in paths] == ["s_000.ply", "s_000.png", "s_001.ply", "s_001.png", "s_002.ply", "s_002.png",
-                                       "s_grid.png"]
-    mesh = o3d.io.read_triangle_mesh(str(paths[0]))
+    paths = m.save(samples * 0.9, tmp_path / "out", prefix="s")  # probabilities, as a sampled model gives
+    assert [p.name for p in paths] == [f"s_00{i}.{ext}" for i in range(3) for ext in ("npz", "ply", "png")] + [
+        "s_grid.png"]
+    assert np.array_equal(np.load(paths[0])["grid"], samples[0, 0].numpy() * np.float32(0.9))  # the grid as sampled
+    assert np.array_equal(load_grid(paths[0], resolution=16) > 0.5, samples[0, 0].numpy() > 0.5)  # readable as data
+    mesh = o3d.io.read_triangle_mesh(str(paths[1]))
     assert len(mesh.vertices) > 0 and len(mesh.triangles) > 0
     assert np.abs(np.asarray(mesh.vertices)).max() <= 0.5
-    assert imread(paths[1]).ndim == 3 and imread(paths[-1]).shape[1] > imread(paths[1]).shape[1]
+    assert imread(paths[2]).ndim == 3 and imread(paths[-1]).shape[1] > imread(paths[2]).shape[1]
+    obj = _modality(tmp_path, resolution=16, mesh_format="obj").save(samples[:1], tmp_path / "obj")
+    assert [p.suffix for p in obj] == [".npz", ".obj", ".png", ".png"]
+    assert len(o3d.io.read_triangle_mesh(str(obj[1])).triangles) > 0
     with pytest.warns(UserWarning, match="no surface"):
         paths = m.save(torch.zeros(1, 1, 16, 16, 16), tmp_path / "empty")
-    assert [p.suffix for p in paths] == [".png", ".png"]
+    assert [p.suffix for p in paths] == [".npz", ".png", ".png"]
+    with pytest.raises(ValueError, match=r"mesh_format='stl' \(expected one of \('ply', 'obj'\)\)"):
+        _modality(tmp_path, mesh_format="stl")
 
 
 def test_reconstruction_metrics(tmp_path):

@@ -34,3 +34,4 @@ class VoxelConfig(ComponentConfig):
     val_fraction: float = 0.1
     layout: str = "3d"  # "3d": [1, R, R, R]; "2d": [R, R, R] (depth as channels)
     cache_dir: Optional[str] = None  # None: $MMLDM_CACHE/voxel or ~/.cache/mmldm/voxel
+    mesh_format: str = "ply"  # meshes that `save` writes: "ply" or "obj"

@@ -28,6 +28,7 @@ from .voxelize import REPRESENTATIONS
 
 #: Values of :attr:`VoxelConfig.layout`: a 3D sample ``[1, R, R, R]`` or a 2D one ``[R, R, R]``.
 LAYOUTS = ("3d", "2d")
+MESH_FORMATS = ("ply", "obj")
 
 
 def _check(cfg: VoxelConfig) -> None:
@@ -42,6 +43,8 @@ def _check(cfg: VoxelConfig) -> None:
         problems.append(f"val_fraction={cfg.val_fraction} (expected 0 <= val_fraction < 1)")
     if cfg.layout not in LAYOUTS:
         problems.append(f"layout={cfg.layout!r} (expected one of {LAYOUTS})")
+    if cfg.mesh_format not in MESH_FORMATS:
+        problems.append(f"mesh_format={cfg.mesh_format!r} (expected one of {MESH_FORMATS})")
     if cfg.sdf_truncation <= 0:
         problems.append(f"sdf_truncation={cfg.sdf_truncation} (expected > 0)")
     if cfg.root is None and cfg.num_shapes < 1:
@@ -147,12 +150,14 @@ class VoxelModality(Modality):
         return grids > 0.5 if self.cfg.representation == "occupancy" else grids < 0.0
 
     def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
-        """Per sample of ``samples`` (data space, ``[B, 1, R, R, R]`` or folded ``[B, R, R, R]``) a
-        marching-cubes PLY mesh and a PNG render, plus ``{prefix}_grid.png``; returns the written paths."""
+        """Per sample of ``samples`` (data space, ``[B, 1, R, R, R]`` or folded ``[B, R, R, R]``) its grid
+        (``.npz``, key ``grid``, readable as data again), a marching-cubes mesh (``mesh_format``: PLY or
+        OBJ) and a PNG render, plus ``{prefix}_grid.png``; returns the written paths."""
         grids = self.grids(samples)
         occupancy = self.cfg.representation == "occupancy"
         level, outside = (0.5, 0.0) if occupancy else (0.0, 1.0)
-        return save_grids(grids, Path(directory), prefix, level=level, outside=outside)
+        return save_grids(grids, Path(directory), prefix, level=level, outside=outside,
+                          mesh_format=self.cfg.mesh_format)
 
     # ---- metrics ------------------------------------------------------------
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:

@@ -41,8 +41,8 @@ def surface_mesh(grid: np.ndarray, level: float, outside: float) -> tuple[np.nda
     return verts.astype(np.float32), faces.astype(np.int64)
 
 
-def write_ply(vertices: np.ndarray, faces: np.ndarray, path: Path) -> None:
-    """Write a triangle mesh with vertex normals as PLY."""
+def write_mesh(vertices: np.ndarray, faces: np.ndarray, path: Path) -> None:
+    """Write a triangle mesh with vertex normals; open3d picks the format from the suffix (.ply, .obj)."""
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(faces))
     mesh.compute_vertex_normals()
     if not o3d.io.write_triangle_mesh(str(path), mesh):
@@ -82,20 +82,24 @@ def render_png(meshes: list[tuple[np.ndarray, np.ndarray]], path: Path, titles: 
     plt.close(fig)
 
 
-def save_grids(grids: np.ndarray, directory: Path, prefix: str, level: float, outside: float) -> list[Path]:
-    """For each grid of ``grids [B, R, R, R]`` write ``{prefix}_{i:03d}.ply`` and ``.png``,
-    plus ``{prefix}_grid.png`` showing all of them. Empty grids get a PNG only (with a warning)."""
+def save_grids(grids: np.ndarray, directory: Path, prefix: str, level: float, outside: float,
+               mesh_format: str = "ply") -> list[Path]:
+    """For each grid of ``grids [B, R, R, R]`` write ``{prefix}_{i:03d}.npz`` (the grid, key ``grid``),
+    ``.{mesh_format}`` (its surface at ``level``) and ``.png``, plus ``{prefix}_grid.png`` showing all of
+    them. Empty grids get no mesh (with a warning)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meshes = [surface_mesh(g, level, outside) for g in grids]
     written: list[Path] = []
     for i, (v, f) in enumerate(meshes):
         stem = directory / f"{prefix}_{i:03d}"
+        np.savez_compressed(stem.with_suffix(".npz"), grid=np.asarray(grids[i], dtype=np.float32))
+        written.append(stem.with_suffix(".npz"))
         if len(f):
-            write_ply(v, f, stem.with_suffix(".ply"))
-            written.append(stem.with_suffix(".ply"))
+            write_mesh(v, f, stem.with_suffix(f".{mesh_format}"))
+            written.append(stem.with_suffix(f".{mesh_format}"))
         else:
-            warnings.warn(f"sample {i} has no surface at level {level}: no PLY written for '{stem}'", stacklevel=2)
+            warnings.warn(f"sample {i} has no surface at level {level}: no mesh written for '{stem}'", stacklevel=2)
         render_png([(v, f)], stem.with_suffix(".png"))
         written.append(stem.with_suffix(".png"))
     grid_png = directory / f"{prefix}_grid.png"
