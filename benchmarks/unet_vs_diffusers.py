@@ -288,10 +288,11 @@ def run(arch: Arch, rounds: int = 7, compile: bool = False, memory: bool = True)
     rows = {}
     for v in variants:
         med = {k: statistics.median(s) if s else None for k, s in seconds[v.name].items()}
-        ratio = {k: statistics.median(a / b for a, b in zip(s, seconds["diffusers"][k])) if s else None
-                 for k, s in seconds[v.name].items()}
+        per_round = {k: [a / b for a, b in zip(s, seconds["diffusers"][k])] for k, s in seconds[v.name].items()}
+        ratio = {k: statistics.median(q) if q else None for k, q in per_round.items()}
+        spread = {k: [min(q), max(q)] if q else None for k, q in per_round.items()}
         rows[v.name] = {**asdict(v), "median_seconds": med, "ratio_to_diffusers": ratio,
-                        "first_step_seconds": first_step[v.name]}
+                        "ratio_range": spread, "first_step_seconds": first_step[v.name]}
         if memory:
             rows[v.name]["peak_mb"] = {k: peak_tensor_memory(fn) / 2**20 for k, fn in runs[v.name].items()
                                        if k == "train_step" or timed_forward[v.forward_key] == v.name}
@@ -311,17 +312,19 @@ def report(r: dict[str, Any]) -> str:
         f"{a['tokens']} tokens. "
         f"Parameters: mmldm {p['mmldm']:,}, diffusers {p['diffusers']:,}; largest output difference with the same "
         f"weights {r['max_abs_output_difference']:.1e}. Medians of {r['rounds']} alternating rounds, "
-        f"{r['threads']} CPU threads; ratios are per-round medians against diffusers (eager, fp32, "
-        "torch's default AdamW).",
+        f"{r['threads']} CPU threads; ratios are medians of per-round ratios against diffusers (eager, fp32, "
+        "torch's default AdamW), with the smallest and largest per-round ratio beside them: the run's noise.",
         "",
-        "| variant | forward s | fwd / diffusers | train step s | step / diffusers | first step s | peak MB fwd "
-        "| peak MB step |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | forward s | fwd / diffusers | train step s | step / diffusers | per-round step ratios "
+        "| first step s | peak MB fwd | peak MB step |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, v in r["variants"].items():
         m, q, mem = v["median_seconds"], v["ratio_to_diffusers"], v.get("peak_mb", {})
+        lo, hi = v["ratio_range"]["train_step"]
         lines.append(f"| {name} | {fmt(m['forward'], '.3f')} | {fmt(q['forward'], '.2f')} | {m['train_step']:.3f} "
-                     f"| **{q['train_step']:.2f}** | {v['first_step_seconds']:.1f} | {fmt(mem.get('forward'), '.0f')} "
+                     f"| **{q['train_step']:.2f}** | {lo:.2f}-{hi:.2f} | {v['first_step_seconds']:.1f} "
+                     f"| {fmt(mem.get('forward'), '.0f')} "
                      f"| {fmt(mem.get('train_step'), '.0f')} |")
     lines += ["", "Peak MB: bytes held by torch's CPU allocator during one call above those held before "
               "(activations, gradients, temporaries; not weights or optimizer state).", ""]
