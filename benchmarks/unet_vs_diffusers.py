@@ -14,7 +14,7 @@ The two networks are configured to compute the same function:
 
 There is no structural difference left: the parameter shapes are the same multiset (so the counts are
 equal, and the benchmark stops if they differ by more than 1%), and with diffusers' weights copied
-into mmldm (:func:`copy_weights`, pairing layers in the order the forward calls them) the outputs
+into mmldm (:func:`copy_weights`, pairing layers in the order the forward uses their weights) the outputs
 agree to float rounding; the run reports the largest difference. Only module names and
 registration order differ.
 
@@ -153,27 +153,40 @@ def check_parameter_counts(mmldm: Any, diffusers: Any, tolerance: float = 0.01) 
 
 
 def _call_order(model: Any, run: Callable[[], Any]) -> list[Any]:
-    """Modules owning parameters, in the order a forward first calls them."""
-    import torch
+    """Modules owning parameters, in the order a forward first uses their parameters.
 
-    order: list[Any] = []
+    First use, not first call: mmldm applies some layers' weights through functions (the 1x1 projections
+    of its SpatialTransformer are matrix products on tokens), so a forward hook would not see them.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_leaves
+
     owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
-    hooks = [m.register_forward_pre_hook(lambda m, args: None if m in order else order.append(m)) for m in owners]
-    with torch.no_grad():
+    owner_of = {id(p): m for m in owners for p in m.parameters(recurse=False)}
+    order: list[Any] = []
+
+    class FirstUse(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            for leaf in tree_leaves((args, kwargs or {})):
+                m = owner_of.get(id(leaf)) if isinstance(leaf, torch.Tensor) else None
+                if m is not None and m not in order:
+                    order.append(m)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), FirstUse():
         run()
-    for h in hooks:
-        h.remove()
     if len(order) != len(owners):
         missing = len(owners) - len(order)
-        raise RuntimeError(f"{missing} parameterized modules of {type(model).__name__} were not called")
+        raise RuntimeError(f"{missing} parameterized modules of {type(model).__name__} were not used")
     return order
 
 
 def copy_weights(src: Any, dst: Any, run_src: Callable[[], Any], run_dst: Callable[[], Any]) -> int:
     """Copy ``src``'s parameters into ``dst`` by call order; returns the number of tensors copied.
 
-    Layers are grouped by (class, parameter shapes) and paired in the order the forwards call them:
-    within a group the order is the same in both networks even where they call a block's layers in a
+    Layers are grouped by (class, parameter shapes) and paired in the order the forwards use them:
+    within a group the order is the same in both networks even where they use a block's layers in a
     different order (for example the time projection of a ResBlock before or after its first norm).
     """
     import torch

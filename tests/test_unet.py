@@ -108,6 +108,41 @@ def test_channels_last_gives_equal_outputs(dims):
     torch.testing.assert_close(fast(z, t, cond), plain(z, t, cond), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spatial_transformer_projections_equal_their_1x1_convolutions(dims, channels_last):
+    """proj_in/proj_out are stored as 1x1 convolutions and applied as matrix products on tokens:
+    outputs, input gradients and weight gradients equal the convolution formulation, in either layout."""
+    from einops import rearrange
+
+    from mmldm.nn.attention import SpatialTransformer
+
+    block = randomize(SpatialTransformer(dims, 16, heads=2, context_dim=6))
+    g = torch.Generator().manual_seed(1)
+    x, context = torch.randn(B, 16, *SIZE[dims], generator=g), torch.randn(B, 4, 6, generator=g)
+    if channels_last and dims > 1:
+        x = x.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+
+    def by_convolutions(x):
+        h = rearrange(block.proj_in(block.norm(x)), "b c ... -> b (...) c")
+        for b in block.blocks:
+            h = b(h, context)
+        return x + block.proj_out(h.transpose(1, 2).reshape(x.shape).contiguous())
+
+    grads = []
+    for fn in (block, by_convolutions):
+        xi = x.detach().clone().requires_grad_(True)
+        out = fn(xi, context) if fn is block else fn(xi)
+        if fn is block:
+            assert out.stride() == x.stride()  # the output keeps the input's memory layout
+        block.zero_grad()
+        out.square().sum().backward()
+        grads.append((out.detach(), xi.grad, block.proj_in.weight.grad.clone(), block.proj_out.weight.grad.clone(),
+                      block.proj_out.bias.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_head_dim_sets_the_number_of_heads():
     model = make(2, False, head_dim=4)
     attn = model.mid.layers[1].blocks[0].attn1
