@@ -395,13 +395,15 @@ def test_sample_uses_ema_weights_and_generator():
     torch.testing.assert_close(module.sample(3, steps=4, sampler="euler", generator=gen()), x0_ema)
 
 
-def test_trained_module_samples_both_classes_in_the_right_proportions():  # ~20 s
+def test_trained_module_samples_both_classes_in_the_right_proportions():  # ~30 s
     import lightning as L
 
     torch.manual_seed(0)
     module = diffusion_module(cond_dropout={"class": 0.5})  # the unconditional mixture needs enough null rows
     loader = torch.utils.data.DataLoader(MixtureData(), batch_size=64, shuffle=True)
-    trainer = L.Trainer(max_steps=400, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    # 800 steps: after 400 the unconditional class share still varied from 0.64 to 0.76 with the seed
+    # (float rounding alone moves it); after 800 it was 0.72-0.78 for seeds 0-2
+    trainer = L.Trainer(max_steps=800, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
     trainer.fit(module, loader)
     gen = torch.Generator().manual_seed(1)
