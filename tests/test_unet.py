@@ -143,6 +143,62 @@ def test_spatial_transformer_projections_equal_their_1x1_convolutions(dims, chan
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_as_transposed_convolution_equals_nearest_then_conv(dims, channels_last):
+    """The stride-2 transposed convolution with the derived 4-tap kernel computes nearest x2 + 3-conv:
+    outputs and the gradients of input, weight and bias agree (float64, to rounding)."""
+    from mmldm.nn import Upsample
+
+    up = randomize(Upsample(dims, 6, 5)).double()
+    x0 = torch.randn(B, 6, *[3 + i for i in range(dims)], generator=torch.Generator().manual_seed(2),
+                     dtype=torch.float64)  # odd and unequal sides
+    if channels_last and dims > 1:
+        x0 = x0.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    results = []
+    for method in ("interpolate", "transposed"):
+        up.method = method
+        x = x0.clone().requires_grad_(True)
+        out = up(x)
+        up.zero_grad()
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+        results.append((out.detach(), x.grad, up.conv.weight.grad.clone(), up.conv.bias.grad.clone()))
+    assert results[0][0].shape == (B, 5, *[2 * (3 + i) for i in range(dims)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_upsample_method_auto_follows_the_cost_rule_and_bad_methods_are_named():
+    from mmldm.nn import Upsample, transposed_upsample_pays, upsample_conv
+
+    # 2D from 250 positions (batch x input cells), 3D from 120, 1D from 700
+    assert not transposed_upsample_pays(torch.empty(2, 4, 8, 8)) and transposed_upsample_pays(torch.empty(4, 4, 8, 8))
+    assert not transposed_upsample_pays(torch.empty(1, 4, 4, 4, 4)) and transposed_upsample_pays(torch.empty(2, 4, 4, 4, 4))
+    assert not transposed_upsample_pays(torch.empty(4, 4, 128)) and transposed_upsample_pays(torch.empty(4, 4, 256))
+    up = randomize(Upsample(2, 4))
+    x = torch.randn(4, 4, 8, 8)
+    calls = []
+    with _Record(calls):
+        up(x)
+    assert torch.nn.functional.conv_transpose2d in calls and torch.nn.functional.interpolate not in calls
+    with pytest.raises(ValueError, match="method='bicubic' is not valid; choose one of: auto, transposed, interpolate"):
+        Upsample(2, 4, method="bicubic")
+    with pytest.raises(ValueError, match=r"needs a 3-tap kernel over 2 axes, got weight shape \(4, 4, 1, 1\)"):
+        upsample_conv(x, torch.zeros(4, 4, 1, 1), None)
+
+
+class _Record(torch.overrides.TorchFunctionMode):
+    """Records the torch functions called inside the block."""
+
+    def __init__(self, calls: list):
+        super().__init__()
+        self.calls = calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls.append(func)
+        return func(*args, **(kwargs or {}))
+
+
 def test_head_dim_sets_the_number_of_heads():
     model = make(2, False, head_dim=4)
     attn = model.mid.layers[1].blocks[0].attn1

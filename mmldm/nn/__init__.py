@@ -2,12 +2,12 @@
 
 from .attention import Attention, AttentionBlock, FeedForward, SpatialTransformer, TransformerBlock
 from .embeddings import TimestepEmbedding, timestep_embedding
-from .layers import avg_pool_nd, check_dims, conv_nd, conv_transpose_nd, group_norm, zero_module
-from .resnet import Downsample, ResBlock, Upsample
+from .layers import avg_pool_nd, check_dims, conv_fn, conv_nd, conv_transpose_nd, group_norm, zero_module
+from .resnet import Downsample, ResBlock, Upsample, transposed_upsample_pays, upsample_conv
 
 __all__ = [
     "Attention", "AttentionBlock", "FeedForward", "SpatialTransformer", "TransformerBlock",
     "TimestepEmbedding", "timestep_embedding",
-    "avg_pool_nd", "check_dims", "conv_nd", "conv_transpose_nd", "group_norm", "zero_module",
-    "Downsample", "ResBlock", "Upsample",
+    "avg_pool_nd", "check_dims", "conv_fn", "conv_nd", "conv_transpose_nd", "group_norm", "zero_module",
+    "Downsample", "ResBlock", "Upsample", "transposed_upsample_pays", "upsample_conv",
 ]

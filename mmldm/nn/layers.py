@@ -5,11 +5,14 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def check_dims(dims: int) -> int:
@@ -27,6 +30,11 @@ def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
 def conv_transpose_nd(dims: int, *args, **kwargs) -> nn.Module:
     """``nn.ConvTranspose{dims}d(*args, **kwargs)``."""
     return _CONV_T[check_dims(dims)](*args, **kwargs)
+
+
+def conv_fn(dims: int, transposed: bool = False):
+    """The functional form: ``F.conv{dims}d``, or ``F.conv_transpose{dims}d`` when ``transposed``."""
+    return (_CONV_T_FN if transposed else _CONV_FN)[check_dims(dims)]
 
 
 def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
