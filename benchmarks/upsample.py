@@ -7,8 +7,13 @@ This script times both forms, forward + backward (the training case), on the sha
 to, in alternating rounds, and writes the ratio transposed / interpolate next to what ``auto`` picks.
 The two forms agree to float rounding (tests/test_unet.py checks outputs and gradients in float64).
 
-    python -m benchmarks.upsample            # about a minute on 2 CPU threads
-    python -m benchmarks.upsample --quick    # three shapes, seconds
+With ``--presets`` it also times whole training steps of the voxel preset's models (``modality=voxel``:
+the phase-1 autoencoder on 32^3 grids, batch 16, and the phase-2 3D U-Net on 8^3 x 4 latents, batch 32)
+with every upsampler on ``auto`` against every upsampler on ``interpolate``, in alternating rounds.
+
+    python -m benchmarks.upsample              # about a minute on 2 CPU threads
+    python -m benchmarks.upsample --presets    # adds the voxel preset's training steps (2 more minutes)
+    python -m benchmarks.upsample --quick      # three shapes, seconds
 """
 
 from __future__ import annotations
@@ -65,7 +70,52 @@ def measure(shape: Sequence[int], rounds: int = 7) -> dict[str, Any]:
             "median_seconds": med, "ratio_transposed_to_interpolate": med["transposed"] / med["interpolate"]}
 
 
-def report(rows: list[dict[str, Any]], threads: int) -> str:
+def preset_steps(rounds: int = 7) -> dict[str, dict[str, Any]]:
+    """Training-step time of the voxel preset's autoencoder and U-Net, upsamplers ``auto`` vs ``interpolate``."""
+    import torch
+
+    from benchmarks.latent_vs_pixel import build, train_step
+    from mmldm.nn import Upsample
+
+    torch.manual_seed(0)
+    parts = build(32)
+    autoencoder = parts["autoencoder"].train()
+    denoiser, latent_shape = parts["latent"]
+    grids = (torch.rand(16, 1, 32, 32, 32) > 0.5).float()
+    opt = torch.optim.AdamW(autoencoder.parameters(), lr=1e-4)
+
+    def autoencoder_step() -> None:
+        loss = (autoencoder(grids).reconstruction - grids).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    steps = {"voxel autoencoder, phase-1 step (batch 16, 32^3)": autoencoder_step,
+             f"voxel U-Net, phase-2 step (batch 32, latents {latent_shape})":
+                 train_step(denoiser, latent_shape, 32, parts["schedule"])}
+    upsamplers = [m for m in [*autoencoder.modules(), *denoiser.modules()] if isinstance(m, Upsample)]
+
+    def use(method: str) -> None:
+        for m in upsamplers:
+            m.method = method
+
+    out = {}
+    for name, step in steps.items():
+        seconds: dict[str, list[float]] = {"auto": [], "interpolate": []}
+        for method in seconds:  # warm-up
+            use(method)
+            step()
+        for r in range(rounds):
+            for method in (list(seconds) if r % 2 == 0 else list(seconds)[::-1]):
+                use(method)
+                seconds[method].append(timed(step))
+        med = {k: statistics.median(v) for k, v in seconds.items()}
+        out[name] = {"median_seconds": med, "ratio_auto_to_interpolate": med["auto"] / med["interpolate"]}
+    use("auto")
+    return out
+
+
+def report(rows: list[dict[str, Any]], threads: int, presets: dict[str, dict[str, Any]] | None = None) -> str:
     lines = ["# Upsampling: transposed convolution / interpolate + convolution", "",
              f"Forward + backward, medians of alternating rounds, {threads} CPU threads. "
              "Positions: batch x input cells. `auto` is what mmldm.nn.upsample_conv picks.", "",
@@ -80,6 +130,12 @@ def report(rows: list[dict[str, Any]], threads: int) -> str:
     if picked:
         worst = max(r["ratio_transposed_to_interpolate"] for r in picked)
         lines += ["", f"Where `auto` picks the transposed form its time ratio is at most {worst:.2f}."]
+    if presets:
+        lines += ["", "## Training steps of the voxel preset's models", "",
+                  "| model | upsamplers interpolate s | upsamplers auto s | auto / interpolate |", "| --- | --- | --- | --- |"]
+        for name, r in presets.items():
+            m = r["median_seconds"]
+            lines.append(f"| {name} | {m['interpolate']:.3f} | {m['auto']:.3f} | **{r['ratio_auto_to_interpolate']:.2f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -87,14 +143,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.upsample", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds per shape (default 7)")
     p.add_argument("--quick", action="store_true", help="three small shapes, 2 rounds (a smoke run)")
+    p.add_argument("--presets", action="store_true", help="also time the voxel preset's autoencoder and U-Net steps")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "upsample")
     args = p.parse_args(argv)
     import torch
 
     rows = [measure(s, 2 if args.quick else args.rounds) for s in (QUICK if args.quick else SHAPES)]
+    presets = preset_steps(2 if args.quick else args.rounds) if args.presets else None
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
-    text = report(rows, torch.get_num_threads())
+    (args.out / "results.json").write_text(json.dumps(
+        {"threads": torch.get_num_threads(), "rows": rows, "presets": presets}, indent=2))
+    text = report(rows, torch.get_num_threads(), presets)
     (args.out / "results.md").write_text(text)
     print(text)
     return rows

@@ -134,3 +134,14 @@ def test_time_budget_follows_a_machine_that_speeds_up(monkeypatch):
         budget.on_train_batch_end(trainer, None)
     assert now[0] > 90  # the run used its time instead of stopping at the first plan (~30 steps)
     assert trainer.global_step > 400
+
+
+def test_upsample_benchmark_times_both_forms_and_reports_the_auto_choice(tmp_path):
+    from benchmarks import upsample
+
+    rows = upsample.main(["--quick", "--out", str(tmp_path)])
+    assert [r["shape"] for r in rows] == [list(s) for s in upsample.QUICK]
+    assert [r["auto_picks"] for r in rows] == ["interpolate", "transposed", "interpolate"]  # 2D 128, 3D 128, 1D 128
+    assert all(r["ratio_transposed_to_interpolate"] > 0 for r in rows)
+    text = (tmp_path / "results.md").read_text()
+    assert "| (2, 32, 4, 4, 4) | 128 |" in text and "auto picks" in text
