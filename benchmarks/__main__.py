@@ -4,8 +4,9 @@ Sections (each is a module that also runs alone, with its own ``--help``):
 
 1. ``unet_vs_diffusers``: mmldm's 2D U-Net against diffusers' ``UNet2DConditionModel`` at the same
    architecture, forward and training step, eager and with mmldm's fast-path switches, 11 alternating
-   rounds (the matched pair computes the same function with the same kernels, so its ratio sits within
-   the machine's noise of 1.0; the table gives the per-round range beside the median);
+   rounds (the matched pair computes the same function, mostly with the same kernels: mmldm's gain
+   comes from computing upsampling as one transposed convolution where that is cheaper,
+   ``python -m benchmarks.upsample``; the table gives the per-round range beside the median: the noise);
 2. ``utilization``: achieved FLOP/s of the U-Net forward over a large matmul's, and what bounds it;
 3. ``latent_cache``: phase-2 steps/s with and without the latent cache (300 procedural 32^3 shapes,
    2 rounds of 10 steps: the figure is a ratio, so a smaller data set than the module's default does);
