@@ -18,8 +18,8 @@ into mmldm (:func:`copy_weights`, pairing layers in the order the forward uses t
 agree to float rounding; the run reports the largest difference. Only module names and
 registration order differ, and how some layers compute the same function: mmldm applies the
 SpatialTransformer's 1x1 projections as matrix products on tokens, and an upsampler (nearest x2 +
-3-conv) as one stride-2 transposed convolution where :func:`mmldm.nn.transposed_upsample_pays` (here
-the 256-channel 16x16 one; the 512-channel 8x8 one at batch 2 stays interpolate + conv).
+3-conv) as one stride-2 transposed convolution where :func:`mmldm.nn.transposed_upsample_pays` says it
+is cheaper (here the 256-channel 16x16 one; the 512-channel 8x8 one at batch 2 stays interpolate + conv).
 
 Both run eagerly on the same inputs (latents ``[B, 4, R, R]``, timesteps ``[B]``, tokens
 ``[B, 77, d]``): a no-grad forward, and a training step (forward, MSE loss, backward, AdamW). Rounds

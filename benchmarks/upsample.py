@@ -11,8 +11,8 @@ With ``--presets`` it also times whole training steps of the voxel preset's mode
 the phase-1 autoencoder on 32^3 grids, batch 16, and the phase-2 3D U-Net on 8^3 x 4 latents, batch 32)
 with every upsampler on ``auto`` against every upsampler on ``interpolate``, in alternating rounds.
 
-    python -m benchmarks.upsample              # about a minute on 2 CPU threads
-    python -m benchmarks.upsample --presets    # adds the voxel preset's training steps (2 more minutes)
+    python -m benchmarks.upsample              # about 15 s on 2 CPU threads
+    python -m benchmarks.upsample --presets    # adds the voxel preset's training steps (about a minute more)
     python -m benchmarks.upsample --quick      # three shapes, seconds
 """
 

@@ -143,8 +143,7 @@ def test_spatial_transformer_projections_equal_their_1x1_convolutions(dims, chan
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("dims", [1, 2, 3])
-@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dims,channels_last", [(1, False), (2, False), (2, True), (3, False), (3, True)])
 def test_upsample_as_transposed_convolution_equals_nearest_then_conv(dims, channels_last):
     """The stride-2 transposed convolution with the derived 4-tap kernel computes nearest x2 + 3-conv:
     outputs and the gradients of input, weight and bias agree (float64, to rounding)."""
@@ -153,7 +152,7 @@ def test_upsample_as_transposed_convolution_equals_nearest_then_conv(dims, chann
     up = randomize(Upsample(dims, 6, 5)).double()
     x0 = torch.randn(B, 6, *[3 + i for i in range(dims)], generator=torch.Generator().manual_seed(2),
                      dtype=torch.float64)  # odd and unequal sides
-    if channels_last and dims > 1:
+    if channels_last:
         x0 = x0.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
     results = []
     for method in ("interpolate", "transposed"):
@@ -177,10 +176,14 @@ def test_upsample_method_auto_follows_the_cost_rule_and_bad_methods_are_named():
     assert not transposed_upsample_pays(torch.empty(4, 4, 128)) and transposed_upsample_pays(torch.empty(4, 4, 256))
     up = randomize(Upsample(2, 4))
     x = torch.randn(4, 4, 8, 8)
-    calls = []
-    with _Record(calls):
+    for batch, taken, avoided in ((4, "conv_transpose2d", "interpolate"), (2, "interpolate", "conv_transpose2d")):
+        calls = []
+        with _Record(calls):
+            up(x[:batch])
+        assert getattr(torch.nn.functional, taken) in calls and getattr(torch.nn.functional, avoided) not in calls
+    up.method = "bicubic"
+    with pytest.raises(ValueError, match="method='bicubic' is not valid"):
         up(x)
-    assert torch.nn.functional.conv_transpose2d in calls and torch.nn.functional.interpolate not in calls
     with pytest.raises(ValueError, match="method='bicubic' is not valid; choose one of: auto, transposed, interpolate"):
         Upsample(2, 4, method="bicubic")
     with pytest.raises(ValueError, match=r"needs a 3-tap kernel over 2 axes, got weight shape \(4, 4, 1, 1\)"):

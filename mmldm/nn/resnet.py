@@ -105,6 +105,12 @@ class Downsample(nn.Module):
 #: How :func:`upsample_conv` computes: ``auto`` picks by cost (:func:`transposed_upsample_pays`).
 UPSAMPLE_METHODS = ("auto", "transposed", "interpolate")
 
+
+def _check_upsample_method(method: str) -> str:
+    if method not in UPSAMPLE_METHODS:
+        raise ValueError(f"upsample method={method!r} is not valid; choose one of: {', '.join(UPSAMPLE_METHODS)}")
+    return method
+
 # Per axis, a 3-tap kernel (w0, w1, w2) applied after nearest x2 upsampling equals a stride-2 transposed
 # convolution (padding 1) with the 4-tap kernel (w2, w1 + w2, w0 + w1, w0): even outputs see inputs i-1, i
 # through (w0, w1 + w2), odd outputs see i, i+1 through (w0 + w1, w2). Rows: the 4 taps; columns: w0..w2.
@@ -128,9 +134,10 @@ def transposed_upsample_pays(x: Tensor) -> bool:
     pair), but first builds its ``4^d``-tap kernel from the weight, forward and backward: memory traffic of
     about ``3^d + 4^d`` words per channel pair. It pays when the multiply-adds saved per kernel word,
     ``positions * 2^d * (3^d - 2^d) / (3^d + 4^d)`` with ``positions = batch * input cells``, reach 200.
-    Measured on CPU (``python -m benchmarks.upsample``, forward + backward): from there on it took 0.13-0.97
-    of the time of interpolate + convolution in 2D and 3D (1.0 in 1D, where it saves only 1.5x); below,
-    small 2D maps and 1D sequences were up to 2x slower. So 1D takes it from 700 positions, 2D from 250
+    Measured on CPU (``python -m benchmarks.upsample``, forward + backward): from there on it took 0.13-0.94
+    of the time of interpolate + convolution in 2D and 3D (1.0 in 1D, where it saves only 1.5x), except
+    at the rule's edge with the heaviest weight (256 channels, 4^3 cells, batch 2: 0.84-1.08 over three
+    runs); below, small 2D maps were up to 1.3x and 1D sequences up to 2x slower. So 1D takes it from 700 positions, 2D from 250
     and 3D from 120. The voxel preset's training steps: autoencoder 0.87, U-Net 0.93 of their time with
     every upsampler on ``interpolate``.
     """
@@ -147,8 +154,7 @@ def upsample_conv(x: Tensor, weight: Tensor, bias: Tensor | None, method: str = 
     ``x`` and ``(3/2)^dims`` fewer multiply-adds; equal to float rounding, gradients included);
     ``auto`` takes whichever :func:`transposed_upsample_pays` says is cheaper for ``x``'s shape.
     """
-    if method not in UPSAMPLE_METHODS:
-        raise ValueError(f"upsample method={method!r} is not valid; choose one of: {', '.join(UPSAMPLE_METHODS)}")
+    _check_upsample_method(method)
     d = check_dims(x.ndim - 2)
     if tuple(weight.shape[2:]) != (3,) * d:
         raise ValueError(f"upsample_conv needs a 3-tap kernel over {d} axes, got weight shape {tuple(weight.shape)}")
@@ -163,7 +169,6 @@ def upsample_conv(x: Tensor, weight: Tensor, bias: Tensor | None, method: str = 
     return conv_fn(d, transposed=True)(x, kernel, bias, stride=2, padding=1)
 
 
-
 class Upsample(nn.Module):
     """Double every spatial axis (nearest), then an optional 3-conv.
 
@@ -175,10 +180,8 @@ class Upsample(nn.Module):
     def __init__(self, dims: int, channels: int, out_channels: int | None = None, use_conv: bool = True,
                  method: str = "auto"):
         super().__init__()
-        if method not in UPSAMPLE_METHODS:
-            raise ValueError(f"Upsample method={method!r} is not valid; choose one of: {', '.join(UPSAMPLE_METHODS)}")
         out_channels = out_channels or channels
-        self.method = method
+        self.method = _check_upsample_method(method)
         self.conv = conv_nd(dims, channels, out_channels, 3, padding=1) if use_conv else None
 
     def forward(self, x: Tensor) -> Tensor:

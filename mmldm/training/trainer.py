@@ -131,11 +131,11 @@ def bf16_conv_gradient_errors(dims: int, sides: tuple[int, ...] = (2, 4, 8)) -> 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         conv = conv_cls(128, 128, 3, padding=1)
-    ops = {"conv": (conv, 1), "upsample": (lambda x: upsample_conv(x, conv.weight, conv.bias, "transposed"), 2)}
+    ops = ((conv, 1), (lambda x: upsample_conv(x, conv.weight, conv.bias, "transposed"), 2))  # (op, output scale)
     errors = {}
     for side in sides:
         x = torch.randn(4, 128, *[side] * dims, generator=gen)
-        for op, scale in ops.values():
+        for op, scale in ops:
             grad_out = torch.randn(4, 128, *[side * scale] * dims, generator=gen)
             grads = []
             for bf16 in (False, True):
