@@ -38,19 +38,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks import latent_cache, latent_vs_pixel, unet_vs_diffusers, utilization
+from benchmarks import latent_cache, latent_vs_pixel, unet_peer, unet_vs_diffusers, unet_vs_monai, utilization
 from benchmarks.unet_vs_diffusers import Arch
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def fast_path() -> str:
-    """The variant that is mmldm's default on this CPU, the row held to <= 0.8 of diffusers' training step:
-    ``trainer.precision=auto`` trains in bf16 autocast where the CPU has native bf16 (with torch's default
-    AdamW, as Lightning refuses fused optimizers under mixed precision), else in float32 with fused AdamW."""
-    from mmldm.training.trainer import resolve_precision
-
-    return "mmldm_bf16" if resolve_precision("auto", "cpu", dims=2) == "bf16-mixed" else "mmldm_fused_adamw"
 
 GENERATION = REPO / "benchmarks" / "results" / "generation_mnist_samplers" / "results.json"
 
@@ -61,54 +53,71 @@ class Plan:
 
     unet: Arch
     unet_rounds: int
+    unet3d: Any  # benchmarks.unet_vs_monai.Arch
+    unet3d_rounds: int
     utilization: Arch
     utilization_rounds: int
     matmul_n: int
     latent_cache: tuple[str, ...]
     latent_vs_pixel: tuple[str, ...]
+    compile: bool = True  # the torch.compile setting on both sides of each U-Net pair
 
 
-FULL = Plan(Arch(), 11, replace(Arch(), batch=8), 5, 2048,
+FULL = Plan(Arch(), 11, unet_vs_monai.DEFAULT, 11, replace(Arch(), batch=8), 5, 2048,
             ("--steps", "10", "--rounds", "2", "--set", "modality.num_shapes=300"),
             # 64^3 pixel space costs ~370 GFLOP per forward of one grid: batch 1, 10 sampler steps, 2 rounds
             ("--resolution", "64", "--batch", "1", "--repeats", "2", "--sample-steps", "10"))
-QUICK = Plan(unet_vs_diffusers.QUICK, 2, unet_vs_diffusers.QUICK, 2, 512,
+QUICK = Plan(unet_vs_diffusers.QUICK, 2, unet_vs_monai.QUICK, 2, unet_vs_diffusers.QUICK, 2, 512,
              ("--steps", "3", "--rounds", "1", "--set", "modality.resolution=16", "modality.num_shapes=40",
               "data.batch_size=4"),
-             ("--resolution", "16", "--repeats", "1", "--sample-steps", "2", "--batch", "1"))
+             ("--resolution", "16", "--repeats", "1", "--sample-steps", "2", "--batch", "1"), compile=False)
 
 Row = dict[str, Any]  # benchmark, figure, value, target, met
 
 
-def row(benchmark: str, figure: str, value: float | None, target: str = "", ok: bool | None = None) -> Row:
-    return {"benchmark": benchmark, "figure": figure, "value": value, "target": target, "met": ok}
+def row(benchmark: str, figure: str, value: float | None, target: str = "", ok: bool | None = None,
+        **extra: Any) -> Row:
+    """A table row; ``extra`` (e.g. ``low``/``high`` of a per-round range) is kept in results.json."""
+    return {"benchmark": benchmark, "figure": figure, "value": value, "target": target, "met": ok, **extra}
+
+
+def peer_rows(r: dict[str, Any]) -> list[Row]:
+    """One row per setting (mmldm / peer at that setting, held to <= 1.0), then what bf16 buys each side."""
+    peer = r["peer"]
+    name = f"U-Net {r['dims']}D vs {peer}"
+    rows = []
+    for s in r["settings"].values():
+        q = s["ratio"]["train_step"]
+        rows.append(row(name, f"train step, mmldm / {peer}, both {s['label']} (median of {r['rounds']} interleaved "
+                        f"rounds; per-round {q['min']:.2f}-{q['max']:.2f})", q["median"], "<= 1.0",
+                        q["median"] <= 1.0, low=q["min"], high=q["max"]))
+        if s["compile"]:
+            first = s["first_step_seconds"]
+            rows.append(row(name, f"first compiled train step (compilation), s, mmldm / {peer}: "
+                            f"{first['mmldm']:.0f} / {first[peer]:.0f}", first["mmldm"] / first[peer]))
+    for side in ("mmldm", peer):
+        b = r["buys"].get("bf16", {}).get(side)
+        if b:
+            rows.append(row(name, f"what bf16 autocast buys: {side} bf16 / {side} float32 train step (same side; "
+                            f"per-round {b['min']:.2f}-{b['max']:.2f})", b["median"], low=b["min"], high=b["max"]))
+    mem = {side: s["peak_mb"][side] for side in ("mmldm", peer) for s in [r["settings"]["fp32"]] if "peak_mb" in s}
+    if mem:
+        rows.append(row(name, f"peak MB of a float32 train step, mmldm / {peer} ({mem['mmldm']:.0f} / "
+                        f"{mem[peer]:.0f} MB)", mem["mmldm"] / max(mem[peer], 1e-9)))
+    return rows
 
 
 def unet_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
-    r = unet_vs_diffusers.run(plan.unet, plan.unet_rounds, compile=args.compile)
-    v, name = r["variants"], "U-Net vs diffusers"
-    step = {k: x["ratio_to_diffusers"]["train_step"] for k, x in v.items()}
-    mem = {k: v[k]["peak_mb"]["train_step"] for k in ("mmldm", "diffusers")}
-    fast = fast_path()
-    rows = [
-        row(name, f"train step, mmldm / diffusers (matched, eager fp32; median of {r['rounds']} rounds, per-round "
-            "{:.2f}-{:.2f})".format(*v["mmldm"]["ratio_range"]["train_step"]), step["mmldm"], "<= 1.0",
-            step["mmldm"] <= 1.0),
-        row(name, "forward, mmldm / diffusers (matched, eager fp32)", v["mmldm"]["ratio_to_diffusers"]["forward"]),
-        row(name, f"train step, mmldm's default fast path on this CPU ({fast}) / diffusers (eager fp32)", step[fast],
-            "<= 0.8", step[fast] <= 0.8),
-        row(name, "train step, mmldm fp32 + fused AdamW / diffusers", step["mmldm_fused_adamw"]),
-        row(name, "train step, mmldm bf16 autocast / diffusers fp32", step["mmldm_bf16"]),
-        row(name, "train step, mmldm channels-last / diffusers", step["mmldm_channels_last"]),
-        row(name, "train step, diffusers with fused AdamW / diffusers", step["diffusers_fused_adamw"]),
-        row(name, f"peak MB of a train step, mmldm / diffusers ({mem['mmldm']:.0f} / {mem['diffusers']:.0f} MB)",
-            mem["mmldm"] / max(mem["diffusers"], 1e-9)),
-    ]
-    if unet_vs_diffusers.COMPILED.name in v:
-        c = v[unet_vs_diffusers.COMPILED.name]
-        rows.append(row(name, "train step, mmldm torch.compile + fused AdamW / diffusers", step[c["name"]]))
-        rows.append(row(name, "first compiled train step (compilation), s", c["first_step_seconds"]))
-    return r, rows, unet_vs_diffusers.report(r)
+    r = unet_vs_diffusers.run(plan.unet, plan.unet_rounds, compile=plan.compile or args.compile)
+    r["dims"] = 2
+    return r, peer_rows(r), unet_vs_diffusers.report(r)
+
+
+def unet3d_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
+    settings = [*unet_peer.SETTINGS, unet_peer.COMPILED] if plan.compile or args.compile else unet_peer.SETTINGS
+    r = unet_peer.run(unet_vs_monai, plan.unet3d, plan.unet3d_rounds, settings)
+    r["dims"] = 3
+    return r, peer_rows(r), unet_peer.report(r, "mmldm 3D U-Net vs MONAI DiffusionModelUNet, at equal settings")
 
 
 def utilization_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
@@ -175,7 +184,7 @@ def samplers_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[d
 
 
 SECTIONS: dict[str, Callable[[Plan, Path, argparse.Namespace], tuple[dict, list[Row], str]]] = {
-    "unet_vs_diffusers": unet_section, "utilization": utilization_section, "latent_cache": latent_cache_section,
+    "unet_vs_diffusers": unet_section, "unet_vs_monai": unet3d_section, "utilization": utilization_section, "latent_cache": latent_cache_section,
     "latent_vs_pixel": latent_vs_pixel_section, "samplers": samplers_section,
 }
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from benchmarks import __main__ as entry
+from benchmarks import unet_peer
 from benchmarks import unet_vs_diffusers as uvd
 from benchmarks import utilization
 from mmldm.interfaces import Conditioning
@@ -81,15 +82,31 @@ def test_peak_rss_reports_the_high_water_mark():
     assert memory["peak_rss_mb"] >= memory["rss_before_mb"] > 0 and "VmHWM" in memory["method"]
 
 
-def test_unet_benchmark_times_every_variant_against_diffusers():
-    r = uvd.run(TINY, rounds=1, memory=False)
+def test_unet_benchmark_times_both_sides_at_every_setting():
+    r = uvd.run(TINY, rounds=2, memory=False)
     assert r["parameters"]["mmldm"] == r["parameters"]["diffusers"] and r["max_abs_output_difference"] < 1e-5
-    rows = r["variants"]
-    assert list(rows) == [v.name for v in uvd.VARIANTS]
-    assert rows["diffusers"]["ratio_to_diffusers"] == {"forward": 1.0, "train_step": 1.0}
-    assert rows["mmldm_fused_adamw"]["median_seconds"]["forward"] is None  # shares the eager model's forward
-    assert all(v["ratio_to_diffusers"]["train_step"] > 0 for v in rows.values())
-    assert "| mmldm_bf16 |" in uvd.report(r)
+    rows = r["settings"]
+    assert list(rows) == [s.name for s in unet_peer.SETTINGS] == ["fp32", "fused_adamw", "bf16", "channels_last"]
+    for s in rows.values():  # both sides timed at the setting, the ratio is theirs, per round
+        q = s["ratio"]["train_step"]
+        assert q["min"] <= q["median"] <= q["max"] and q["min"] > 0
+        assert s["seconds"]["mmldm"]["train_step"] > 0 and s["seconds"]["diffusers"]["train_step"] > 0
+    assert rows["fused_adamw"]["ratio"].get("forward") is None  # shares the float32 forward
+    assert set(r["buys"]) == {"fused_adamw", "bf16", "channels_last"}  # each side against its own float32
+    table = uvd.report(r)
+    assert "| bf16 autocast, eager, for-each AdamW |" in table and "step mmldm / diffusers (min-max)" in table
+    rows = entry.peer_rows({**r, "dims": 2})
+    assert [x["target"] for x in rows[:4]] == ["<= 1.0"] * 4
+    assert any(x["figure"].startswith("what bf16 autocast buys: diffusers") for x in rows)
+
+
+def test_runners_put_inputs_in_the_settings_memory_format():
+    seen = []
+    inputs = uvd.make_inputs(TINY)
+    call = lambda x, t, c: seen.append(x.is_contiguous(memory_format=torch.channels_last)) or x.sum()  # noqa: E731
+    for setting in (unet_peer.FP32, unet_peer.SETTINGS[3]):
+        unet_peer.runners(call, [torch.zeros(1, requires_grad=True)], setting, inputs, {})["forward"]()
+    assert seen == [False, True]
 
 
 def test_utilization_explains_what_bounds_it():

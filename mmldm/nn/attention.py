@@ -125,6 +125,8 @@ class SpatialTransformer(nn.Module):
         for block in self.blocks:
             h = block(h, context, mask)
         w_out = self.proj_out.weight.flatten(1)
+        if torch.is_autocast_enabled(x.device.type):  # cast once: autocast would cast the B-fold expand below
+            w_out = w_out.to(torch.get_autocast_dtype(x.device.type))
         if x.is_contiguous():
             out = torch.baddbmm(x.flatten(2) + self.proj_out.bias[:, None], w_out.expand(x.shape[0], -1, -1),
                                 h.transpose(1, 2))

@@ -62,7 +62,10 @@ class ResBlock(nn.Module):
             e = self.emb(F.silu(emb)).reshape(*emb.shape[:1], -1, *([1] * (h.ndim - 2)))  # (B, C', 1, ...)
             if self.scale_shift:
                 scale, shift = e.chunk(2, dim=1)
-                h = torch.addcmul(shift, h, 1 + scale)  # h * (1 + scale) + shift in one pass
+                # two elementwise ops, not one addcmul: torch's addcmul with a broadcast [B, C, 1, ...]
+                # operand takes a slow path (forward + backward 1.1-2.9x the time of mul + add here,
+                # float32 and bf16, dims 2 and 3)
+                h = h * (1 + scale) + shift
             else:
                 h = h + e
         h = self.conv2(self.dropout(F.silu(h)))
