@@ -69,7 +69,7 @@ FULL = Plan(Arch(), 11, unet_vs_monai.DEFAULT, 11, replace(Arch(), batch=8), 5, 
             ("--resolution", "64", "--batch", "1", "--repeats", "2", "--sample-steps", "10"))
 QUICK = Plan(unet_vs_diffusers.QUICK, 2, unet_vs_monai.QUICK, 2, unet_vs_diffusers.QUICK, 2, 512,
              ("--steps", "3", "--rounds", "1", "--set", "modality.resolution=16", "modality.num_shapes=40",
-              "data.batch_size=4"),
+              "data.batch_size=4", "diffusion.batch_size=4"),
              ("--resolution", "16", "--repeats", "1", "--sample-steps", "2", "--batch", "1"), compile=False)
 
 Row = dict[str, Any]  # benchmark, figure, value, target, met
@@ -131,7 +131,10 @@ def latent_cache_section(plan: Plan, out: Path, args: argparse.Namespace) -> tup
     r = latent_cache.main([*plan.latent_cache, "--out", str(out / "latent_cache")])
     ratio = r["ratio_cache_over_no_cache"]
     md = (out / "latent_cache" / "results.md").read_text()
-    return r, [row("Latent cache", "phase-2 steps/s, with / without cache", ratio, ">= 1.5", ratio >= 1.5)], md
+    return r, [row("Latent cache", "phase-2 steps/s, with cache / batched encoding in the training step", ratio,
+               ">= 1.5", ratio >= 1.5),
+           row("Latent cache", f"{r['end_to_end']['steps']:,}-step phase 2 end to end (cache writing included), "
+               "without / with cache (computed from the measured rates)", r["end_to_end"]["ratio_no_cache_over_cache"])], md
 
 
 def latent_vs_pixel_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:

@@ -120,6 +120,66 @@ def test_latent_vs_pixel_measures_both_sides(tmp_path):
     assert "pixel / latent" in (tmp_path / "results.md").read_text()
 
 
+LATENT_CACHE_TINY = ["modality=voxel", "modality.resolution=16", "modality.num_shapes=40"]
+
+
+def test_latent_cache_end_to_end_and_break_even_follow_from_the_rates():
+    from benchmarks.latent_cache import end_to_end
+
+    e2e = end_to_end(10.0, {"cache": 4.0, "no_cache": 1.0}, 100)
+    assert e2e["seconds"] == {"cache": pytest.approx(35.0), "no_cache": pytest.approx(100.0)}
+    assert e2e["ratio_no_cache_over_cache"] == pytest.approx(100 / 35)
+    assert e2e["break_even_steps"] == pytest.approx(10 / 0.75)  # 10 s saved back at 0.75 s per step
+    assert end_to_end(10.0, {"cache": 1.0, "no_cache": 1.0}, 100)["break_even_steps"] is None
+
+
+def test_latent_cache_on_the_fly_latents_match_the_cached_ones(tmp_path, one_thread):
+    """The uncached side's batched encoding trains on the cache's distribution: the same normalized
+    posterior mean, and posterior samples that are that mean plus std-scaled standard normal noise."""
+    import torch
+
+    from benchmarks.latent_cache import BatchEncoder
+    from mmldm.build import build_autoencoder, build_modality
+    from mmldm.configuration import compose
+    from mmldm.latents import LatentStats
+    from mmldm.training.data import LatentCacheDataset, encode_dataset
+
+    cfg = compose(LATENT_CACHE_TINY)
+    modality = build_modality(cfg.modality)
+    autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality).eval()
+    train = modality.dataset("train")
+    x = torch.stack([train[i]["x"] for i in range(8)])
+    stats = LatentStats.measure(autoencoder, [x])
+    encode_dataset(autoencoder, train, tmp_path, batch_size=4, progress=False)
+    cached = torch.stack([LatentCacheDataset(tmp_path, stats, sample=False)[i]["z"] for i in range(8)])
+    mode = BatchEncoder(autoencoder, stats, sample=False)(x)
+    torch.testing.assert_close(mode, cached, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        scale = autoencoder.encode(x).std / torch.tensor(stats.std).view(1, -1, 1, 1, 1)
+    noise = (BatchEncoder(autoencoder, stats)(x) - mode) / scale
+    assert abs(noise.mean().item()) < 0.15 and abs(noise.std().item() - 1) < 0.15
+
+
+def test_latent_cache_reports_measured_and_computed_figures(tmp_path):
+    from benchmarks import latent_cache
+
+    r = latent_cache.main(["--steps", "2", "--rounds", "1", "--set", *LATENT_CACHE_TINY[1:], "diffusion.batch_size=4",
+                           "diffusion.max_steps=500", "--out", str(tmp_path)])
+    med, e2e, encode = r["steps_per_second"], r["end_to_end"], r["encode_once_seconds"]
+    assert (r["batch_size"], r["num_workers"], e2e["steps"]) == (4, 0, 500)
+    assert min(med.values()) > 0 and encode > 0 and len(r["rounds"]["encode_once"]) == 1
+    assert r["ratio_cache_over_no_cache"] == pytest.approx(med["cache"] / med["no_cache"])
+    assert e2e["seconds"]["cache"] == pytest.approx(encode + 500 / med["cache"])
+    assert e2e["seconds"]["no_cache"] == pytest.approx(500 / med["no_cache"])
+    assert e2e["ratio_no_cache_over_cache"] == pytest.approx(e2e["seconds"]["no_cache"] / e2e["seconds"]["cache"])
+    if e2e["break_even_steps"] is not None:  # there, both sides have taken the same time
+        even = e2e["break_even_steps"]
+        assert encode + even / med["cache"] == pytest.approx(even / med["no_cache"])
+    assert json.loads((tmp_path / "results.json").read_text()) == r
+    md = (tmp_path / "results.md").read_text()
+    assert "encoded in the training step" in md and "end-to-end ratio" in md and "500 steps" in md
+
+
 def test_time_budget_follows_a_machine_that_speeds_up(monkeypatch):
     """A run calibrated while the machine was slow re-plans when it reaches its end early."""
     now = [0.0]
