@@ -9,7 +9,8 @@ with the *held-out* items' conditions):
   given: the learned tokenizer and text encoder carry it). An independent
   classifier, trained on the real training images' classes, labels each
   sample; the score is the share whose label is the class named by its
-  caption (and the Frechet distance in the classifier's features).
+  caption, with n and a Wilson 95% interval (and the Frechet distance in the
+  classifier's features).
 * ``text_shapes``: the same on 10,000 of the image modality's embedded shapes
   (8 classes, captions such as "a small red star on the left").
 * ``segmentation``: MNIST digits (9,000 train / 1,000 held out, 32x32) with
@@ -168,22 +169,56 @@ def _sample(pipe: Any, cond: dict[str, Any], args: argparse.Namespace) -> tuple[
     return samples, round(time.perf_counter() - start, 1)
 
 
+def score_text(task_name: str, results: dict[str, Any]) -> str:
+    """The headline score: a mean IoU as it is; a caption-class accuracy with its n (stored, else the number
+    of held-out conditions sampled) and Wilson 95% interval."""
+    from mmldm.evaluation.stats import format_share
+
+    if task_name == "segmentation":
+        return f"{results['score']:.4f}"
+    n = results["metrics"].get("class_accuracy_n", results["settings"]["samples"])
+    return format_share(results["score"], n)
+
+
+def _metric_rows(metrics: dict[str, Any], samples: int) -> list[str]:
+    """``| metric | value |`` rows of the float metrics; a class accuracy with its n (stored, else the
+    ``samples`` drawn) and interval."""
+    from mmldm.evaluation.stats import format_share
+
+    rows = []
+    for k, v in metrics.items():
+        if k == "class_accuracy":
+            rows.append(f"| {k} | {format_share(v, metrics.get('class_accuracy_n', samples))} |")
+        elif isinstance(v, float):
+            rows.append(f"| {k} | {v:.4g} |")
+    return rows
+
+
+def _classifier_line(clf: dict[str, Any]) -> str:
+    """The judge's held-out accuracy, with n and interval when stored (earlier results: the share alone)."""
+    from mmldm.evaluation.stats import format_share
+
+    n = clf.get("val_accuracy_n")
+    return (f"Classifier held-out accuracy on real images: {format_share(clf['val_accuracy'], n)}"
+            + ("." if n else " (n not stored with these results)."))
+
+
 def report(task_name: str, task: Task, results: dict[str, Any]) -> str:
     train = results["training"]
     s = results["settings"]
     verdict = "meets" if results["score"] >= task.target else "is below"
-    name = "mean IoU" if task_name == "segmentation" else "caption-class accuracy"
+    name = "mean IoU" if task_name == "segmentation" else "caption-class accuracy (n, 95% CI)"
     lines = [f"# Conditioning on `{task.key}`: {task_name}", "",
              f"Budget: phase 1 {s['ae_minutes']} min + phase 2 {s['diffusion_minutes']} min; the training run took "
              f"{train['wall_seconds'] / 60:.1f} min wall clock ({train['metrics'].get('diffusion', {}).get('steps')} "
              "phase-2 steps).",
              f"{s['samples']} held-out conditions, DPM-Solver++(2M) {s['steps']} steps, guidance {s['guidance']}, "
              f"seed {s['seed']} ({results['sampling_seconds']} s).", "",
-             f"**{name}: {results['score']:.4f}** ({verdict} the target {task.target:g}).", "",
+             f"**{name}: {score_text(task_name, results)}** ({verdict} the target {task.target:g}).", "",
              "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.4g} |" for k, v in results["metrics"].items() if isinstance(v, float)]
+    lines += _metric_rows(results["metrics"], s["samples"])
     if "classifier" in results:
-        lines += ["", f"Classifier held-out accuracy on real images: {results['classifier']['val_accuracy']:.4f}."]
+        lines += ["", _classifier_line(results["classifier"])]
     lines += ["", f"Overrides: `{' '.join(s['overrides'])}`", ""]
     return "\n".join(lines)
 

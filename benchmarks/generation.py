@@ -15,9 +15,11 @@ What it does, in one run of a task (``mnist`` or ``voxel``):
    ``--per-class`` samples of each class from the same seed with every
    sampler setting of the task (for mnist: 25 DPM-Solver++(2M) steps and 250
    DDPM steps at guidance 3, and more), and reports the share the classifier
-   labels with their conditioning class, the Frechet distance of the
-   classifier's features against the held-out data, and the modality's own
-   generation metrics (for voxels MMD, COV and 1-NNA).
+   labels with their conditioning class (with n and a Wilson 95% interval),
+   the Frechet distance of the classifier's features against the held-out
+   data, and the modality's own generation metrics (for voxels MMD, COV and
+   1-NNA) at equal sizes over 5 random subsets, beside the same metrics of two
+   disjoint held-out subsets (what a perfect generator scores).
 
 Results go to ``benchmarks/results/generation_<task>/results.{json,md}`` with a
 sample grid (one row per class) beside them.
@@ -158,21 +160,24 @@ def train_model(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out: Path,
-          settings: Sequence[tuple[str, str, int, float]]) -> dict[str, Any]:
+          settings: Sequence[tuple[str, str, int, float]], real_labels: Any = None) -> dict[str, Any]:
     """Every setting from the same seed (:func:`mmldm.evaluation.generation.judge_samples`); the headline
-    setting's samples are written (a grid with one row per class)."""
+    setting's samples are written (a grid with one row per class). The real-vs-real null of the set
+    metrics is measured once and shared (it depends on the real set, the size and the seed only)."""
     import torch
 
     from mmldm.evaluation.generation import judge_samples
+    from mmldm.evaluation.stats import format_share
 
     classes = pipe.modality.num_classes
-    results = {}
+    results: dict[str, Any] = {}
+    null = None
     for name, sampler, steps, guidance in settings:
         m, samples, _ = judge_samples(pipe, classifier, real, per_class, sampler=sampler, steps=steps,
-                                      guidance=guidance, seed=seed)
-        results[name] = m
-        print(f"{name}: accuracy {m['class_accuracy']:.4f}, Frechet {m['frechet_distance']:.3f}, "
-              f"{m['sampling_seconds']:.0f} s", flush=True)
+                                      guidance=guidance, seed=seed, real_labels=real_labels, null=null)
+        results[name], null = m, m["modality_sets"]
+        print(f"{name}: accuracy {format_share(m['class_accuracy'], m['class_accuracy_n'])}, "
+              f"Frechet {m['frechet_distance']:.3f}, {m['sampling_seconds']:.0f} s", flush=True)
         if name == settings[0][0]:  # the headline setting's files: a grid with one row per class
             idx = torch.cat([torch.arange(k * per_class, k * per_class + min(10, per_class)) for k in range(classes)])
             if pipe.modality.dims == 2:
@@ -198,11 +203,112 @@ def save_grid(images: Any, path: Path, nrow: int) -> None:
     Image.fromarray(grid[0] if c == 1 else grid.transpose(1, 2, 0)).save(path)
 
 
+def load_null_reference() -> dict[str, Any] | None:
+    """The results of ``python -m benchmarks.null_reference`` when they exist (for results without a null)."""
+    path = REPO / "benchmarks" / "results" / "null_reference" / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _budget(minutes: float | None) -> str:
     return f"{minutes} min" if minutes else "the preset's steps"
 
 
-def report(results: dict[str, Any]) -> str:
+def accuracy_n(results: dict[str, Any], m: dict[str, Any]) -> tuple[int | None, bool]:
+    """n of a setting's class accuracy and whether it was stored: ``class_accuracy_n``, else (results
+    written before it was) ``per_class`` x the classes in ``per_class_accuracy``; ``None`` when neither is."""
+    if "class_accuracy_n" in m:
+        return int(m["class_accuracy_n"]), True
+    classes = len(m.get("per_class_accuracy") or {})
+    return (results["settings"]["per_class"] * classes or None), False
+
+
+def accuracy_lines(results: dict[str, Any]) -> list[str]:
+    """The class accuracy of every setting with its n and Wilson 95% interval."""
+    from mmldm.evaluation.stats import format_share
+
+    counted = {name: accuracy_n(results, m) for name, m in results["samples"].items()}
+    lines = ["", "Class accuracy with the samples judged and its Wilson 95% interval"
+             + ("" if all(stored for _, stored in counted.values()) else
+                " (n of results written before it was stored: samples per class x classes)") + ":", "",
+             "| setting | class accuracy (n, 95% CI) |", "| --- | --- |"]
+    lines += [f"| {name} | {format_share(m['class_accuracy'], counted[name][0])} |" for name, m in results["samples"].items()]
+    return lines
+
+
+def _fisher(results: dict[str, Any], a: str, b: str) -> str:
+    """`` (Fisher's exact test p = 0.33)`` of two settings' class accuracies when both counts are known."""
+    from scipy.stats import fisher_exact
+
+    counts = []
+    for name in (a, b):
+        m = results["samples"][name]
+        n = accuracy_n(results, m)[0]
+        if not n:
+            return ""
+        k = round(m["class_accuracy"] * n)
+        counts.append([k, n - k])
+    return f" (Fisher's exact test p = {fisher_exact(counts).pvalue:.2g})"
+
+
+def _stored_null(results: dict[str, Any], null_reference: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """The sizes of results written before repeats (``"120x200"``: every sample against every held-out item)
+    and the null that ``python -m benchmarks.null_reference`` measured at them, if it did."""
+    sizes = f"{accuracy_n(results, next(iter(results['samples'].values())))[0]}x{results['settings']['real']}"
+    task = (null_reference or {}).get("tasks", {}).get(results["settings"]["task"], {})
+    return sizes, task.get("pairs", {}).get(sizes)
+
+
+def set_metric_lines(results: dict[str, Any], null_reference: dict[str, Any] | None = None) -> list[str]:
+    """The modality's set metrics (1-NNA, COV, ...) of every setting beside the real-vs-real null: the one
+    measured with them, or for results written before repeats, ``null_reference`` (the results of
+    ``python -m benchmarks.null_reference``) at the same sizes when it holds them."""
+    from mmldm.evaluation.stats import format_mean_sd
+
+    samples = results["samples"]
+    keys = sorted({k for m in samples.values() for k in m.get("modality", {})})
+    if not keys:
+        return []
+
+    def row(label: str, summaries: dict[str, Any]) -> str:
+        return f"| {label} | " + " | ".join(format_mean_sd(summaries.get(k)) for k in keys) + " |"
+
+    sets = {name: m["modality_sets"] for name, m in samples.items() if m.get("modality_sets")}
+    rows = [row(name, s["generated"]) for name, s in sets.items()]
+    if sets:
+        first = next(iter(sets.values()))
+        null = first["null"]
+        caption = (f"mean ± sd over {first['repeats']} random subsets of {first['size']} generated vs {first['size']} "
+                   f"held-out items (of {first['generated_pool']} and {first['real_pool']}); null: the same metric "
+                   f"between two disjoint held-out subsets of {first['size']}, what a perfect generator scores")
+    else:
+        sizes, ref = _stored_null(results, null_reference)
+        null = ref["metrics"] if ref else None
+        caption = (f"one comparison of the {sizes.replace('x', ' generated vs ')} held-out items (results written "
+                   "before repeats and a null were measured); "
+                   + (f"null: two real sets of these sizes, {ref['repeats']} draws (`python -m benchmarks.null_reference`)"
+                      if ref else "no real-vs-real null stored at these sizes (`python -m benchmarks.null_reference` "
+                      "measures it for voxels)"))
+    rows = ([row("null (real vs real)", null)] if null else []) + rows
+    rows += [f"| {name} | " + " | ".join(f"{m['modality'][k]:.4g}" for k in keys) + " |"
+             for name, m in samples.items() if name not in sets]
+    return ["", f"Set metrics: {caption}.", "", "| | " + " | ".join(keys) + " |", "| --- " * (len(keys) + 1) + "|",
+            *rows]
+
+
+def _classifier_line(results: dict[str, Any]) -> str:
+    """The judge's held-out accuracy with its n (stored, else the held-out set it was tested on) and interval."""
+    from mmldm.evaluation.stats import format_share
+
+    clf = results["classifier"]
+    n = clf.get("val_accuracy_n", results["settings"].get("real"))
+    inferred = "; n: the held-out set's size" if "val_accuracy_n" not in clf else ""
+    return (f"Classifier: held-out accuracy {format_share(clf['val_accuracy'], n)} "
+            f"({clf['epochs']} epochs, {clf['seconds']} s{inferred}).")
+
+
+def report(results: dict[str, Any], null_reference: dict[str, Any] | None = None) -> str:
+    """``results.md``: the training budget, the judge, the table of settings, class accuracies with n and 95%
+    intervals and set metrics beside their real-vs-real null (``null_reference``: see :func:`set_metric_lines`)."""
     train = results["training"]
     diff = train["metrics"].get("diffusion", {})
     ae = train["metrics"].get("autoencoder", {}).get("reconstruction", {})
@@ -218,8 +324,7 @@ def report(results: dict[str, Any]) -> str:
         f"whole training run (both phases, latent statistics, cache, export) {train['wall_seconds'] / 60:.1f} min wall clock.",
         f"Phase 2: {diff.get('steps')} steps. "
         f"Autoencoder held-out reconstruction: {', '.join(f'{k} {v:.4g}' for k, v in ae.items())}.",
-        f"Classifier: held-out accuracy {results['classifier']['val_accuracy']:.4f} "
-        f"({results['classifier']['epochs']} epochs, {results['classifier']['seconds']} s).",
+        _classifier_line(results),
         f"Samples: {results['settings']['per_class']} per class, Frechet distance against the "
         f"{results['settings']['real']} held-out images in the classifier's feature space.",
         "",
@@ -230,10 +335,12 @@ def report(results: dict[str, Any]) -> str:
     for name, m in results["samples"].items():
         own = "".join(f"{m['modality'][k]:.4g} | " for k in extra)
         lines.append(f"| {name} | {m['class_accuracy']:.4f} | {m['frechet_distance']:.3f} | {own}{m['sampling_seconds']} |")
+    lines += [*accuracy_lines(results), *set_metric_lines(results, null_reference)]
     s = results["samples"]
     if "dpmpp_2m-25-g3" in s and "ddpm-250-g3" in s:
         gap = 100 * (s["dpmpp_2m-25-g3"]["class_accuracy"] - s["ddpm-250-g3"]["class_accuracy"])
-        lines += ["", f"DPM-Solver++(2M) 25 steps minus DDPM 250 steps: {gap:+.2f} accuracy points."]
+        lines += ["", f"DPM-Solver++(2M) 25 steps minus DDPM 250 steps: {gap:+.2f} accuracy points"
+                  f"{_fisher(results, 'dpmpp_2m-25-g3', 'ddpm-250-g3')}."]
     for name, table in results.get("extra", {}).items():  # e.g. the Griffin-Lim ceiling of audio
         rows = list(table.items())
         keys = sorted({k for _, v in rows for k in v})
@@ -296,12 +403,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "report": json.dumps(clf)}, saved)
     print(f"classifier held-out accuracy {clf['val_accuracy']:.4f}", flush=True)
     real = torch.stack([val_set[i]["x"] for i in range(len(val_set))])
+    real_labels = torch.tensor([val_set[i]["cond"]["class"] for i in range(len(val_set))])
 
     pipe = LatentDiffusion.from_pretrained(run_dir / "export")
     chosen = [st for st in task.settings if not args.settings or st[0] in args.settings]
     if not chosen:
         raise SystemExit(f"--settings {args.settings}: none of the task's settings {[st[0] for st in task.settings]}")
-    samples = judge(pipe, classifier, real, args.per_class, args.seed, out, chosen)
+    samples = judge(pipe, classifier, real, args.per_class, args.seed, out, chosen, real_labels)
     settings = {"task": args.task, "ae_minutes": args.ae_minutes, "diffusion_minutes": args.diffusion_minutes, "per_class": args.per_class,
                 "real": len(real), "seed": args.seed, "note": args.note,
                 "overrides": [o for o in task_overrides(args) if not o.startswith("modality.root=")]}
@@ -310,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["extra"] = task.extra(pipe, real)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    text = report(results)
+    text = report(results, load_null_reference())
     (out / "results.md").write_text(text)
     print(text)
     return results

@@ -257,7 +257,7 @@ def run(peer: ModuleType, arch: Any, rounds: int = 7, settings: Sequence[Setting
         rows[s.name] = row
     buys = {s.name: {side: _spread([a / b for a, b in zip(seconds[(s.name, side)]["train_step"],
                                                            seconds[(FP32.name, side)]["train_step"])])
-                     for side in sides} for s in settings if s.name != FP32.name}
+                     for side in sides} for s in settings if s.name != FP32.name and FP32 in settings}
     return {"peer": peer.PEER, "arch": arch.as_dict(), "description": peer.describe(arch), "rounds": rounds,
             "threads": torch.get_num_threads(), **check, "settings": rows, "buys": buys}
 

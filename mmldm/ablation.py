@@ -180,9 +180,11 @@ def run_variant(study: Study, form: str, name: str, extra: Sequence[str], out: P
         "reconstruction": ae.get("reconstruction", {}),
         "latent": {k: ae.get("latent", {}).get(k) for k in ("shape", "channel_std", "kl_per_element")},
         "robustness": ae.get("robustness", {}),
-        "generation": {k: judged[k] for k in ("class_accuracy", "frechet_distance", "sampling_seconds")},
+        "generation": {k: judged[k] for k in ("class_accuracy", "class_accuracy_n", "class_accuracy_ci",
+                                              "frechet_distance", "sampling_seconds")},
         "modality_generation": judged["modality"],
-        "classifier_val_accuracy": clf_report["val_accuracy"],
+        "modality_sets": judged["modality_sets"],
+        **{f"classifier_{k}": clf_report[k] for k in ("val_accuracy", "val_accuracy_n", "val_accuracy_ci")},
     }
 
 
@@ -217,7 +219,8 @@ def run_study(study: Study, form: str = "quick", out: str | Path = "ablations", 
             rows[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
                           "overrides": study.overrides(form, name, extra)}
         print(f"[ablate {study.name}] {name}: {rows[name]['status']} after {time.perf_counter() - t0:.0f} s", flush=True)
-    report = {"study": study.name, "question": study.question, "form": form, "seed": seed, "extra": list(extra),
+    report = {"study": study.name, "question": study.question, "form": form, "seed": seed, "per_class": per_class,
+              "extra": list(extra),
               "budget": [o for o in getattr(study, form) if "max_minutes" in o or "max_steps" in o],
               "wall_seconds": round(time.perf_counter() - start, 1), "variants": rows}
     write_report(report, out)
@@ -233,23 +236,59 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _share(value: float | None, n: int | None) -> str:
+    """A share with its count and Wilson 95% interval, e.g. ``84.5% (169/200, 95% CI 78.8-88.9%)``;
+    the bare value when ``n`` is not known."""
+    from .evaluation.stats import format_share
+
+    return format_share(value, n)
+
+
+def _set_cell(r: dict[str, Any], key: str) -> str:
+    """A set metric: mean ± sd over repeats and the real-vs-real null beside it (the bare value for a
+    report written before repeats were measured)."""
+    from .evaluation.stats import format_mean_sd
+
+    sets = r.get("modality_sets")
+    if not sets or key not in sets["generated"]:
+        return _fmt(r["modality_generation"].get(key))
+    return f"{format_mean_sd(sets['generated'][key])} (null {format_mean_sd(sets['null'].get(key))})"
+
+
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the Markdown table: one row per variant, failures included."""
     ok = [r for r in report["variants"].values() if r["status"] == "ok"]
     rec = sorted({k for r in ok for k in r["reconstruction"]})
     own = sorted({k for r in ok for k, v in r["modality_generation"].items() if isinstance(v, (int, float))})
-    header = ["variant", *rec, "latent shape", "latent std", "class accuracy", "Frechet", *own,
+    header = ["variant", *rec, "latent shape", "latent std", "class accuracy (n, 95% CI)", "Frechet", *own,
               "phase-2 steps", "train s", "status"]
     rows = []
     for name, r in report["variants"].items():
         if r["status"] != "ok":
             rows.append([name, *[""] * (len(header) - 2), f"failed: {r['error']}"])
             continue
+        gen = r["generation"]
         rows.append([name, *[_fmt(r["reconstruction"].get(k)) for k in rec], "x".join(map(str, r["latent"]["shape"] or [])),
-                     _fmt(r["latent"]["channel_std"]), _fmt(r["generation"]["class_accuracy"]),
-                     _fmt(r["generation"]["frechet_distance"]), *[_fmt(r["modality_generation"].get(k)) for k in own],
+                     _fmt(r["latent"]["channel_std"]), _share(gen["class_accuracy"], gen.get("class_accuracy_n")),
+                     _fmt(gen["frechet_distance"]), *[_set_cell(r, k) for k in own],
                      _fmt(r["diffusion_steps"]), _fmt(r["train_seconds"]), "ok"])
     return header, rows
+
+
+def _set_note(report: dict[str, Any]) -> list[str]:
+    """The sentence that says how the set metrics (1-NNA, COV, ...) were measured."""
+    ok = [r for r in report["variants"].values() if r["status"] == "ok" and r["modality_generation"]]
+    if not ok:
+        return []
+    sets = [r["modality_sets"] for r in ok if r.get("modality_sets")]
+    if not sets:
+        return ["", "Set metrics (" + ", ".join(sorted(ok[0]["modality_generation"])) + "): one comparison of the whole "
+                "generated and held-out sets, measured before repeats and a real-vs-real reference were recorded; "
+                "`python -m benchmarks.null_reference` measures what a perfect generator scores at such sizes."]
+    sizes = sorted({(s["size"], s["repeats"]) for s in sets})
+    return ["", "Set metrics: mean ± sd over " + ", ".join(f"{rep} random subsets of {size} generated vs {size} "
+            "held-out items" for size, rep in sizes) + "; null: the same metric between two disjoint held-out "
+            "subsets of that size (what a perfect generator scores)."]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -259,14 +298,17 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['wall_seconds'] / 60:.1f} min.", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    accuracy = {r.get("classifier_val_accuracy") for r in report["variants"].values() if r["status"] == "ok"}
+    judges = {_share(r.get("classifier_val_accuracy"), r.get("classifier_val_accuracy_n"))
+              for r in report["variants"].values() if r["status"] == "ok"}
     lines += ["", "Class accuracy: the share of class-conditional samples an independent classifier labels as "
-              f"their class (its own held-out accuracy on real data: {', '.join(f'{a:.3f}' for a in sorted(accuracy))}); "
+              f"their class, with the samples judged and the Wilson 95% interval (the classifier's own held-out "
+              f"accuracy on real data: {'; '.join(sorted(judges))}); "
               "Frechet: the distance of their features to the held-out data's. Reconstruction: held-out data. "
               + ("Budgets in minutes give every variant the same wall clock; the phase-2 steps show the compute "
                  "each got (fewer when the machine was busier)." if any("max_minutes" in b for b in report["budget"])
                  else "Step budgets give every variant the same compute (and, with one seed, the same phase 1 "
                  "when phase-1 settings do not differ)."),
+              *_set_note(report), *(["", report["counts_note"]] if report.get("counts_note") else []),
               "", "![reconstruction vs generation](report.png)", ""]
     if report["extra"]:
         lines.insert(4, f"Extra overrides: `{' '.join(report['extra'])}`")
@@ -285,11 +327,12 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         return None
     rec_key = sorted(next(iter(ok.values()))["reconstruction"])[0]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, (key, label) in zip(axes, (("class_accuracy", "class accuracy (higher is better)"),
+    for ax, (key, label) in zip(axes, (("class_accuracy", "class accuracy, 95% CI (higher is better)"),
                                        ("frechet_distance", "Frechet distance (lower is better)"))):
         for name, r in ok.items():
             x, y = r["reconstruction"][rec_key], r["generation"][key]
-            ax.scatter([x], [y])
+            ci = r["generation"].get(f"{key}_ci")  # the Wilson 95% interval of a share, as an error bar
+            ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]] if ci else None, fmt="o", capsize=3)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(f"held-out reconstruction {rec_key}")
         ax.set_ylabel(label)
@@ -305,6 +348,54 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     plot(report, out / "report.png")
     (out / "report.md").write_text(markdown(report))
+
+
+def backfill_counts(report: dict[str, Any]) -> list[str]:
+    """Add the n and Wilson 95% interval of each variant's class accuracy and classifier accuracy to a report
+    written before they were stored (in place); returns the variants filled.
+
+    The counts are recovered, not re-measured: n of the samples is ``per_class`` (the report's, else the
+    study's default for its form) times the modality's classes, n of the classifier's test is the size of
+    the held-out set, both from the variant's composed config; a count is kept only where ``share * n`` is
+    a whole number (a ``--per-class`` the report did not record fails that check and is left out).
+    """
+    from .build import build_modality
+    from .configuration import compose
+    from .evaluation.stats import proportion_from_share
+
+    study = STUDIES.get(report["study"])
+    per_class = report.get("per_class") or (study.per_class[report["form"]] if study else None)
+    filled = []
+    for name, r in report["variants"].items():
+        if r["status"] != "ok" or "class_accuracy_n" in r["generation"] or not per_class:
+            continue
+        modality = build_modality(compose([*r["overrides"], f"seed={report['seed']}"]).modality)
+        gen = proportion_from_share(r["generation"]["class_accuracy"], per_class * modality.num_classes)
+        val = proportion_from_share(r.get("classifier_val_accuracy"), len(modality.dataset("val")))
+        if gen:
+            r["generation"].update(class_accuracy_n=gen.n, class_accuracy_ci=[gen.low, gen.high])
+        if val:
+            r.update(classifier_val_accuracy_n=val.n, classifier_val_accuracy_ci=[val.low, val.high])
+        if gen or val:
+            filled.append(name)
+    if filled:
+        report["counts_note"] = (f"Counts of {', '.join(filled)} recovered from the stored shares (report written "
+                                 f"before counts were stored): samples judged = {per_class} per class x classes, "
+                                 "classifier test = the held-out set; each share x n is a whole number.")
+    return filled
+
+
+def rerender(out: str | Path) -> dict[str, Any]:
+    """Rewrite ``report.md`` and ``report.png`` (and ``report.json``, counts added by :func:`backfill_counts`)
+    of a finished study from its ``report.json``, without training anything."""
+    out = Path(out)
+    path = out / "report.json"
+    if not path.is_file():
+        raise ValueError(f"{out} has no report.json to render (a study's output folder holds one)")
+    report = json.loads(path.read_text())
+    backfill_counts(report)
+    write_report(report, out)
+    return report
 
 
 # ---------------------------------------------------------------------------- command line
@@ -328,8 +419,11 @@ def main(argv: Sequence[str]) -> int:
                     "generation, and write report.md, report.json and report.png.",
         epilog="studies:\n" + study_help() + "\n\nexamples:\n  mmldm ablate regularizer --quick\n"
                "  mmldm ablate kl_weight --full modality.source=mnist modality.root=/data/mnist\n"
-               "  mmldm ablate voxel_latent --quick --out ablations/voxel")
-    parser.add_argument("study", help="one of: " + ", ".join(STUDIES))
+               "  mmldm ablate voxel_latent --quick --out ablations/voxel\n"
+               "  mmldm ablate --report-from ablations/regularizer_quick")
+    parser.add_argument("study", nargs="?", help="one of: " + ", ".join(STUDIES))
+    parser.add_argument("--report-from", type=Path, metavar="DIR",
+                        help="only re-render DIR/report.md and report.png from DIR/report.json (no training)")
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--quick", dest="form", action="store_const", const="quick",
                       help="CPU-sized: 0.75 + 2 minutes of training per variant, a 32-channel U-Net (the default)")
@@ -342,6 +436,16 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--classifier-epochs", type=int, help="epochs of the independent classifier (default 8)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides applied to every variant")
     args = parser.parse_intermixed_args(argv)
+    if args.report_from:
+        try:
+            print(markdown(rerender(args.report_from)))
+        except ValueError as e:
+            print(f"mmldm ablate: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if args.study is None:
+        print(f"mmldm ablate: error: name a study ({', '.join(STUDIES)}) or --report-from DIR", file=sys.stderr)
+        return 2
     if args.study not in STUDIES:
         print(f"mmldm ablate: error: unknown study '{args.study}'; studies: {', '.join(STUDIES)}", file=sys.stderr)
         return 2

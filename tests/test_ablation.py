@@ -37,6 +37,10 @@ def test_a_tiny_study_reports_numbers_from_its_runs_and_survives_a_failing_varia
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:] == [
         "| kl", "| ae", "| ae_robust"]
     assert f"{rows['ae']['reconstruction']['psnr']:.4g}" in table and "failed: " in table
+    gen = rows["ae"]["generation"]
+    assert gen["class_accuracy_n"] == 2 * 10 and gen["class_accuracy_ci"][0] <= gen["class_accuracy"]
+    assert f"/20, 95% CI " in table and rows["ae"]["classifier_val_accuracy_n"] > 0
+    assert rows["ae"]["modality_sets"]["size"] == 20 and report["per_class"] == 2
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
@@ -82,3 +86,42 @@ def test_a_bad_latent_scale_fails_before_training():
     cfg = compose(["modality=image", "modality.num_samples=24", "data.latent_scale=measured"])
     with pytest.raises(PreflightError, match="data.latent_scale='measured' is not valid; choose one of: per_channel"):
         check_run(cfg, build_modality(cfg.modality))
+
+
+def test_a_report_written_before_counts_is_rerendered_with_them(tmp_path):
+    """`mmldm ablate --report-from DIR`: report.md from report.json, no training; an older report gets the n and
+    interval of each accuracy back from its stored shares (the compression study: 20 per class, 10 digits)."""
+    from pathlib import Path
+
+    stored = Path(__file__).parents[1] / "docs" / "assets" / "ablations" / "compression" / "report.json"
+    report = json.loads(stored.read_text())
+    for row in report["variants"].values():  # as written before counts were stored
+        row["generation"] = {k: v for k, v in row["generation"].items() if k in ("class_accuracy", "frechet_distance",
+                                                                                  "sampling_seconds")}
+        for key in ("classifier_val_accuracy_n", "classifier_val_accuracy_ci", "modality_sets"):
+            row.pop(key, None)
+    report.pop("counts_note", None)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    result = run_cli("ablate", "--report-from", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "report.md").read_text()
+    assert "84.5% (169/200, 95% CI 78.8-88.9%)" in table and "recovered from the stored shares" in table
+    assert "100.0% (180/180" in table  # the classifier's held-out digits
+    assert json.loads((tmp_path / "report.json").read_text())["variants"]["f4_c4"]["generation"]["class_accuracy_n"] == 200
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert run_cli("ablate", "--report-from", str(tmp_path / "none")).returncode == 2
+
+
+def test_set_metrics_are_reported_beside_their_null():
+    from mmldm.ablation import markdown
+
+    sets = {"size": 30, "repeats": 5, "generated": {"1nna_cd": {"mean": 0.61, "sd": 0.02, "values": []}},
+            "null": {"1nna_cd": {"mean": 0.5, "sd": 0.03, "values": []}}}
+    row = {"status": "ok", "reconstruction": {"iou": 0.9}, "latent": {"shape": [4, 4], "channel_std": [1.0]},
+           "generation": {"class_accuracy": 0.5, "class_accuracy_n": 60, "class_accuracy_ci": [0.38, 0.62],
+                          "frechet_distance": 3.0}, "modality_generation": {"1nna_cd": 0.61}, "modality_sets": sets,
+           "diffusion_steps": 10, "train_seconds": 1.0, "classifier_val_accuracy": 0.9, "classifier_val_accuracy_n": 60}
+    text = markdown({"study": "s", "question": "q?", "form": "quick", "seed": 0, "extra": [], "budget": [],
+                     "wall_seconds": 60, "variants": {"v": row}})
+    assert "| 0.61 ± 0.02 (null 0.5 ± 0.03) |" in text and "50.0% (30/60, 95% CI" in text
+    assert "5 random subsets of 30 generated vs 30 held-out items" in text and "90.0% (54/60" in text

@@ -43,6 +43,8 @@ def test_trained_classifier_separates_classes_and_metrics_follow(dims):
     assert not model.training
     m = classifier_metrics(model, val.x, val.x, val.y)
     assert m["class_accuracy"] == 1.0
+    assert m["class_accuracy_n"] == 32 and m["class_accuracy_ci"] == pytest.approx([0.8928, 1.0], abs=1e-4)
+    assert (report["val_accuracy_n"], report["val_accuracy_ci"][1]) == (32, 1.0)
     assert m["frechet_distance"] == pytest.approx(0.0, abs=1e-3)
     wrong = classifier_metrics(model, val.x, val.x, 1 - val.y)
     assert wrong["class_accuracy"] == 0.0
@@ -95,3 +97,58 @@ def test_classifier_trains_with_symmetry_augmentation():
     _, report = train_classifier(train, val, 3, 1, 2, epochs=4, batch_size=16, lr=3e-3, augment_symmetries=True,
                                  width=8, levels=2, feature_dim=16)
     assert report["val_accuracy"] == 1.0
+
+
+class ToyModality:
+    """Two classes of blobs; its set metric is the gap between the sets' means (0 for real vs real)."""
+
+    name, num_classes = "toy", 2
+
+    def finalize(self, x):
+        return x
+
+    def generation_metrics(self, real, generated, labels=None):
+        return {"mean_gap": float((generated.mean() - real.mean()).abs())}
+
+
+class ToyPipe:
+    """A collapsed model: whatever the class, its samples are blobs of class 0 (around +1)."""
+
+    modality = ToyModality()
+
+    def sample(self, n, cond, seed, **_):
+        return Blobs(2 * n, 1, seed=seed + 7).x[::2]
+
+
+def test_judged_samples_carry_counts_intervals_and_a_real_null():
+    from mmldm.evaluation.generation import judge_samples
+
+    torch.manual_seed(0)
+    real = Blobs(400, 1, seed=1).x
+    classifier = FeatureClassifier(1, 1, 2, width=4, levels=1, feature_dim=8)
+    m, samples, labels = judge_samples(ToyPipe(), classifier, real, per_class=15)
+    assert len(samples) == len(labels) == m["class_accuracy_n"] == 30
+    low, high = m["class_accuracy_ci"]
+    assert low <= m["class_accuracy"] <= high
+    sets = m["modality_sets"]
+    assert (sets["size"], sets["repeats"], sets["real_pool"], sets["generated_pool"]) == (30, 5, 400, 30)
+    assert m["modality"] == {"mean_gap": sets["generated"]["mean_gap"]["mean"]}
+    assert sets["null"]["mean_gap"]["mean"] < 0.5 < sets["generated"]["mean_gap"]["mean"]  # a collapsed model
+    again, _, _ = judge_samples(ToyPipe(), classifier, real, per_class=15, null=sets)
+    assert again["modality_sets"]["null"] == sets["null"]
+
+
+def test_run_metrics_use_twice_the_samples_of_held_out_data_and_say_when_it_is_short():
+    from mmldm.training.run import measure_sets
+
+    val = Blobs(12, 1, seed=2)
+    samples, labels = Blobs(4, 1, seed=3).x, torch.tensor([0, 1, 0, 1])
+    out = measure_sets(ToyModality(), val, samples, labels)
+    assert out["generation_sets"]["size"] == 4 and out["generation_sets"]["real_pool"] == 8
+    assert out["generation"] == {"mean_gap": out["generation_sets"]["generated"]["mean_gap"]["mean"]}
+    assert "generation_note" not in out
+    short = measure_sets(ToyModality(), Blobs(6, 1, seed=2), samples, labels)
+    assert short["generation_sets"]["size"] == 3
+    assert "held-out set (6 items) holds two disjoint subsets of 3 at most" in short["generation_note"]
+    single = measure_sets(ToyModality(), Blobs(1, 1, seed=2), samples, labels)
+    assert "no real-vs-real null" in single["generation_note"] and "generation_sets" not in single

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from ..nn.layers import check_dims, conv_nd
 from .frechet import frechet_distance
+from .stats import proportion
 
 
 class FeatureClassifier(nn.Module):
@@ -112,6 +113,13 @@ def accuracy(model: FeatureClassifier, x: Tensor, labels: Tensor, batch_size: in
     return float((logits.argmax(-1) == labels).float().mean())
 
 
+def accuracy_stats(hits: Tensor, key: str) -> dict[str, Any]:
+    """``{key: share, key_n: n, key_ci: [low, high]}`` of boolean ``hits [n]`` (Wilson 95% interval,
+    :func:`.stats.proportion`): a share is reported with its n and interval, never alone."""
+    p = proportion(int(hits.sum()), len(hits))
+    return {key: float(hits.float().mean()), f"{key}_n": p.n, f"{key}_ci": [p.low, p.high]}
+
+
 def train_classifier(
     train: Any, val: Any, dims: int, channels: int, num_classes: int, epochs: int = 8, batch_size: int = 64,
     lr: float = 2e-3, seed: int = 0, augment_shift: int = 2, augment_symmetries: bool = False,
@@ -128,7 +136,8 @@ def train_classifier(
     for data whose classes do not depend on orientation, wrong for digits).
 
     Returns:
-        the model (eval mode) and ``{"train_accuracy", "val_accuracy", "seconds", "epochs"}``.
+        the model (eval mode) and ``{"train_accuracy", "val_accuracy", "val_accuracy_n", "val_accuracy_ci",
+        "seconds", "epochs"}`` (``val_accuracy_ci``: Wilson 95% interval over the ``val_accuracy_n`` items).
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -161,7 +170,8 @@ def train_classifier(
                 print(f"classifier: epoch {epoch + 1}/{epochs} step {i + 1}/{steps_per_epoch} loss {loss.item():.4f}",
                       flush=True)
     model.eval()
-    report = {"train_accuracy": accuracy(model, x, y), "val_accuracy": accuracy(model, xv, yv),
+    logits, _ = predict(model, xv)
+    report = {"train_accuracy": accuracy(model, x, y), **accuracy_stats(logits.argmax(-1) == yv, "val_accuracy"),
               "seconds": round(time.perf_counter() - start, 1), "epochs": epochs}
     return model, report
 
@@ -181,16 +191,17 @@ def _random_symmetry(x: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def classifier_metrics(model: FeatureClassifier, real: Tensor, generated: Tensor,
-                       labels: Tensor | None = None, batch_size: int = 256) -> dict[str, float]:
+                       labels: Tensor | None = None, batch_size: int = 256) -> dict[str, Any]:
     """``frechet_distance`` between real and generated features and, given the labels the samples were
-    generated for, ``class_accuracy`` (the share the classifier labels as their conditioning class)."""
+    generated for, ``class_accuracy`` (the share the classifier labels as their conditioning class) with
+    ``class_accuracy_n`` (the samples judged) and ``class_accuracy_ci`` (Wilson 95% interval ``[low, high]``)."""
     if len(real) < 2 or len(generated) < 2:
         raise ValueError(f"the Frechet distance needs >= 2 real and generated samples, got {len(real)} and {len(generated)}")
     _, f_real = predict(model, real, batch_size)
     logits, f_gen = predict(model, generated, batch_size)
-    out = {"frechet_distance": frechet_distance(f_real, f_gen)}
+    out: dict[str, Any] = {"frechet_distance": frechet_distance(f_real, f_gen)}
     if labels is not None:
-        out["class_accuracy"] = float((logits.argmax(-1) == labels.to(logits.device)).float().mean())
+        out.update(accuracy_stats(logits.argmax(-1) == labels.to(logits.device), "class_accuracy"))
     return out
 
 
@@ -202,5 +213,5 @@ def per_class_accuracy(model: FeatureClassifier, generated: Tensor, labels: Tens
     return {int(k): float(hit[labels == k].float().mean()) for k in labels.unique()}
 
 
-__all__: Sequence[str] = ["FeatureClassifier", "accuracy", "classifier_metrics", "per_class_accuracy",
+__all__: Sequence[str] = ["FeatureClassifier", "accuracy", "accuracy_stats", "classifier_metrics", "per_class_accuracy",
                           "predict", "train_classifier"]

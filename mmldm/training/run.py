@@ -220,9 +220,41 @@ def sample_and_measure(pipe: LatentDiffusion, cfg: DictConfig, out: Path) -> dic
     if cond:
         readable = {k: v.tolist() if k == "class" else v for k, v in cond.items() if k in ("class", "text")}
         (Path(out) / "conditions.json").write_text(json.dumps(readable, indent=1))
-    real = torch.stack([val[i]["x"] for i in range(min(n, len(val)))])
     labels = cond.get("class") if cond else None
-    return {"num_samples": n, "generation": pipe.modality.generation_metrics(real, samples, labels)}
+    return {"num_samples": n, **measure_sets(pipe.modality, val, samples, labels, seed=cfg.sample.seed)}
+
+
+def measure_sets(modality: Modality, val: Any, samples: torch.Tensor, labels: torch.Tensor | None,
+                 seed: int = 0) -> dict[str, Any]:
+    """The modality's set metrics of ``samples`` against held-out items, at equal sizes with a null.
+
+    Up to ``2 * len(samples)`` held-out items are the real pool, so that two disjoint real subsets of
+    the sample count exist (:func:`mmldm.evaluation.generation.modality_set_metrics`: 5 repeated subsets,
+    and the same metrics of real vs real, what a perfect generator scores at this size). A smaller
+    held-out set lowers the size to half of it, noted in ``generation_note``; below 2 items no null
+    exists and the metrics compare all samples with the one real item, as the note says.
+
+    Returns:
+        ``{"generation": {metric: mean over repeats}, "generation_sets": {...}}`` (and ``generation_note``).
+    """
+    from ..evaluation.generation import modality_set_metrics
+    from ..evaluation.stats import equal_set_size, means
+
+    n = len(samples)
+    items = [val[i] for i in range(min(2 * n, len(val)))]
+    real = torch.stack([it["x"] for it in items])
+    size = equal_set_size(n, len(real))
+    if size < 1:
+        return {"generation": modality.generation_metrics(real, samples, labels),
+                "generation_note": f"{len(val)} held-out item(s): no real-vs-real null; {n} samples vs {len(real)} real"}
+    classes = [it.get("cond", {}).get("class") for it in items]
+    real_labels = torch.tensor(classes) if labels is not None and None not in classes else None
+    sets = modality_set_metrics(modality, real, samples, labels, real_labels=real_labels, seed=seed)
+    out = {"generation": means(sets["generated"]), "generation_sets": sets}
+    if size < n:
+        out["generation_note"] = (f"the held-out set ({len(val)} items) holds two disjoint subsets of {size} at most: "
+                                  f"set metrics compare {size} of the {n} samples with {size} real items")
+    return out
 
 
 def _update_metrics(run_dir: Path, new: dict[str, Any]) -> Path:
