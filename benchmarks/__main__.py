@@ -123,8 +123,12 @@ def unet3d_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dic
 def utilization_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
     r = utilization.run(plan.utilization, plan.utilization_rounds, plan.matmul_n)
     ok = r["utilization"] >= utilization.TARGET
-    return r, [row("Utilization", "U-Net forward FLOP/s / matmul FLOP/s", r["utilization"], ">= 0.40", ok)], \
-        utilization.report(r)
+    rows = [row("Utilization", "U-Net forward FLOP/s / matmul FLOP/s (float32)", r["utilization"], ">= 0.40", ok)]
+    for name, m in r["train_step"].items():
+        rows.append(row("Utilization", f"U-Net training step (forward + backward) FLOP/s / {name} matmul FLOP/s, "
+                        f"{name}", m["utilization"], f">= {utilization.STEP_TARGET:.2f}",
+                        m["utilization"] >= utilization.STEP_TARGET))
+    return r, rows, utilization.report(r)
 
 
 def latent_cache_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:

@@ -82,11 +82,15 @@ def perf_rows() -> list[Row]:
             f"each side against its own float32 step: mmldm {buys['mmldm']['median']:.2f}, "
             f"{u['peer']} {buys[u['peer']]['median']:.2f} (`benchmarks/results/perf/`)"))
     lvp, util = s["latent_vs_pixel"], s["utilization"]
-    rows.append((f"64^3 voxels, latent (f=4) vs pixel space; U-Net forward utilization",
-                 "`python -m benchmarks`",
+    steps = "; ".join(f"{name} {m['utilization']:.0%} of a {m['matmul_dtype']} matmul's"
+                      + ("" if m["utilization"] >= m["target"] else f" (**short of {m['target']:.0%}**)")
+                      for name, m in util["train_step"].items())
+    rows.append(("64^3 voxels, latent (f=4) vs pixel space; U-Net utilization (achieved FLOP/s over a "
+                 f"{util['matmul_n']}^2 matmul's in the same dtype)", "`python -m benchmarks`",
                  f"training step {lvp['ratio_pixel_over_latent']['train_step']:.1f}x cheaper in latent space, "
-                 f"one sample {lvp['ratio_pixel_over_latent']['sample']:.1f}x; 2D U-Net forward at "
-                 f"{util['utilization']:.0%} of a {util['matmul_n']}^2 matmul's FLOP/s"))
+                 f"one sample {lvp['ratio_pixel_over_latent']['sample']:.1f}x; 2D U-Net forward (float32) at "
+                 f"{util['utilization']:.0%}, training step (forward + backward): {steps} "
+                 "(what bounds each: `benchmarks/results/perf/results.md`)"))
     rows.append(latent_cache_row(s["latent_cache"]))
     return rows
 
@@ -204,15 +208,14 @@ def voxel_row() -> Row:
             "perfect one")
 
 
-def voxel_null(generated: int, real: int) -> dict[str, Any] | None:
-    """The real-vs-real null of the voxel set metrics at ``generated`` vs ``real`` items, if measured."""
+def voxel_null(generated: int, real: int, task: str = "voxel") -> dict[str, Any] | None:
+    """The real-vs-real null of the voxel set metrics at ``generated`` vs ``real`` items
+    (``python -m benchmarks.null_reference``), if measured at those sizes."""
     path = REPO / "benchmarks" / "results" / "null_reference" / "results.json"
     if not path.is_file():
         return None
-    for entry in json.loads(path.read_text())["sizes"]:
-        if (entry["generated"], entry["real"]) == (generated, real):
-            return entry["null"]
-    return None
+    pair = json.loads(path.read_text())["tasks"].get(task, {}).get("pairs", {}).get(f"{generated}x{real}")
+    return pair["metrics"] if pair else None
 
 
 def conditioning_rows() -> list[Row]:

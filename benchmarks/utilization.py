@@ -1,4 +1,4 @@
-"""How much of the CPU's matrix-multiply rate the U-Net forward achieves, measured in one run.
+"""How much of the CPU's matrix-multiply rate the U-Net achieves, forward and training step, measured in one run.
 
 * **FLOPs** of one forward are counted with :class:`torch.utils.flop_counter.FlopCounterMode`
   (convolutions, matrix products and attention, a multiply-add counting 2); its table lacks the
@@ -6,6 +6,9 @@
 * **Reference rate**: the FLOP/s of an ``n x n`` float32 matrix product (``2 n^3`` FLOPs), timed in
   rounds that alternate with the forward's, so load on the machine hits both alike.
 * **Utilization** = (FLOPs / median forward seconds) / median matmul FLOP/s.
+* **Per precision, the training step** (forward + MSE + backward; the optimizer, memory-bound and nearly
+  FLOP-free, is left out): float32 against a float32 matmul, bf16 autocast against a bf16 matmul, each
+  with what bounds it where it is below :data:`STEP_TARGET` (60%).
 * **What bounds it**: one profiled forward, its self CPU time split into FLOP-carrying operators
   (convolution, matmul, attention), normalizations and the rest (element-wise, copies, concatenation,
   interpolation): the share of time outside FLOP-carrying operators, and the rate those operators reach
@@ -39,28 +42,33 @@ REPO = Path(__file__).resolve().parents[1]
 FLOP_OPS = ("conv", "mm", "matmul", "scaled_dot_product", "flash_attention", "linear")
 NORM_OPS = ("group_norm", "layer_norm", "batch_norm")
 TARGET = 0.40
+STEP_TARGET = 0.60
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's C++ backend otherwise logs a missing-GPU error
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of ``fn()`` by :class:`~torch.utils.flop_counter.FlopCounterMode`, CPU flash attention included."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
     def cpu_flash_attention(q, k, v, *args, out_shape=None, **kwargs) -> int:  # q, k, v: [B, heads, N, d]
         return sdpa_flop_count(q, k, v)
 
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention}
+    def cpu_flash_attention_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, q, k, v)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention,
+               torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
 
 
-def matmul_operands(n: int) -> tuple[Any, Any]:
+def matmul_operands(n: int, dtype: Any = None) -> tuple[Any, Any]:
     import torch
 
     g = torch.Generator().manual_seed(0)
-    return torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    return tuple(torch.randn(n, n, generator=g).to(dtype or torch.float32) for _ in range(2))
 
 
 def time_breakdown(fn: Callable[[], Any]) -> dict[str, float]:
@@ -141,12 +149,15 @@ def peak_rss() -> Iterator[dict[str, Any]]:
         out["peak_rss_mb"] = peak / 1024 if peak is not None else None
 
 
-def measure(forward: Callable[[], Any], rounds: int = 5, n: int = 2048) -> dict[str, Any]:
-    """Utilization of ``forward`` (a no-grad call) against an ``n x n`` matmul, ``rounds`` alternating rounds."""
+def measure(forward: Callable[[], Any], rounds: int = 5, n: int = 2048, dtype: Any = None,
+            target: float = TARGET, what: str = "forward") -> dict[str, Any]:
+    """Utilization of ``forward`` (any call: a no-grad forward or a training step) against an ``n x n``
+    matmul in ``dtype`` (default float32), ``rounds`` alternating rounds; ``target`` and ``what`` word
+    the explanation."""
     import torch
 
     flops = count_flops(forward)
-    a, b = matmul_operands(n)
+    a, b = matmul_operands(n, dtype)
     forward(), torch.mm(a, b)  # warm-up
     seconds: dict[str, list[float]] = {"forward": [], "matmul": []}
     for r in range(rounds):
@@ -160,6 +171,7 @@ def measure(forward: Callable[[], Any], rounds: int = 5, n: int = 2048) -> dict[
         "forward_flops": flops, "seconds": seconds, "median_seconds": med, "matmul_n": n,
         "achieved_flops_per_s": achieved, "matmul_flops_per_s": peak, "utilization": achieved / peak,
         "time_shares": shares, "flop_ops_utilization": flop_op_rate / peak, "threads": torch.get_num_threads(),
+        "matmul_dtype": str(a.dtype).replace("torch.", ""), "target": target, "what": what,
     }
     result["bound"] = explain(result)
     return result
@@ -167,17 +179,17 @@ def measure(forward: Callable[[], Any], rounds: int = 5, n: int = 2048) -> dict[
 
 def explain(r: dict[str, Any]) -> str:
     """One sentence on what holds utilization down (or that it meets the target)."""
-    s = r["time_shares"]
-    head = f"utilization {r['utilization']:.0%} of the {r['matmul_n']}^2 matmul rate"
-    if r["utilization"] >= TARGET:
-        return f"{head} (target >= {TARGET:.0%})."
-    parts = [f"{1 - s['flop_ops']:.0%} of the forward's CPU time is in operators without FLOPs "
+    s, target, what = r["time_shares"], r.get("target", TARGET), r.get("what", "forward")
+    head = f"utilization {r['utilization']:.0%} of the {r['matmul_n']}^2 {r.get('matmul_dtype', 'float32')} matmul rate"
+    if r["utilization"] >= target:
+        return f"{head} (target >= {target:.0%})."
+    parts = [f"{1 - s['flop_ops']:.0%} of the {what}'s CPU time is in operators without FLOPs "
              f"(normalizations {s['normalization']:.0%}, element-wise/copies/other {s['other']:.0%}), "
              f"which are memory-bound"]
     parts.append(f"the convolution/matmul/attention operators themselves reach {r['flop_ops_utilization']:.0%} "
                  "of the matmul rate (small spatial maps and channel counts make small, poorly blocked GEMMs)")
     main = "memory-bound layers" if 1 - s["flop_ops"] > 0.5 else "the efficiency of the conv/GEMM kernels"
-    return f"{head}, below {TARGET:.0%}: " + "; ".join(parts) + f". Mostly bound by {main}."
+    return f"{head}, below {target:.0%}: " + "; ".join(parts) + f". Mostly bound by {main}."
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -200,36 +212,63 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def run(arch: Any, rounds: int, n: int) -> dict[str, Any]:
-    """:func:`measure` on the mmldm 2D U-Net of :class:`benchmarks.unet_vs_diffusers.Arch` ``arch``."""
+    """:func:`measure` on the mmldm 2D U-Net of :class:`benchmarks.unet_vs_diffusers.Arch` ``arch``: the
+    no-grad forward in float32, then the training step in float32 and in bf16 autocast (``train_step``)."""
     import torch
+    import torch.nn.functional as F
 
     from benchmarks.unet_vs_diffusers import build_mmldm, make_inputs
     from mmldm.interfaces import Conditioning
 
     torch.manual_seed(0)
     model = build_mmldm(arch).eval()
-    x, t, context, _ = make_inputs(arch)
+    x, t, context, target = make_inputs(arch)
 
     def forward() -> None:
         with torch.no_grad():
             model(x, t, Conditioning(crossattn=context))
 
-    return {"arch": arch.as_dict(), **measure(forward, rounds, n)}
+    def train_step(bf16: bool) -> Callable[[], None]:
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16, cache_enabled=False):
+                pred = model(x, t, Conditioning(crossattn=context))
+            F.mse_loss(pred.float(), target).backward()
+        return step
+
+    result = {"arch": arch.as_dict(), **measure(forward, rounds, n)}
+    model.train()
+    result["train_step"] = {
+        name: measure(train_step(dtype == torch.bfloat16), rounds, n, dtype, STEP_TARGET, "training step")
+        for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16))}
+    return result
 
 
 def report(r: dict[str, Any]) -> str:
     a = r["arch"]
-    return "\n".join([
-        "# U-Net forward utilization",
+    lines = [
+        "# U-Net utilization",
         "",
         f"mmldm 2D U-Net {a['block_channels']}, batch {a['batch']} of [{a['latent_channels']}, {a['resolution']}, "
         f"{a['resolution']}] latents, {r['threads']} threads: {r['forward_flops'] / 1e9:.1f} GFLOP per forward in "
         f"{r['median_seconds']['forward']:.3f} s = {r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; "
         f"{r['matmul_n']}^2 float32 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s.",
         "",
-        f"**{r['bound']}**",
+        f"**Forward, float32: {r['bound']}**",
         "",
-    ])
+    ]
+    steps = r.get("train_step", {})
+    if steps:
+        lines += ["Training step (forward + MSE + backward; the optimizer left out), per precision, against a "
+                  "matmul in the same dtype:", "",
+                  "| precision | GFLOP per step | step s | GFLOP/s | matmul GFLOP/s | utilization | what bounds it |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, m in steps.items():
+            lines.append(f"| {name} | {m['forward_flops'] / 1e9:.1f} | {m['median_seconds']['forward']:.3f} "
+                         f"| {m['achieved_flops_per_s'] / 1e9:.1f} | {m['matmul_flops_per_s'] / 1e9:.1f} "
+                         f"| **{m['utilization']:.0%}** | {m['bound']} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,11 @@ def test_runners_put_inputs_in_the_settings_memory_format():
 def test_utilization_explains_what_bounds_it():
     r = utilization.run(TINY, rounds=1, n=128)
     assert r["forward_flops"] > 0 and 0 < r["utilization"] and r["matmul_flops_per_s"] > 0
+    steps = r["train_step"]  # forward + backward per precision, against a matmul in the same dtype
+    assert steps["float32"]["matmul_dtype"] == "float32" and steps["bf16"]["matmul_dtype"] == "bfloat16"
+    for m in steps.values():  # a backward costs about twice the forward's FLOPs
+        assert 2.5 * r["forward_flops"] <= m["forward_flops"] <= 3.5 * r["forward_flops"]
+        assert "below 60%" in m["bound"] or "target >= 60%" in m["bound"]
     assert math.isclose(sum(r["time_shares"].values()), 1.0)
     low = {**r, "utilization": 0.1, "time_shares": {"flop_ops": 0.3, "normalization": 0.2, "other": 0.5},
            "flop_ops_utilization": 0.33}
