@@ -60,8 +60,13 @@ VOXEL = ["modality=voxel", "trainer=cpu", "trainer.enable_progress_bar=false", "
          "sample.num_samples=16"]
 
 
-#: Spoken digits (FSDD): train on four speakers, hold out "theo"; log-mel in the 1D layout.
-FSDD = ["modality=audio", "preset=audio_fsdd", "trainer=cpu", "trainer.enable_progress_bar=false",
+#: Spoken digits (FSDD): train on four speakers, hold out "theo" and, as an in-distribution reference, the
+#: clips 40-49 of every digit of the four training speakers (held out from the generator and the judge alike:
+#: 400 clips); log-mel in the 1D layout.
+FSDD_REFERENCES = {"unseen speaker (theo)": "_theo_",
+                   "training speakers' held-out clips (indices 40-49)": "^[0-9]+_(?!theo_)[a-z]+_4[0-9][.]wav$"}
+FSDD = ["modality=audio", "preset=audio_fsdd", "modality.val_pattern='_theo_|_4[0-9][.]wav$'",
+        "trainer=cpu", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=50", "data.batch_size=32", "diffusion.lr=5e-4", "sample.num_samples=20",
         "phase1.max_steps=1000000", "diffusion.max_steps=1000000"]
 
@@ -95,6 +100,9 @@ class Task:
     classifier: dict[str, Any] = field(default_factory=dict)  # train_classifier options
     classifier_data: Callable[[Any, Any], Any] | None = None  # (train set, modality) -> classifier train set
     extra: Callable[[Any, Any], dict[str, Any]] | None = None  # (pipeline, held-out x) -> more measurements
+    # name -> regex over the held-out items' file names: subsets judged on their own (the judge's accuracy on
+    # them, the samples' Frechet distance to them beside a real-vs-real floor)
+    references: dict[str, str] = field(default_factory=dict)
 
 
 TASKS = {
@@ -112,7 +120,8 @@ TASKS = {
         ("dpmpp_2m-25-g1", "dpmpp_2m", 25, 1.0),
     ], classifier={"width": 8, "levels": 4, "epochs": 20, "augment_symmetries": True}),
     "fsdd": Task(FSDD, 6.0, 10.0, 50, [("dpmpp_2m-25-g3", "dpmpp_2m", 25, 3.0)], data="fsdd",
-                 classifier={"epochs": 4}, classifier_data=_mel_shifted, extra=_vocoding_ceiling),
+                 classifier={"epochs": 4}, classifier_data=_mel_shifted, extra=_vocoding_ceiling,
+                 references=FSDD_REFERENCES),
 }
 
 
@@ -160,7 +169,8 @@ def train_model(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out: Path,
-          settings: Sequence[tuple[str, str, int, float]], real_labels: Any = None) -> dict[str, Any]:
+          settings: Sequence[tuple[str, str, int, float]], real_labels: Any = None,
+          references: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every setting from the same seed (:func:`mmldm.evaluation.generation.judge_samples`); the headline
     setting's samples are written (a grid with one row per class). The real-vs-real null of the set
     metrics is measured once and shared (it depends on the real set, the size and the seed only)."""
@@ -178,6 +188,8 @@ def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out:
         results[name], null = m, m["modality_sets"]
         print(f"{name}: accuracy {format_share(m['class_accuracy'], m['class_accuracy_n'])}, "
               f"Frechet {m['frechet_distance']:.3f}, {m['sampling_seconds']:.0f} s", flush=True)
+        if name == settings[0][0] and references:
+            m["references"] = judge_references(pipe, classifier, real, real_labels, samples, references, seed)
         if name == settings[0][0]:  # the headline setting's files: a grid with one row per class
             idx = torch.cat([torch.arange(k * per_class, k * per_class + min(10, per_class)) for k in range(classes)])
             if pipe.modality.dims == 2:
@@ -185,6 +197,71 @@ def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out:
             else:
                 pipe.modality.save(samples[idx], out / f"samples_{name}", prefix="sample")
     return results
+
+
+def reference_subsets(val_set: Any, patterns: dict[str, str]) -> dict[str, Any]:
+    """Indices of the held-out items whose file names match each pattern (``re.search``); a clear error when a
+    pattern matches none (the names come from the modality's folder source, e.g. audio's ``names``)."""
+    import re
+
+    import torch
+
+    names = getattr(getattr(val_set, "data", None), "names", None)
+    if not names:
+        raise ValueError("reference subsets need the held-out items' file names (a folder source)")
+    out = {}
+    for label, pattern in patterns.items():
+        idx = [i for i, n in enumerate(names) if re.search(pattern, n)]
+        if not idx:
+            raise ValueError(f"reference {label!r}: pattern {pattern!r} matches none of the {len(names)} held-out "
+                             f"files (e.g. {names[0]!r})")
+        out[label] = torch.tensor(idx)
+    return out
+
+
+def judge_references(pipe: Any, classifier: Any, real: Any, real_labels: Any, samples: Any,
+                     subsets: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Per real subset: the judge's accuracy on it (n, Wilson interval), and the Frechet distance of the samples
+    to it at equal sizes over 5 subsets beside two disjoint halves of the subset (the real-vs-real floor)."""
+    from mmldm.evaluation.classifier import accuracy_stats, predict
+    from mmldm.evaluation.frechet import frechet_distance
+    from mmldm.evaluation.stats import equal_set_size, repeated_set_metrics
+
+    final = pipe.modality.finalize
+    logits, feats = predict(classifier, final(real))
+    _, sample_feats = predict(classifier, final(samples))
+    out = {}
+    for label, idx in subsets.items():
+        stats = accuracy_stats(logits[idx].argmax(-1) == real_labels[idx], "accuracy")
+        size = equal_set_size(len(sample_feats), len(idx))
+        sets = repeated_set_metrics(lambda a, b: {"frechet_distance": frechet_distance(a, b)}, feats[idx],
+                                    sample_feats, size, seed=seed)
+        out[label] = {**stats, "frechet": sets}
+    return out
+
+
+def reference_lines(results: dict[str, Any]) -> list[str]:
+    """The judge on each reference subset, and the samples' Frechet distance to it beside the floor."""
+    from mmldm.evaluation.stats import format_share
+
+    lines = []
+    for name, m in results["samples"].items():
+        refs = m.get("references")
+        if not refs:
+            continue
+        lines += ["", f"References ({name}): the judge on real held-out subsets, and the samples' Frechet distance "
+                  "to each at equal sizes (mean +- sd over 5 random subsets) beside two disjoint real halves "
+                  "of the same subset (the floor):", "",
+                  "| real subset | judge accuracy | Frechet, samples | Frechet, real vs real | size |",
+                  "| --- | --- | --- | --- | --- |"]
+        for label, r in refs.items():
+            f = r["frechet"]
+            lines.append(f"| {label} | {format_share(r['accuracy'], r['accuracy_n'])} "
+                         f"| {f['generated']['frechet_distance']['mean']:.1f} +- "
+                         f"{f['generated']['frechet_distance']['sd']:.1f} "
+                         f"| {f['null']['frechet_distance']['mean']:.1f} +- {f['null']['frechet_distance']['sd']:.1f} "
+                         f"| {f['size']} |")
+    return lines
 
 
 def save_grid(images: Any, path: Path, nrow: int) -> None:
@@ -335,7 +412,7 @@ def report(results: dict[str, Any], null_reference: dict[str, Any] | None = None
     for name, m in results["samples"].items():
         own = "".join(f"{m['modality'][k]:.4g} | " for k in extra)
         lines.append(f"| {name} | {m['class_accuracy']:.4f} | {m['frechet_distance']:.3f} | {own}{m['sampling_seconds']} |")
-    lines += [*accuracy_lines(results), *set_metric_lines(results, null_reference)]
+    lines += [*accuracy_lines(results), *set_metric_lines(results, null_reference), *reference_lines(results)]
     s = results["samples"]
     if "dpmpp_2m-25-g3" in s and "ddpm-250-g3" in s:
         gap = 100 * (s["dpmpp_2m-25-g3"]["class_accuracy"] - s["ddpm-250-g3"]["class_accuracy"])
@@ -409,7 +486,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     chosen = [st for st in task.settings if not args.settings or st[0] in args.settings]
     if not chosen:
         raise SystemExit(f"--settings {args.settings}: none of the task's settings {[st[0] for st in task.settings]}")
-    samples = judge(pipe, classifier, real, args.per_class, args.seed, out, chosen, real_labels)
+    subsets = reference_subsets(val_set, task.references) if task.references else None
+    samples = judge(pipe, classifier, real, args.per_class, args.seed, out, chosen, real_labels, subsets)
     settings = {"task": args.task, "ae_minutes": args.ae_minutes, "diffusion_minutes": args.diffusion_minutes, "per_class": args.per_class,
                 "real": len(real), "seed": args.seed, "note": args.note,
                 "overrides": [o for o in task_overrides(args) if not o.startswith("modality.root=")]}

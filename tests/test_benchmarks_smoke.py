@@ -78,6 +78,26 @@ def test_quick_run_measures_every_held_out_image(shared_data, tmp_path):
     assert "| quantity | ae |" in (out / "results.md").read_text()
 
 
+def test_fsdd_references_are_the_unseen_speaker_and_held_out_clips_of_the_training_speakers(tmp_path):
+    import re
+    from types import SimpleNamespace
+
+    from benchmarks import generation
+
+    fsdd = generation.compose_config(generation.parse_args(["--task", "fsdd", "--data", str(tmp_path)]))
+    names = [f"{d}_{s}_{i}.wav" for d in range(10) for s in ("george", "jackson", "lucas", "nicolas", "theo")
+             for i in range(50)]
+    val = [n for n in names if re.search(fsdd.modality.val_pattern, n)]  # held out from generator and judge
+    assert len(val) == 500 + 4 * 10 * 10
+    subsets = generation.reference_subsets(SimpleNamespace(data=SimpleNamespace(names=val)),
+                                           generation.FSDD_REFERENCES)
+    unseen, seen = (set(v.tolist()) for v in subsets.values())
+    assert (len(unseen), len(seen)) == (500, 400) and not unseen & seen and len(unseen | seen) == len(val)
+    assert all("_theo_" in val[i] for i in unseen) and not any("_theo_" in val[i] for i in seen)
+    with pytest.raises(ValueError, match=r"reference 'x': pattern '_nobody_' matches none of the 900 held-out"):
+        generation.reference_subsets(SimpleNamespace(data=SimpleNamespace(names=val)), {"x": "_nobody_"})
+
+
 def test_generation_tasks_compose_and_report(tmp_path):
     from benchmarks import generation
 
@@ -90,7 +110,8 @@ def test_generation_tasks_compose_and_report(tmp_path):
     voxel = generation.compose_config(generation.parse_args(["--task", "voxel"]))
     assert voxel.modality.name == "voxel" and voxel.denoiser.name == "unet3d"
     fsdd = generation.compose_config(generation.parse_args(["--task", "fsdd", "--data", str(tmp_path)]))
-    assert (fsdd.modality.root, fsdd.modality.val_pattern, fsdd.modality.layout) == (str(tmp_path / "fsdd"), "_theo_", "1d")
+    assert (fsdd.modality.root, fsdd.modality.val_pattern, fsdd.modality.layout) == (
+        str(tmp_path / "fsdd"), "_theo_|_4[0-9][.]wav$", "1d")
     m = {"class_accuracy": 0.975, "frechet_distance": 1.5, "sampling_seconds": 3.0, "modality": {"1nna_cd": 0.6}}
     results = {
         "settings": {"task": "voxel", "ae_minutes": 1, "diffusion_minutes": 2, "per_class": 5, "real": 10, "overrides": ["a=b"]},

@@ -156,3 +156,13 @@ def test_null_reference_assembles_the_voxel_metrics_exactly():
     mine = set_metrics_from_distances(d[:7, :7], d[7:, 7:], d[:7, 7:], real, gen)
     assert mine == pytest.approx(generation_metrics(real, gen, points=64))
     assert parse_size("120x200") == (120, 200)
+
+
+def test_difference_interval_matches_newcombes_worked_example():
+    from mmldm.evaluation.stats import difference_interval
+
+    # Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 - 48/80, method 10: 0.0524 to 0.3339
+    low, high = difference_interval(56, 70, 48, 80)
+    assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+    low, high = difference_interval(1000, 1000, 1000, 1000)  # identical perfect scores: an interval around 0
+    assert low < 0 < high and -0.01 < low

@@ -187,3 +187,15 @@ def format_mean_sd(summary: Mapping[str, Any] | None, digits: int = 3) -> str:
 
 __all__: Sequence[str] = ["Proportion", "equal_set_size", "format_mean_sd", "format_share", "means", "proportion",
                           "proportion_from_share", "proportion_interval", "repeated_set_metrics", "summarize"]
+
+
+def difference_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of the difference of two shares ``k1/n1 - k2/n2`` (Newcombe 1998, method 10: the
+    two Wilson intervals of :func:`proportion_interval` combined; it stays sensible at shares near 0 or 1,
+    where a normal approximation breaks down). Used for equivalence claims: two settings are equivalent
+    within a margin stated in advance when this whole interval lies inside ``[-margin, margin]``; a
+    non-significant test alone is not evidence of equivalence."""
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = proportion_interval(k1, n1, confidence), proportion_interval(k2, n2, confidence)
+    d = p1 - p2
+    return d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
