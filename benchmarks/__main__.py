@@ -3,29 +3,37 @@
 Sections (each is a module that also runs alone, with its own ``--help``):
 
 1. ``unet_vs_diffusers``: mmldm's 2D U-Net against diffusers' ``UNet2DConditionModel`` at the same
-   architecture, forward and training step, eager and with mmldm's fast-path switches, 11 alternating
-   rounds (the matched pair computes the same function, mostly with the same kernels: mmldm's gain
-   comes from computing upsampling as one transposed convolution where that is cheaper,
-   ``python -m benchmarks.upsample``; the table gives the per-round range beside the median: the noise);
-2. ``utilization``: achieved FLOP/s of the U-Net forward over a large matmul's, and what bounds it;
-3. ``latent_cache``: phase-2 steps/s with and without the latent cache (300 procedural 32^3 shapes,
-   2 rounds of 10 steps: the figure is a ratio, so a smaller data set than the module's default does);
-4. ``latent_vs_pixel``: a training step (batch 1) and one guided sample (10 DPM-Solver++ steps) at
+   104M-parameter architecture, 21 interleaved rounds, both sides at each setting of
+   :mod:`benchmarks.unet_peer` (float32 eager, fused AdamW, bf16 autocast, channels-last, torch.compile):
+   every ratio is mmldm / diffusers at the same setting, with its per-round range (the noise); what bf16
+   buys is a separate same-side figure;
+2. ``unet_vs_monai``: the same for 3D, against MONAI's ``DiffusionModelUNet(spatial_dims=3)`` at the
+   voxel preset's phase-2 size (:mod:`benchmarks.unet_vs_monai`);
+3. ``utilization``: achieved FLOP/s over a large matmul's in the same dtype, the 2D U-Net's forward and its
+   training step per precision, and what bounds each;
+4. ``latent_cache``: phase-2 steps/s with the latent cache against encoding whole batches in the training
+   step, and the end-to-end time of a preset-length phase 2 with the one-off cache writing (300 procedural
+   32^3 shapes, 2 rounds of 10 steps);
+5. ``latent_vs_pixel``: a training step (batch 1) and one guided sample (10 DPM-Solver++ steps) at
    64^3, latent (f=4) against pixel space, 2 rounds: a pixel-space forward at 64^3 is ~370 GFLOP per
    grid, so the module's defaults (batch 2, 25 steps, 3 rounds) alone would take most of 10 minutes;
-5. ``samplers``: quality against steps needs a trained model (``python -m benchmarks.generation``,
-   about 20 minutes); this run quotes ``benchmarks/results/generation_mnist_samplers/results.json`` when present.
+6. ``samplers``: quality against steps needs a trained model (``python -m benchmarks.generation``,
+   about 20 minutes); this run quotes ``benchmarks/results/generation_mnist_samplers/results.json`` when
+   present, and calls the two samplers equivalent only when the 95% interval of their accuracy difference
+   lies within +-1 point.
 
 Every section records its wall time and peak resident memory
 (:func:`benchmarks.utilization.peak_rss`). The acceptance figures go to one table, printed and written
 with every section's result to ``benchmarks/results/perf/results.{json,md}`` (section files in
-subfolders). The whole run is sized for under 10 minutes on a 2-core CPU (its own wall time is the
-last row of the table); ``--quick`` runs every section at tiny sizes in well under a minute (a smoke
-run: its figures say nothing about the targets).
+subfolders). The eager sections take about 7 minutes on a 2-core CPU; compiling the four networks for
+the torch.compile setting adds 3 to 15 minutes depending on inductor's on-disk cache (the table gives each
+first step; the run's own wall time is its last row). ``--no-compile`` leaves that setting out;
+``--quick`` runs every section at tiny sizes in about a minute (a smoke run: its figures say nothing about
+the targets).
 
     python -m benchmarks
     python -m benchmarks --quick
-    python -m benchmarks --only unet_vs_diffusers utilization --compile
+    python -m benchmarks --only unet_vs_diffusers unet_vs_monai --no-compile
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ class Plan:
     compile: bool = True  # the torch.compile setting on both sides of each U-Net pair
 
 
-FULL = Plan(Arch(), 11, unet_vs_monai.DEFAULT, 11, replace(Arch(), batch=8), 5, 2048,
+FULL = Plan(Arch(), 21, unet_vs_monai.DEFAULT, 21, replace(Arch(), batch=8), 5, 2048,
             ("--steps", "10", "--rounds", "2", "--set", "modality.num_shapes=300"),
             # 64^3 pixel space costs ~370 GFLOP per forward of one grid: batch 1, 10 sampler steps, 2 rounds
             ("--resolution", "64", "--batch", "1", "--repeats", "2", "--sample-steps", "10"))
@@ -110,13 +118,14 @@ def peer_rows(r: dict[str, Any]) -> list[Row]:
 
 
 def unet_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
-    r = unet_vs_diffusers.run(plan.unet, plan.unet_rounds, compile=plan.compile or args.compile)
+    r = unet_vs_diffusers.run(plan.unet, plan.unet_rounds, compile=plan.compile and not args.no_compile)
     r["dims"] = 2
     return r, peer_rows(r), unet_vs_diffusers.report(r)
 
 
 def unet3d_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[dict, list[Row], str]:
-    settings = [*unet_peer.SETTINGS, unet_peer.COMPILED] if plan.compile or args.compile else unet_peer.SETTINGS
+    compiled = plan.compile and not args.no_compile
+    settings = [*unet_peer.SETTINGS, unet_peer.COMPILED] if compiled else unet_peer.SETTINGS
     r = unet_peer.run(unet_vs_monai, plan.unet3d, plan.unet3d_rounds, settings)
     r["dims"] = 3
     return r, peer_rows(r), unet_peer.report(r, "mmldm 3D U-Net vs MONAI DiffusionModelUNet, at equal settings")
@@ -256,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="every section at tiny sizes (about a minute)")
     p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="sections to run")
-    p.add_argument("--compile", action="store_true", help="add the torch.compile U-Net variant (minutes)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="leave out the U-Nets' torch.compile setting (compiling takes minutes)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "perf")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

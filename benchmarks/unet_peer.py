@@ -209,18 +209,42 @@ def build_all(peer: ModuleType, arch: Any, settings: Sequence[Setting]) -> tuple
     return {"parameters": counts, "max_abs_output_difference": diff}, runs
 
 
+def profile_gap(steps: dict[str, Callable[[], None]], calls: int = 2, top: int = 12) -> dict[str, Any]:
+    """Where one side spends more time than the other: ``calls`` train steps of each side under
+    ``torch.profiler``, self CPU ms per step by operator, the ``top`` operators by absolute difference.
+    Run where mmldm is slower than the peer at a setting, so the report says where the time goes."""
+    import warnings
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    per_side: dict[str, Counter] = {}
+    for side, step in steps.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(calls):
+                    step()
+        per_side[side] = Counter({e.key: e.self_cpu_time_total / 1e3 / calls for e in prof.key_averages()})
+    a, b = per_side.values()
+    ops = sorted(set(a) | set(b), key=lambda k: -abs(a[k] - b[k]))[:top]
+    return {"sides": list(per_side), "total_ms": [sum(a.values()), sum(b.values())],
+            "ops": [[op, a[op], b[op]] for op in ops]}
+
+
 def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def run(peer: ModuleType, arch: Any, rounds: int = 7, settings: Sequence[Setting] = SETTINGS,
-        memory: bool = True) -> dict[str, Any]:
+        memory: bool = True, profile: bool = True) -> dict[str, Any]:
     """Time every setting on both sides in ``rounds`` interleaved rounds (order reversed every other round).
 
     Returns per setting: each side's median seconds (forward and train step), the ratio mmldm / peer
     (median and range of per-round ratios), the first step's seconds (warm-up; compilation when
-    compiled) and, with ``memory``, peak tensor memory of a train step; plus ``buys``: each side's
-    time at a setting over its own float32 eager time (what the setting buys)."""
+    compiled), with ``memory`` peak tensor memory of a train step, and with ``profile``, where mmldm's
+    median is above the peer's, a :func:`profile_gap` table; plus ``buys``: each side's time at a setting
+    over its own float32 eager time (what the setting buys)."""
     import torch
 
     check, runs = build_all(peer, arch, settings)
@@ -257,6 +281,8 @@ def run(peer: ModuleType, arch: Any, rounds: int = 7, settings: Sequence[Setting
         if memory:
             row["peak_mb"] = {side: peak_tensor_memory(runs[(s.name, side)]["train_step"]) / 2**20
                               for side in sides}
+        if profile and row["ratio"]["train_step"]["median"] > 1.0:
+            row["profile"] = profile_gap({side: runs[(s.name, side)]["train_step"] for side in sides})
         rows[s.name] = row
     buys = {s.name: {side: _spread([a / b for a, b in zip(seconds[(s.name, side)]["train_step"],
                                                            seconds[(FP32.name, side)]["train_step"])])
@@ -292,6 +318,13 @@ def report(r: dict[str, Any], title: str) -> str:
     for name, b in r["buys"].items():
         lines.append(f"| {r['settings'][name]['label']} | {b['mmldm']['median']:.2f} "
                      f"| {b[peer]['median']:.2f} |")
+    for row in r["settings"].values():
+        if "profile" in row:
+            g = row["profile"]
+            lines += ["", f"Where the time goes at {row['label']} (mmldm above {peer}): self CPU ms per train step "
+                      f"under torch.profiler, the operators that differ most (totals {g['total_ms'][0]:.0f} / "
+                      f"{g['total_ms'][1]:.0f} ms):", "", f"| operator | mmldm ms | {peer} ms |", "| --- | --- | --- |"]
+            lines += [f"| `{op}` | {a:.1f} | {b:.1f} |" for op, a, b in g["ops"]]
     lines += ["", "Peak MB: bytes held by torch's CPU allocator during one train step above those held before "
               "(activations, gradients, temporaries; not weights or optimizer state).", ""]
     return "\n".join(lines)

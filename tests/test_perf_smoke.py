@@ -132,7 +132,7 @@ def test_entry_point_table_and_sampler_quote(tmp_path, monkeypatch):
     generation.write_text(json.dumps({"settings": {"per_class": 100}, "samples": samples}))
     monkeypatch.setattr(entry, "GENERATION", generation)
     monkeypatch.setattr(entry, "REPO", tmp_path)
-    args = Namespace(quick=False, compile=False)
+    args = Namespace(quick=False, no_compile=True)
     results = entry.run(entry.QUICK, tmp_path, args, ["samplers"])
     gap = next(r for r in results["table"] if r["figure"].startswith("class accuracy"))
     # 950 vs 960 of 1000: the difference's 95% interval (-2.9, +0.8 points) leaves the +-1 point margin
@@ -229,3 +229,12 @@ def test_bf16_conv_gradient_check_measures_the_deviation_from_float32():
     for dims in (1, 2):
         errors = bf16_conv_gradient_errors(dims, sides=(4,))
         assert 0 < errors[4] < 0.05  # bf16 rounding, nothing worse
+
+
+def test_profile_gap_names_the_operators_where_one_side_spends_more():
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    steps = {"mmldm": lambda: [torch.mm(a, b) for _ in range(20)], "diffusers": lambda: torch.mm(a, b)}
+    g = unet_peer.profile_gap(steps, calls=2)
+    assert g["sides"] == ["mmldm", "diffusers"] and g["total_ms"][0] > g["total_ms"][1]
+    op, ours, theirs = g["ops"][0]
+    assert op == "aten::mm" and ours > theirs > 0
