@@ -24,7 +24,7 @@ def test_every_accuracy_carries_n_and_an_interval_and_set_metrics_their_null():
 
 
 def test_a_figure_short_of_its_target_is_marked():
-    assert readme.ratio_figure({"median": 0.97, "min": 0.9, "max": 1.04}) == "0.97 (0.90-1.04)"
+    assert readme.ratio_figure({"median": 0.97, "min": 0.9, "max": 1.04}) == "0.970 (0.90-1.04)"
     assert readme.ratio_figure({"median": 1.03, "min": 0.98, "max": 1.08}).endswith("**short of <= 1**")
 
 
