@@ -29,7 +29,7 @@ def test_a_figure_short_of_its_target_is_marked():
 
 
 def test_a_share_that_cannot_come_from_n_items_is_refused():
-    assert readme.share(100 / 120, 120) == "83.3% (100/120, 95% CI 75.6-89.0%)"
+    assert readme.share(100 / 120, 120) == "83.3% (100/120, 95% CI 75.7-88.9%)"
     with pytest.raises(ValueError, match="a share of 0.5 cannot come from 7 items"):
         readme.share(0.5, 7)
 
