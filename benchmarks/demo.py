@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmarks import save_results
+
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = ["train", "modality=voxel", "preset=voxel_quick"]
 
@@ -66,10 +68,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = run_demo(Path(tmp) / "run", args.set)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    (args.out / "results.md").write_text(report(result))
-    print(report(result))
+    save_results(args.out, result, report(result))
     return result
 
 

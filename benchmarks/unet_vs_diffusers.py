@@ -35,13 +35,13 @@ diffusers at the same setting (:mod:`benchmarks.unet_peer` has the harness).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from benchmarks import unet_peer
+from benchmarks import save_results
 from benchmarks.unet_peer import COMPILED, SETTINGS, check_parameter_counts, copy_weights  # noqa: F401
 
 #: the peer's side name in results
@@ -162,10 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     arch = QUICK if args.quick else replace(Arch(), batch=args.batch, resolution=args.resolution)
     result = run(arch, 2 if args.quick else args.rounds, args.compile)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    (args.out / "results.md").write_text(report(result))
-    print(report(result))
+    save_results(args.out, result, report(result))
     return result
 
 

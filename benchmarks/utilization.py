@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from benchmarks.latent_vs_pixel import timed
+from benchmarks import save_results
 
 REPO = Path(__file__).resolve().parents[1]
 #: operator-name fragments of the profiler's FLOP-carrying operators and of normalizations
@@ -204,10 +205,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     arch = QUICK if args.quick else Arch(batch=args.batch)
     result = run(arch, 2 if args.quick else args.rounds, 512 if args.quick else args.matmul_n)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    (args.out / "results.md").write_text(report(result))
-    print(report(result))
+    save_results(args.out, result, report(result))
     return result
 
 
