@@ -148,7 +148,8 @@ def phase1_rows() -> list[Row]:
                  "`python -m benchmarks.phase1`",
                  f"held-out PSNR ({n} images): " + ", ".join(f"{k} {v:.1f} dB" for k, v in psnr.items())))
     v = load("benchmarks/results/phase1_voxel/results.json")["results"]["kl"]
-    rows.append(("voxel 32^3 autoencoder, f=4", "`python -m benchmarks.phase1 --task voxel`",
+    vs = load("benchmarks/results/phase1_voxel/results.json")["settings"]["seconds"]
+    rows.append((f"voxel 32^3 autoencoder, f=4, {vs / 60:.0f} min", "`python -m benchmarks.phase1 --task voxel`",
                  f"held-out IoU {v['diagnostics']['reconstruction']['iou']:.2f} ({v['held_out_items']} shapes, "
                  f"{v['steps']} steps)"))
     a = load("benchmarks/results/phase1_audio/results.json")["results"]["kl"]
@@ -187,7 +188,8 @@ def generation_rows() -> list[Row]:
     rows = []
     g = load("benchmarks/results/generation_mnist/results.json")
     m = g["samples"]["dpmpp_2m-25-g3"]
-    rows.append(("MNIST class-conditional LDM, both phases", "`python -m benchmarks.generation`",
+    rows.append((f"MNIST class-conditional LDM, both phases in {g['training']['wall_seconds'] / 60:.1f} min",
+                 "`python -m benchmarks.generation`",
                  f"samples labelled as their class by an independent classifier: {share(m['class_accuracy'], _n(g, m))} "
                  f"(DPM-Solver++ 25 steps, guidance 3; the classifier on real held-out digits: {_judge(g)}); "
                  f"Frechet distance {m['frechet_distance']:.1f} (no real-vs-real floor measured)"))
@@ -207,7 +209,9 @@ def generation_rows() -> list[Row]:
     f = load("benchmarks/results/generation_fsdd/results.json")
     m = f["samples"]["dpmpp_2m-25-g3"]
     ceiling = f["extra"]["griffinlim_ceiling"]
-    rows.append(("spoken digits (FSDD), class-conditional LDM", "`python -m benchmarks.generation --task fsdd`",
+    rows.append((f"spoken digits (FSDD), class-conditional LDM in {f['training']['wall_seconds'] / 60:.1f} min; "
+                 "held out from generator and judge: the speaker theo and the clips 40-49 of the four others",
+                 "`python -m benchmarks.generation --task fsdd`",
                  f"samples recognized as their digit: {share(m['class_accuracy'], _n(f, m))}; {fsdd_references(f, m)}; "
                  f"autoencoder spectral convergence {ceiling['autoencoder']['spectral_convergence']:.2f} vs "
                  f"{ceiling['real_vocoded']['spectral_convergence']:.2f} for Griffin-Lim on real mels"))
