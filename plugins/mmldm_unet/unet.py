@@ -149,10 +149,10 @@ class UNet(Denoiser):
         return block(h, emb, context)
 
     def forward(self, z_t: Tensor, t: Tensor, conditioning: Conditioning | None = None) -> Tensor:
+        if self.use_compile and not torch.compiler.is_compiling():
+            return _compiled_forward()(self, z_t, t, conditioning)
         cond = conditioning if conditioning is not None else Conditioning()
         self._check(z_t, cond)
-        if self.use_compile and not torch.compiler.is_compiling():
-            return _compiled_forward()(self, z_t, t, cond)
         return self._forward(z_t, t, cond)
 
     def _forward(self, z_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
@@ -175,8 +175,12 @@ class UNet(Denoiser):
 
 @functools.cache
 def _compiled_forward() -> Callable[..., Tensor]:
-    """``torch.compile(UNet._forward)``, made on first use (compilation itself happens on the first call)."""
-    return torch.compile(UNet._forward)
+    """``torch.compile(UNet.forward)``, made on first use (compilation itself happens on the first call).
+
+    The whole ``forward``, checks included, not only its body ``_forward``: compiling ``_forward`` called from
+    an eager ``forward`` made the 2D benchmark U-Net's compiled training step about 10% slower (0.855 vs
+    0.776 s, 15 interleaved rounds each, 2 threads), for the same graph."""
+    return torch.compile(UNet.forward)
 
 
 def build_unet(
