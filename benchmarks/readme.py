@@ -165,6 +165,13 @@ def _n(results: dict[str, Any], m: dict[str, Any]) -> int:
     return int(m.get("class_accuracy_n") or results["settings"]["per_class"] * len(m["per_class_accuracy"]))
 
 
+def _precision(results: dict[str, Any]) -> str:
+    """``", bf16 autocast"`` when the run recorded mixed precision (the README's rows train in float32
+    unless they say so), else nothing."""
+    recorded = results.get("training", {}).get("metrics", {}).get("precision", "")
+    return ", bf16 autocast" if "bf16" in str(recorded) else ""
+
+
 def _judge(results: dict[str, Any]) -> str:
     c = results["classifier"]
     n = c.get("val_accuracy_n") or results["settings"]["real"]
@@ -178,7 +185,8 @@ def demo_rows() -> list[Row]:
     figures = ", ".join(f"{label} {sets['generated'][k]['mean']:.2f} +- {sets['generated'][k]['sd']:.2f} (real vs real "
                         f"{sets['null'][k]['mean']:.2f} +- {sets['null'][k]['sd']:.2f})"
                         for label, k in (("1-NNA", "1nna_cd"), ("COV", "cov_cd")))
-    return [("`bash scripts/demo.sh` (voxel_quick: 16^3 shapes, both phases)", "`python -m benchmarks.demo`",
+    return [("the demo's training run (what `bash scripts/demo.sh` runs once `.venv` exists: voxel_quick, 16^3 shapes, "
+             "both phases)", "`python -m benchmarks.demo`",
              f"{d['wall_seconds'] / 60:.1f} min; autoencoder IoU {m['autoencoder']['reconstruction']['iou']:.2f}; "
              f"{m['diffusion']['num_samples']} samples, {sets['size']} a side over {sets['repeats']} subsets: {figures}: "
              "a smoke test of the pipeline, these sizes cannot rank generators")]
@@ -188,7 +196,7 @@ def generation_rows() -> list[Row]:
     rows = []
     g = load("benchmarks/results/generation_mnist/results.json")
     m = g["samples"]["dpmpp_2m-25-g3"]
-    rows.append((f"MNIST class-conditional LDM, both phases in {g['training']['wall_seconds'] / 60:.1f} min",
+    rows.append((f"MNIST class-conditional LDM, both phases in {g['training']['wall_seconds'] / 60:.1f} min{_precision(g)}",
                  "`python -m benchmarks.generation`",
                  f"samples labelled as their class by an independent classifier: {share(m['class_accuracy'], _n(g, m))} "
                  f"(DPM-Solver++ 25 steps, guidance 3; the classifier on real held-out digits: {_judge(g)}); "
@@ -209,7 +217,8 @@ def generation_rows() -> list[Row]:
     f = load("benchmarks/results/generation_fsdd/results.json")
     m = f["samples"]["dpmpp_2m-25-g3"]
     ceiling = f["extra"]["griffinlim_ceiling"]
-    rows.append((f"spoken digits (FSDD), class-conditional LDM in {f['training']['wall_seconds'] / 60:.1f} min; "
+    rows.append((f"spoken digits (FSDD), class-conditional LDM in {f['training']['wall_seconds'] / 60:.1f} min"
+                 f"{_precision(f)}; "
                  "held out from generator and judge: the speaker theo and the clips 40-49 of the four others",
                  "`python -m benchmarks.generation --task fsdd`",
                  f"samples recognized as their digit: {share(m['class_accuracy'], _n(f, m))}; {fsdd_references(f, m)}; "

@@ -6,7 +6,7 @@ Two kinds of figure need them:
 * **a share** (class accuracy, the classifier's held-out accuracy): ``k`` of ``n`` items are right.
   :func:`proportion` gives the Wilson score interval (Wilson 1927; recommended over the normal
   approximation by Brown, Cai & DasGupta 2001), computed by scipy's ``binomtest(k, n).proportion_ci``.
-  At 100 of 120 the share is 83.3% and the interval 75.6-89.0%: a 2-point difference between two runs
+  At 100 of 120 the share is 83.3% and the interval 75.7-88.9%: a 2-point difference between two runs
   of 120 samples is noise.
 * **a set metric** (1-NNA, COV, MMD, JSD of voxels; spectrum statistics of audio): it compares a
   generated set with a real one, and its value depends on the two sizes as much as on the generator.
@@ -49,7 +49,7 @@ class Proportion:
         return asdict(self)
 
     def __str__(self) -> str:
-        """E.g. ``83.3% (100/120, 95% CI 75.6-89.0%)``."""
+        """E.g. ``83.3% (100/120, 95% CI 75.7-88.9%)``."""
         return (f"{100 * self.value:.1f}% ({self.k}/{self.n}, {100 * self.confidence:g}% CI "
                 f"{100 * self.low:.1f}-{100 * self.high:.1f}%)")
 
@@ -172,7 +172,7 @@ def repeated_set_metrics(metric_fn: SetMetric, real: Any, generated: Any, size: 
 
 
 def format_share(value: float | None, n: int | None, digits: int = 4) -> str:
-    """A stored share as ``83.3% (100/120, 95% CI 75.6-89.0%)`` when ``n`` fits it
+    """A stored share as ``83.3% (100/120, 95% CI 75.7-88.9%)`` when ``n`` fits it
     (:func:`proportion_from_share`), else the bare value (``digits`` significant digits)."""
     p = proportion_from_share(value, n) if value is not None and n else None
     return str(p) if p else ("" if value is None else f"{value:.{digits}g}")
@@ -185,10 +185,6 @@ def format_mean_sd(summary: Mapping[str, Any] | None, digits: int = 3) -> str:
     return f"{summary['mean']:.{digits}g} ± {summary['sd']:.2g}"
 
 
-__all__: Sequence[str] = ["Proportion", "equal_set_size", "format_mean_sd", "format_share", "means", "proportion",
-                          "proportion_from_share", "proportion_interval", "repeated_set_metrics", "summarize"]
-
-
 def difference_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float]:
     """Confidence interval of the difference of two shares ``k1/n1 - k2/n2`` (Newcombe 1998, method 10: the
     two Wilson intervals of :func:`proportion_interval` combined; it stays sensible at shares near 0 or 1,
@@ -199,3 +195,7 @@ def difference_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 
     (l1, u1), (l2, u2) = proportion_interval(k1, n1, confidence), proportion_interval(k2, n2, confidence)
     d = p1 - p2
     return d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
+
+
+__all__: Sequence[str] = ["Proportion", "difference_interval", "equal_set_size", "format_mean_sd", "format_share",
+                          "means", "proportion", "proportion_from_share", "proportion_interval", "repeated_set_metrics", "summarize"]
