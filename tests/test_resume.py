@@ -110,6 +110,58 @@ def test_sigkill_mid_phase_then_rerun_equals_uninterrupted_run(reference, tmp_pa
     _assert_same_result(run, reference)
 
 
+def _signal_after_first_checkpoint(run: Path, phase: str, env: dict[str, str], signum: int) -> tuple[int, str, int]:
+    """Start the run, send ``signum`` once ``<phase>/checkpoints/last.ckpt`` exists; (exit status, stderr, the
+    step of the checkpoint that existed when the signal was sent)."""
+    proc = subprocess.Popen(_command(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = run / phase / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    step = int(load_checkpoint(ckpt)["global_step"])
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err, step
+
+
+@pytest.mark.parametrize(("phase", "signum"), [("autoencoder", signal.SIGTERM), ("diffusion", signal.SIGTERM),
+                                               ("autoencoder", signal.SIGINT)])
+def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_identically(reference, tmp_path, phase, signum):
+    """Before: SIGTERM (what SLURM and Kubernetes send to preempt a job) exited 0 and saved nothing, so the
+    scheduler saw success and every step since the last periodic checkpoint was lost."""
+    run, env = tmp_path / "run", _env(reference.parent)
+    code, err, before = _signal_after_first_checkpoint(run, phase, env, signum)
+    assert code == 128 + signum, err[-3000:]
+    name = signal.Signals(signum).name
+    saved = int(load_checkpoint(run / phase / "checkpoints" / "last.ckpt")["global_step"])
+    assert before <= saved < STEPS, f"checkpoint at step {saved}"
+    ckpt = run / phase / "checkpoints" / "last.ckpt"
+    assert f"stopped by {name}: checkpoint saved at step {saved} to {ckpt}" in err, err[-3000:]
+    assert not (run / "export").exists() and not (run / phase / "export").exists()
+    out = subprocess.run(_command(run), env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    _assert_same_result(run, reference)
+
+
+def test_kill_between_the_phases_resumes_identically(reference, tmp_path):
+    """Before: a kill after phase 1's export and before phase 2's first checkpoint resumed to another denoiser
+    (max abs difference 0.5): phase 2 drew its initial weights from an RNG state that depended on what
+    phase 1 had done in the same process."""
+    run, env = tmp_path / "run", _env(reference.parent)
+    proc = subprocess.Popen(_command(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    export = run / "autoencoder" / "export" / "config.yaml"
+    deadline = time.monotonic() + 300
+    while not export.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert export.exists() and not (run / "diffusion" / "checkpoints" / "last.ckpt").exists()
+    out = subprocess.run(_command(run), env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "phase 1 already finished" in (run / "mmldm.log").read_text()
+    _assert_same_result(run, reference)
+
+
 KILL_WHILE_SAVING = textwrap.dedent('''
     import sys, time, torch
     from mmldm.training.trainer import SafeCheckpointIO

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
@@ -166,18 +169,35 @@ class NonFiniteGuard(L.Callback):
         mode (`str`): ``"error"`` or ``"skip"`` (``trainer.nonfinite``).
     """
 
-    def __init__(self, mode: str = "error") -> None:
+    def __init__(self, mode: str = "error", max_skipped_share: float = 0.05, max_consecutive: int = 20) -> None:
         if mode not in NONFINITE:
             raise ValueError(f"trainer.nonfinite={mode!r} is not valid; choose one of: {', '.join(NONFINITE)}")
+        if not 0.0 <= max_skipped_share < 1.0:
+            raise ValueError(f"trainer.nonfinite_max_share={max_skipped_share!r} is not valid: expected a share "
+                             "in [0, 1)")
         self.mode = mode
+        self.max_skipped_share, self.max_consecutive = max_skipped_share, max_consecutive
         self.skipped = 0
+        self.consecutive = 0
         self._bad: str | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped}
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+        self.consecutive = int(state_dict.get("consecutive", 0))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A phase that skipped more than ``max_skipped_share`` of its steps has not trained the model it
+        reports: it fails here, before anything is exported."""
+        steps = max(1, trainer.global_step)
+        if self.skipped > self.max_skipped_share * steps:
+            raise NonFiniteLossError(
+                f"{self.skipped} of {steps} steps ({self.skipped / steps:.0%}) had a non-finite loss or gradient "
+                f"and were skipped, more than trainer.nonfinite_max_share={self.max_skipped_share:g}: the weights "
+                "did not train as the run reports; lower the learning rate or check the data"
+            )
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         if torch.isfinite(loss).all():
@@ -211,7 +231,102 @@ class NonFiniteGuard(L.Callback):
             for p in params:
                 p.grad = None
             self.skipped += 1
+            self.consecutive += 1
             rank_zero_warn(f"{self._bad}; step skipped ({self.skipped} so far)")
+            if self.consecutive >= self.max_consecutive:
+                raise NonFiniteLossError(
+                    f"{self._bad}: the last {self.consecutive} steps were all skipped (trainer.nonfinite=skip gives "
+                    f"up after {self.max_consecutive} in a row); the model no longer trains: lower the learning "
+                    "rate or check the data"
+                )
             self._bad = None
+        else:
+            self.consecutive = 0
         if self.mode == "skip":
             pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
+
+
+class Preempted(SystemExit):
+    """A phase stopped by SIGTERM or SIGINT after saving its checkpoint; the exit status is
+    ``128 + signal`` (143 for SIGTERM, 130 for SIGINT), the shell's convention for a signalled process."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(128 + int(signum))
+        self.signum, self.message = int(signum), message
+
+
+class Preemption(L.Callback):
+    """SIGTERM and SIGINT stop training at the end of the current step with a checkpoint saved.
+
+    A scheduler that preempts a job (SLURM at its time limit or on ``scancel``, Kubernetes on
+    eviction) sends SIGTERM and kills the process some seconds later. While a phase trains,
+    this callback takes both signals over: the step in progress finishes, ``last.ckpt`` is
+    written at that step (the same point in the step as the periodic checkpoints, so the
+    resumed run continues bit-identically) and training stops; the caller then exits with
+    ``128 + signal`` (:class:`Preempted`) instead of going on to export. A second Ctrl+C
+    aborts at once without saving. Under DDP the ranks agree on stopping (one boolean
+    all-reduce per step), so a signal to any rank stops all of them at the same step.
+
+    Args:
+        path (`Path`): the checkpoint to write (the phase's ``checkpoints/last.ckpt``).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.received: int | None = None
+        self.saved_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now
+        self.received = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for s in self.SIGNALS:
+            self._previous[s] = signal.getsignal(s)
+            signal.signal(s, self._handle)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop or self.saved_step is not None:
+            return
+        self.received = self.received or signal.SIGTERM  # another rank was signalled
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+        trainer.should_stop = True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def raise_if_stopped(self, phase: str) -> None:
+        """Raise :class:`Preempted` when a signal stopped the phase."""
+        if self.received is None:
+            return
+        name = signal.Signals(self.received).name
+        where = (f"checkpoint saved at step {self.saved_step} to {self.path}" if self.saved_step is not None
+                 else "no step had finished since the signal, the last periodic checkpoint stands")
+        raise Preempted(self.received, f"{phase} stopped by {name}: {where}; run the same command again "
+                                       "(same hydra.run.dir, resume=true) to continue")
+
+
+class RunIdentity(L.Callback):
+    """Records what produced a checkpoint (``checkpoint["mmldm_identity"]``): the config values that
+    shape the phase and, for phase 2, the digest of the autoencoder whose latents it trains on.
+    :func:`mmldm.training.run.check_resumable` compares it with the run that would resume."""
+
+    KEY = "mmldm_identity"
+
+    def __init__(self, identity: Mapping[str, Any]) -> None:
+        self.identity = dict(identity)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.KEY] = self.identity

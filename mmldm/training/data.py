@@ -61,13 +61,16 @@ def _cond_arrays(cond: Mapping[str, Any]) -> dict[str, Any]:
 
 @torch.no_grad()
 def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Path, batch_size: int = 32,
-                   progress: bool = True, seed: int = 0) -> Path:
+                   progress: bool = True, seed: int = 0, producer: Mapping[str, Any] | None = None) -> Path:
     """Encode ``dataset`` into ``directory``: ``mean.npy``, ``std.npy``, conditions and a manifest.
 
     Returns ``directory``. The manifest is written last and atomically, so a
     folder with a manifest is complete (a run killed while encoding encodes
     again). Item randomness (augmentations) is seeded by ``seed`` and the
-    position, so the cache does not depend on the global RNG. Raises
+    position, so the cache does not depend on the global RNG. ``producer`` (JSON values) is recorded
+    in the manifest as what the latents were made from (``mmldm train`` records the autoencoder's
+    weight digest, the modality config, the item count and the seed, and encodes again when they
+    change: :func:`mmldm.training.run.latent_dataset`). Raises
     ``ValueError`` naming the items when the encoder returns NaN or Inf.
     """
     directory = Path(directory)
@@ -107,7 +110,8 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Pa
         else:
             (directory / f"cond_{key}.json").write_text(json.dumps([v for p in parts for v in p]))
             cond_files[key] = f"cond_{key}.json"
-    manifest = {"items": n, "latent_shape": list(mean_mm.shape[1:]), "cond": cond_files}
+    manifest = {"items": n, "latent_shape": list(mean_mm.shape[1:]), "cond": cond_files,
+                "producer": dict(producer) if producer is not None else None}
     tmp = directory / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(directory / MANIFEST)

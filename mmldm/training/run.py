@@ -9,6 +9,18 @@ A ``train`` run leaves in its directory::
     export/        the exported model (LatentDiffusion.from_pretrained)
     samples/       generated samples as the modality's files
     metrics.json   every measured figure
+
+Artifacts that a later stage consumes record what produced them
+(:mod:`mmldm.provenance`) and are checked before use: each ``last.ckpt``
+holds the config values that shape its phase (and phase 2's the digest of
+the autoencoder whose latents it trains on), a resumed run whose settings
+differ stops naming the keys; the latent cache's manifest names the
+autoencoder, modality config and seed that encoded it and is encoded again
+when they change; exports hold ``provenance.json`` with their weights'
+digests. ``.mmldm.lock`` keeps a second process out of the directory
+(:class:`~mmldm.training.rundir.RunLock`), and SIGTERM/SIGINT save the
+current step and exit ``128 + signal``
+(:class:`~mmldm.training.callbacks.Preemption`).
 """
 
 from __future__ import annotations
@@ -27,13 +39,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..build import build_autoencoder, build_conditioners, build_denoiser, build_modality
 from ..diagnostics import autoencoder_diagnostics, write_diagnostics
+from ..export import ExportError
 from ..interfaces import Modality
 from ..latents import LatentStats
 from ..pipeline import LatentDiffusion, sample_conditions
 from ..plugins import plugins
-from .data import EncodingDataset, LatentCacheDataset, condition_values, encode_dataset, make_loader
-from .preflight import check_run
-from .trainer import last_checkpoint, make_trainer
+from ..provenance import differences, read_provenance, weights_digest, write_provenance
+from .callbacks import NonFiniteGuard, Preempted, RunIdentity
+from .data import MANIFEST, EncodingDataset, LatentCacheDataset, condition_values, encode_dataset, make_loader
+from .preflight import PreflightError, check_run
+from .rundir import RunLock, is_launcher_rank_zero
+from .trainer import CheckpointError, last_checkpoint, load_checkpoint, make_trainer, preemption
 
 log = logging.getLogger("mmldm")
 
@@ -50,6 +66,74 @@ PHASE2_KEYS = ("denoiser", "conditioner", "diffusion", "sampler")
 
 def _component_configs(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+
+
+#: Keys of a phase's training config that a resumed run may change: the budget (a finished run can
+#: be extended), where phase 1 comes from, whether latents are cached.
+BUDGET_KEYS = ("max_steps", "max_minutes", "checkpoint", "latent_cache")
+
+
+def phase_identity(cfg: DictConfig, phase: str, phase1: LatentDiffusion | None = None) -> dict[str, Any]:
+    """The settings that shape what ``phase`` (``"autoencoder"`` or ``"diffusion"``) trains: its component
+    configs, its optimizer settings (not its budget, :data:`BUDGET_KEYS`), the batch size and seed, and for
+    phase 2 the digest and statistics of the autoencoder whose latents it learns (``phase1``)."""
+    if phase == "autoencoder":
+        keys, training, batch = PHASE1_KEYS, "phase1", cfg.data.batch_size
+    else:
+        keys, training = ("denoiser", "conditioner"), "diffusion"
+        batch = cfg.diffusion.batch_size or cfg.data.batch_size
+    config = _component_configs(cfg, keys)
+    config[training] = {k: v for k, v in OmegaConf.to_container(cfg[training], resolve=True).items()
+                        if k not in BUDGET_KEYS}
+    config["batch_size"], config["seed"] = int(batch), int(cfg.seed)
+    identity: dict[str, Any] = {"phase": phase, "config": config}
+    if phase1 is not None:
+        identity["autoencoder"] = weights_digest(phase1.autoencoder)
+        identity["latent_stats"] = phase1.stats.to_dict()
+    return identity
+
+
+def check_resumable(root: Path, identity: dict[str, Any]) -> str | None:
+    """The phase's ``last.ckpt`` under ``root`` when the run resumes from it, after checking that it was
+    written with the same :func:`phase_identity`; raises :class:`CheckpointError` naming the file and the
+    keys that changed otherwise (a checkpoint from an older mmldm, without the record, is used as is)."""
+    path = last_checkpoint(root)
+    if path is None:
+        return None
+    recorded = load_checkpoint(path, mmap=True).get(RunIdentity.KEY)
+    if recorded is None:
+        return path
+    if recorded.get("autoencoder", identity.get("autoencoder")) != identity.get("autoencoder"):
+        raise CheckpointError(
+            f"{path} trained on the latents of autoencoder {recorded['autoencoder']}, but this run's autoencoder "
+            f"is {identity['autoencoder']} (phase 1 was retrained or phase1.checkpoint changed): resuming would pair "
+            "the new autoencoder with a denoiser of the old one's latents. Start phase 2 afresh with resume=false, "
+            "or use another hydra.run.dir"
+        )
+    changed = differences(recorded.get("config", {}), identity["config"])
+    if changed:
+        raise CheckpointError(
+            f"{path} was written with other settings than this run's: {'; '.join(changed)}. Rerun with the "
+            "checkpoint's settings to resume it, or start afresh with resume=false (its checkpoints are "
+            "overwritten) or another hydra.run.dir"
+        )
+    return path
+
+
+def _fit(trainer: Any, module: Any, *loaders: Any, ckpt_path: str | None, phase: str) -> None:
+    """``trainer.fit``, then :class:`Preempted` when SIGTERM/SIGINT stopped it. A checkpoint from an older
+    mmldm that does not fit the model (no identity record to check first) fails in one line naming it."""
+    try:
+        trainer.fit(module, *loaders, ckpt_path=ckpt_path, weights_only=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if ckpt_path and ("size mismatch" in str(e) or "Missing key(s)" in str(e) or "Unexpected key(s)" in str(e)):
+            raise CheckpointError(
+                f"{ckpt_path} does not fit this run's model ({first}): it was written with other settings. "
+                "Rerun with those settings, or start afresh with resume=false or another hydra.run.dir"
+            ) from None
+        raise
+    preemption(trainer).raise_if_stopped(phase)
 
 
 def _budget(phase: DictConfig, cfg: DictConfig) -> tuple[int, dict[str, Any]]:
@@ -92,8 +176,10 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
                         distributed=True)
     val = make_loader(modality.dataset("val"), cfg.data.batch_size, False, cfg.data.num_workers, seed=cfg.seed)
     steps, budget = _budget(cfg.phase1, cfg)
-    trainer = make_trainer(cfg.trainer, root, steps, loader=train, dims=modality.dims, **budget)
-    trainer.fit(module, train, val, ckpt_path=last_checkpoint(root) if cfg.resume else None, weights_only=True)
+    identity = phase_identity(cfg, "autoencoder")
+    trainer = make_trainer(cfg.trainer, root, steps, loader=train, dims=modality.dims, identity=identity, **budget)
+    _fit(trainer, module, train, val, ckpt_path=check_resumable(root, identity) if cfg.resume else None,
+         phase="phase 1 (autoencoder)")
     _log_fit("phase 1 (autoencoder)", trainer)
     autoencoder = module.autoencoder.cpu().eval()
     stats = _measure_stats(autoencoder, dataset, cfg)
@@ -105,9 +191,17 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
         with torch.no_grad():
             recon = modality.postprocess(autoencoder(batch["x"][:8]).reconstruction)
         modality.save_reconstructions(batch["x"][:8], recon, root / "reconstructions")
-        _update_metrics(run_dir, {"autoencoder": diag, "precision": str(trainer.precision)})
+        _update_metrics(run_dir, {"autoencoder": diag, "precision": str(trainer.precision),
+                                  "autoencoder_skipped_steps": _skipped(trainer)})
+        # provenance first: config.yaml, written last by save_pretrained, marks a complete export
+        write_provenance(root / "export", {"autoencoder": weights_digest(autoencoder), "phase1": identity})
         pipe.save_pretrained(root / "export")
     return pipe
+
+
+def _skipped(trainer: Any) -> int:
+    """Steps the phase skipped for a non-finite loss or gradient (``trainer.nonfinite=skip``)."""
+    return next((c.skipped for c in trainer.callbacks if isinstance(c, NonFiniteGuard)), 0)
 
 
 def _log_fit(phase: str, trainer: Any) -> None:
@@ -128,12 +222,51 @@ def _measure_stats(autoencoder: torch.nn.Module, dataset: Any, cfg: DictConfig) 
 
 
 def finished_autoencoder(cfg: DictConfig, run_dir: Path) -> LatentDiffusion | None:
-    """Phase 1 of an earlier, interrupted invocation of this run (``resume=true``), when it finished."""
+    """Phase 1 of an earlier, interrupted invocation of this run (``resume=true``), when it finished.
+
+    Raises :class:`CheckpointError` naming the keys when the export was trained with other phase-1
+    settings than this run's (its ``provenance.json``; component configs for an export without one)."""
     export = run_dir / "autoencoder" / "export"
     if not (cfg.resume and (export / "config.yaml").is_file()):
         return None
+    record = read_provenance(export)
+    if record is not None and "phase1" in record:
+        changed = differences(record["phase1"].get("config", {}), phase_identity(cfg, "autoencoder")["config"])
+    else:
+        changed = differences(_component_configs(OmegaConf.create(_export_config(export)), PHASE1_KEYS),
+                              _component_configs(cfg, PHASE1_KEYS))
+    if changed:
+        raise CheckpointError(
+            f"{export} holds the phase 1 of a run with other settings than this one's: {'; '.join(changed)}. "
+            "Rerun with those settings to resume, or retrain phase 1 with resume=false (overwrites this run "
+            "directory) or use another hydra.run.dir"
+        )
     log.info("phase 1 already finished in %s; loading it (resume=false retrains)", export)
-    return LatentDiffusion.from_pretrained(export)
+    return load_export(export)
+
+
+def _export_config(export: Path) -> dict[str, Any]:
+    from ..export import load_config
+
+    cfg = load_config(export)
+    return {k: cfg[k] for k in PHASE1_KEYS if k in cfg}
+
+
+def load_export(export: Path) -> LatentDiffusion:
+    """``LatentDiffusion.from_pretrained(export)``, checking the weights against the digests its
+    ``provenance.json`` records (when it has one): a weights file replaced after the export was written
+    (another run's autoencoder copied in) is refused, naming the file."""
+    pipe = LatentDiffusion.from_pretrained(export)
+    record = read_provenance(export) or {}
+    parts = {"autoencoder": pipe.autoencoder, "denoiser": pipe.denoiser}
+    for name, module in parts.items():
+        if name in record and module is not None and weights_digest(module) != record[name]:
+            raise CheckpointError(
+                f"{Path(export) / f'{name}.safetensors'} holds weights with digest {weights_digest(module)}, but "
+                f"{Path(export) / 'provenance.json'} records {record[name]}: the file was replaced after the export "
+                "was written; export the model again"
+            )
+    return pipe
 
 
 def load_autoencoder(cfg: DictConfig) -> LatentDiffusion:
@@ -148,7 +281,7 @@ def load_autoencoder(cfg: DictConfig) -> LatentDiffusion:
         phase1 = plugins().manager.hook.mmldm_load_phase1(path=str(where), modality_cfg=cfg.modality)
         if phase1 is not None:
             return phase1
-    return LatentDiffusion.from_pretrained(where)
+    return load_export(where)
 
 
 # ---------------------------------------------------------------------------- phase 2
@@ -159,11 +292,41 @@ def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path):
     if not cfg.diffusion.latent_cache:
         return EncodingDataset(train, phase1.autoencoder, phase1.stats, sample=sample)
     cache = run_dir / "latents"
-    if _is_rank_zero() and not (cache / "manifest.json").is_file():
-        log.info("caching the latents of %d training items in %s (rank 0)", len(train), cache)
-        encode_dataset(phase1.autoencoder, train, cache, batch_size=cfg.data.batch_size, seed=cfg.seed)
+    if _is_rank_zero():
+        producer = latent_producer(phase1, len(train), cfg.seed)
+        stale = _stale_cache(cache, producer)
+        if stale is not None:
+            if stale:
+                log.warning("latent cache %s is stale (%s): encoding it again", cache, stale)
+            log.info("caching the latents of %d training items in %s (rank 0)", len(train), cache)
+            encode_dataset(phase1.autoencoder, train, cache, batch_size=cfg.data.batch_size, seed=cfg.seed,
+                           producer=producer)
     _barrier()
     return LatentCacheDataset(cache, phase1.stats, sample=sample)
+
+
+def latent_producer(phase1: LatentDiffusion, items: int, seed: int) -> dict[str, Any]:
+    """What a latent cache's contents depend on: the autoencoder's weights, the modality config (the data
+    and its preprocessing), the item count and the seed of the items' augmentations."""
+    return {"autoencoder": weights_digest(phase1.autoencoder), "modality": phase1.config["modality"],
+            "items": int(items), "seed": int(seed)}
+
+
+def _stale_cache(cache: Path, producer: dict[str, Any]) -> str | None:
+    """``None`` when ``cache`` holds latents of ``producer``; else why not (``""``: there is no cache)."""
+    path = cache / MANIFEST
+    if not path.is_file():
+        return ""
+    try:
+        recorded = json.loads(path.read_text()).get("producer")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return f"{path} is damaged"
+    if recorded is None:
+        return f"{path} does not record which autoencoder encoded it"
+    if recorded.get("autoencoder") != producer["autoencoder"]:
+        return f"encoded by autoencoder {recorded.get('autoencoder')}, this run's is {producer['autoencoder']}"
+    changed = differences(recorded, producer, limit=4)
+    return f"encoded with other settings: {'; '.join(changed)}" if changed else None
 
 
 def _barrier() -> None:
@@ -177,8 +340,13 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
     """Phase 2: fit the denoiser on normalized latents, export, sample, measure."""
     from .phase2 import DiffusionModule
 
+    import lightning as L
+
     modality = phase1.modality
     root = run_dir / "diffusion"
+    # phase 2 starts from the seeded RNG state whatever ran before it in this process, so a run stopped
+    # between the phases (phase 1 exported, no phase-2 checkpoint yet) sets phase 2 up exactly alike
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     conditioners = build_conditioners(cfg.conditioner, modality, phase1.latent_shape)
     data = latent_dataset(cfg, phase1, run_dir)
     for c in conditioners:  # before the optimizer and the EMA copy exist
@@ -189,10 +357,12 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
                          drop_last=True, seed=cfg.seed, distributed=True,
                          key="diffusion.batch_size" if cfg.diffusion.batch_size else "data.batch_size")
     steps, budget = _budget(cfg.diffusion, cfg)
+    identity = phase_identity(cfg, "diffusion", phase1)
     trainer = make_trainer(cfg.trainer, root, steps, loader=loader, limit_val_batches=0,
-                           dims=len(phase1.latent_shape) - 1, **budget)
+                           dims=len(phase1.latent_shape) - 1, identity=identity, **budget)
     start = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=last_checkpoint(root) if cfg.resume else None, weights_only=True)
+    _fit(trainer, module, loader, ckpt_path=check_resumable(root, identity) if cfg.resume else None,
+         phase="phase 2 (diffusion)")
     seconds = time.perf_counter() - start
     _log_fit("phase 2 (diffusion)", trainer)
     configs = {**phase1.config, **_component_configs(cfg, PHASE2_KEYS)}
@@ -200,10 +370,14 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
     pipe = LatentDiffusion(modality, phase1.autoencoder, phase1.stats, configs, ema["denoiser"], list(ema["conditioners"]))
     if _is_rank_zero():
         log.info("exporting to %s, sampling and measuring (rank 0)", run_dir / "export")
+        write_provenance(run_dir / "export", {
+            "autoencoder": identity["autoencoder"], "denoiser": weights_digest(pipe.denoiser),
+            "phase1": (read_provenance(run_dir / "autoencoder" / "export") or {}).get("phase1"), "phase2": identity})
         pipe.save_pretrained(run_dir / "export")
         metrics = sample_and_measure(pipe, cfg, run_dir / "samples")
         metrics["train_seconds"] = seconds
         metrics["steps"] = int(trainer.global_step)
+        metrics["skipped_steps"] = _skipped(trainer)
         metrics["precision"] = str(trainer.precision)
         _update_metrics(run_dir, {"diffusion": metrics})
     return pipe
@@ -258,10 +432,25 @@ def measure_sets(modality: Modality, val: Any, samples: torch.Tensor, labels: to
 
 
 def _update_metrics(run_dir: Path, new: dict[str, Any]) -> Path:
+    """Merge ``new`` into ``<run dir>/metrics.json`` (written via a temporary file and rename). A file that
+    does not parse (truncated by a kill or a full disk) is kept as ``metrics.json.damaged`` with a warning
+    naming it, and a new one is started."""
     path = Path(run_dir) / "metrics.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"holds {type(data).__name__}, expected a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            damaged = path.with_name("metrics.json.damaged")
+            path.replace(damaged)
+            log.warning("%s could not be read (%s); kept as %s, starting a new one", path, e, damaged)
+            data = {}
     data.update(new)
-    path.write_text(json.dumps(data, indent=2, default=float))
+    tmp = path.with_name(".metrics.json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    tmp.replace(path)
     return path
 
 
@@ -290,7 +479,8 @@ def encode(cfg: DictConfig, run_dir: Path) -> None:
     """Cache the training set's latents under ``<run dir>/latents``."""
     phase1 = load_autoencoder(cfg)
     dataset = phase1.modality.dataset("train")
-    path = encode_dataset(phase1.autoencoder, dataset, run_dir / "latents", cfg.data.batch_size, seed=cfg.seed)
+    path = encode_dataset(phase1.autoencoder, dataset, run_dir / "latents", cfg.data.batch_size, seed=cfg.seed,
+                          producer=latent_producer(phase1, len(dataset), cfg.seed))
     print(f"mmldm: latents written to {path}")
 
 
@@ -327,8 +517,32 @@ def _relaunchable_argv(verb: str) -> Iterator[None]:
 
 
 def run(verb: str, cfg: DictConfig, run_dir: str | Path) -> None:
-    """Dispatch a CLI verb."""
+    """Dispatch a CLI verb, holding the run directory's lock (:class:`~mmldm.training.rundir.RunLock`; the
+    DDP processes of ranks above 0 share rank 0's).
+
+    Raises:
+        SystemExit: ``128 + signal`` when SIGTERM/SIGINT stopped training (the checkpoint was saved first)
+            or SIGINT interrupted other work (130); 2 when another process holds the directory, a checkpoint or
+            export does not fit the run, or the config does not fit together (one line on stderr and in the log).
+    """
+    from .rundir import RunDirectoryBusy
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _relaunchable_argv(verb):
-        {"train": train, "encode": encode, "evaluate": evaluate}[verb](cfg, run_dir)
+    lock = RunLock(run_dir, " ".join(["mmldm", verb, *sys.argv[1:]])) if is_launcher_rank_zero() else None
+    try:
+        with lock or contextlib.nullcontext(), _relaunchable_argv(verb):
+            {"train": train, "encode": encode, "evaluate": evaluate}[verb](cfg, run_dir)
+    except (RunDirectoryBusy, CheckpointError, PreflightError, ExportError) as e:
+        # the run cannot start or go on as configured: one line naming the file or key, exit 2 (as a bad override)
+        log.error("%s", e)
+        print(f"mmldm {verb}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Preempted as e:
+        log.warning("%s", e.message)
+        print(f"mmldm {verb}: {e.message}", file=sys.stderr)
+        raise
+    except KeyboardInterrupt:
+        print(f"mmldm {verb}: interrupted (SIGINT) outside training; nothing was saved since the last "
+              "checkpoint", file=sys.stderr)
+        raise SystemExit(130) from None

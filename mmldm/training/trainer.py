@@ -51,9 +51,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, "cpu" if map_location is None else map_location)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with errors that name the file.
 
+    ``mmap`` maps the tensors from the file instead of reading them (to look at a few keys).
     Raises :class:`CheckpointError` for a missing, truncated or corrupted file
     and for one holding objects other than tensors and plain values (a pickle
     that would import or call code is refused, never executed).
@@ -64,7 +65,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain values, which could run "
@@ -173,7 +174,8 @@ def trainer_kwargs(cfg: Any, max_steps: int | None = None, dims: int | None = No
 
 
 def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: list | None = None,
-                 loader: Any = None, dims: int | None = None, **overrides: Any):
+                 loader: Any = None, dims: int | None = None, identity: dict[str, Any] | None = None,
+                 **overrides: Any):
     """A Trainer writing checkpoints (``checkpoints/last.ckpt``) and CSV logs under ``root``.
 
     Args:
@@ -185,6 +187,11 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
             :func:`~mmldm.training.data.make_loader`; checkpoints then record its position
             (:class:`~mmldm.training.callbacks.ResumeState`), so a resumed run continues the data order.
         dims (`int`, *optional*): spatial dims of the model's convolutions (``precision: auto`` checks them).
+        identity (`dict`, *optional*): what produced the phase's checkpoints, recorded in each
+            (:class:`~mmldm.training.callbacks.RunIdentity`).
+
+    SIGTERM and SIGINT during ``fit`` save ``last.ckpt`` at the current step and stop training
+    (:class:`~mmldm.training.callbacks.Preemption`; find it with :func:`preemption`).
 
     Lightning's distributed sampler injection is off: :func:`~mmldm.training.data.make_loader`
     shards the training data over the ranks itself; evaluation loaders read all items on every rank.
@@ -193,7 +200,7 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from .callbacks import NonFiniteGuard, ResumeState
+    from .callbacks import NonFiniteGuard, Preemption, ResumeState, RunIdentity
 
     root = Path(root)
     kwargs = trainer_kwargs(cfg, max_steps, dims)
@@ -202,16 +209,27 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
         dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every,
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
-    guards = [NonFiniteGuard(_get(cfg, "nonfinite", "error")), ResumeState(getattr(loader, "batch_sampler", None))]
+    guards = [NonFiniteGuard(_get(cfg, "nonfinite", "error"), _get(cfg, "nonfinite_max_share", 0.05)),
+              ResumeState(getattr(loader, "batch_sampler", None))]
+    if identity is not None:
+        guards.append(RunIdentity(identity))
     kwargs.update(overrides)
     return L.Trainer(
         default_root_dir=str(root),
         logger=CSVLogger(str(root), name="logs", version=""),
-        callbacks=[checkpoint, *guards, *(callbacks or [])],
+        # Preemption last: its checkpoint holds the other callbacks' state after this step
+        callbacks=[checkpoint, *guards, *(callbacks or []), Preemption(root / "checkpoints" / LAST)],
         plugins=[SafeCheckpointIO()],
         use_distributed_sampler=False,
         **kwargs,
     )
+
+
+def preemption(trainer: Any) -> Any:
+    """The :class:`~mmldm.training.callbacks.Preemption` callback of a :func:`make_trainer` trainer."""
+    from .callbacks import Preemption
+
+    return next(c for c in trainer.callbacks if isinstance(c, Preemption))
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
