@@ -59,6 +59,17 @@ def validate(cfg: AudioConfig) -> None:
             raise ValueError(f"audio.{key}={pattern!r} is not a valid regex: {e}") from e
 
 
+def check_finite(logmel: Tensor, names: list[str] | None) -> None:
+    """Raise ``ValueError`` naming the clips whose log-mel ``[N, n_mels, T]`` is not finite: one such clip
+    would make the dataset statistics, hence every item, NaN. :func:`.sources.read_audio` rejects the files
+    that cause it (non-finite or absurd samples) first; this is the last guard before the statistics."""
+    bad = (~torch.isfinite(logmel)).flatten(1).any(1).nonzero().flatten().tolist()
+    if bad:
+        named = ", ".join(names[i] if names else f"clip {i}" for i in bad[:10])
+        raise ValueError(f"non-finite log-mel in {len(bad)} training clip(s) ({named}); the dataset statistics "
+                         "would be NaN")
+
+
 class AudioDataset(Dataset):
     """Items ``{"x": FloatTensor[n_mels, T] or [1, n_mels, T], "cond": {"class": int, "text": str}}``.
 
@@ -144,9 +155,11 @@ class AudioModality(Modality):
     @property
     def stats(self) -> dict[str, Tensor]:
         if self._stats is None:
-            waves = [fix_length(w, self.length, random_crop=False) for w in self.waveforms("train").waves]
+            data = self.waveforms("train")
+            waves = [fix_length(w, self.length, random_crop=False) for w in data.waves]
             with torch.no_grad():
                 logmel = torch.cat([self.logmel(torch.stack(waves[i : i + 256])) for i in range(0, len(waves), 256)])
+            check_finite(logmel, data.names)
             self._stats = measure_stats(logmel)
         return self._stats
 

@@ -14,13 +14,17 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from mmldm.data import SkippedFiles, check_split
+from mmldm.data import SkippedFiles, check_split, list_files, read_sidecar_text
 
 from .synth import CLASSES, synthesize
 
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+#: Largest sample magnitude a file may hold: decoded integer PCM lies in [-1, 1); float files are nominally
+#: there too but may exceed it a little (inter-sample peaks, un-normalized mixes), so the bound is generous
+#: (+24 dBFS). A larger or non-finite sample rejects the file before it reaches the dataset statistics.
+MAX_ABS_SAMPLE = 16.0
 
 
 @dataclass
@@ -59,8 +63,10 @@ def read_audio(path: Path, sample_rate: int) -> Tensor:
     """A file as mono float32 ``[N]`` (channels averaged) resampled to ``sample_rate`` with torchaudio.
 
     Raises ``ValueError`` when it cannot be decoded (whatever the decoder raised),
-    has no samples, non-finite ones, or only zeros (a silent clip would train as a
-    zero tensor); :func:`load_folder` reports it with the file's name.
+    has no samples, a non-finite sample or one beyond ``±MAX_ABS_SAMPLE`` (the reason
+    then names the first such sample and its value; either would make every item NaN
+    through the dataset statistics), or only zeros (a silent clip would train as a zero tensor);
+    :func:`load_folder` reports it with the file's name.
     """
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
@@ -70,14 +76,25 @@ def read_audio(path: Path, sample_rate: int) -> Tensor:
         raise ValueError(f"cannot decode ({type(e).__name__}: {e})") from e
     if data.size == 0:
         raise ValueError("no samples")
-    if not np.isfinite(data).all():
-        raise ValueError("non-finite samples")
+    _check_sample_values(data)
     if not data.any():
         raise ValueError("every sample is zero (silent)")
     wave = torch.from_numpy(data.mean(axis=1))
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
     return wave
+
+
+def _check_sample_values(data: np.ndarray) -> None:
+    """Raise ``ValueError`` when ``data [N, channels]`` holds a non-finite sample, or one beyond
+    ``±MAX_ABS_SAMPLE`` (then naming the first such sample and its value)."""
+    if not np.isfinite(data).all():
+        raise ValueError("non-finite samples")
+    loud = np.abs(data) > MAX_ABS_SAMPLE
+    if loud.any():
+        frame, channel = np.argwhere(loud)[0]
+        raise ValueError(f"sample {frame} (channel {channel}) is {float(data[frame, channel]):g}, beyond "
+                         f"±{MAX_ABS_SAMPLE:g} (mmldm_audio.sources.MAX_ABS_SAMPLE; audio is nominally in [-1, 1])")
 
 
 def normalize_peak(data: AudioSet, level: float) -> AudioSet:
@@ -115,13 +132,15 @@ def _class_names(labels: list[str]) -> list[str]:
 def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> AudioSet:
     """Every WAV/FLAC/OGG under ``root`` (sorted by path), with labels from ``label_pattern`` (or the
     first sub-folder when ``None``) and captions from a ``.txt`` file of the same stem beside each file
-    (else ``"a recording of {label}"``). Corrupt, empty or non-finite files are skipped and reported in
-    one warning naming each."""
+    (else ``"a recording of {label}"``). Corrupt, empty, silent, non-finite or absurd files, paths that are
+    no regular file (FIFOs: never opened), dangling links, symlink loops and captions that are not UTF-8
+    (the item keeps the default caption) are skipped and reported in one warning naming each."""
     if not root.is_dir():
         raise FileNotFoundError(f"audio.root={root} is not a directory (source 'folder' reads WAV/FLAC/OGG files)")
     pattern = re.compile(label_pattern) if label_pattern else None
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    waves, labels, texts, names, skipped = [], [], [], [], SkippedFiles()
+    skipped = SkippedFiles()
+    files = list_files(root, AUDIO_SUFFIXES, skipped)
+    waves, labels, texts, names = [], [], [], []
     for path in files:
         label = _label(path, root, pattern)
         try:
@@ -131,8 +150,8 @@ def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> Audi
             continue
         labels.append(label)
         names.append(path.relative_to(root).as_posix())
-        caption = path.with_suffix(".txt")
-        texts.append(caption.read_text().strip() if caption.exists() else f"a recording of {label}")
+        caption = read_sidecar_text(path.with_suffix(".txt"), root, skipped)
+        texts.append(caption if caption is not None else f"a recording of {label}")
     skipped.warn(logger, f"audio folder {root}")
     if not waves:
         raise FileNotFoundError(f"audio.root={root}: no readable {'/'.join(AUDIO_SUFFIXES)} files")

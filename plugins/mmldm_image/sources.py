@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mmldm.data import SkippedFiles
+from mmldm.data import SkippedFiles, list_files, path_problem, read_sidecar_text
 
 from .shapes import SHAPES, render_scene
 
@@ -40,6 +40,23 @@ class ImageSet:
 def to_channels(img: Image.Image, channels: int) -> np.ndarray:
     """A PIL image as uint8 ``[H, W, channels]`` (RGB -> gray by ITU-R 601 luma, gray -> RGB by copy)."""
     return np.asarray(img.convert("L" if channels == 1 else "RGB")).reshape(img.height, img.width, channels)
+
+
+#: Pillow modes of 16-bit grayscale (a 16-bit PNG opens as "I;16"; older Pillow gave "I").
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """``img`` with 8-bit channels: 16-bit grayscale scaled by 255/65535, so mid-grey 32768 becomes 128
+    (Pillow's ``convert("L")`` clips it to 255: the picture turns white). Pillow already reduces 16-bit
+    RGB(A) and 1/2/4-bit PNGs to their 8-bit modes; 32-bit integer or float pixels (no known range)
+    raise ``ValueError``."""
+    if img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG"):  # PNG: at most 16 bits
+        return Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+    if img.mode in ("I", "F"):
+        raise ValueError(f"{'32-bit integer' if img.mode == 'I' else 'float'} pixels (mode {img.mode}) have no known "
+                         "range: save the picture with 8 or 16 bits per channel")
+    return img
 
 
 def fit(img: Image.Image, size: int, content: float = 1.0, resample=Image.Resampling.BILINEAR) -> Image.Image:
@@ -141,15 +158,21 @@ def _decode(path: Path, convert: Callable[[Image.Image], np.ndarray]) -> np.ndar
         raise ValueError(f"cannot decode image ({type(e).__name__}: {e})") from e
 
 
-def _read_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-    """One folder image, its optional mask sidecar (nearest-neighbour resized) and caption sidecar."""
-    pixels = _decode(path, lambda img: to_channels(fit(img, size), channels))
+def _read_image(
+    path: Path, size: int, channels: int, root: Path | None = None, skipped: SkippedFiles | None = None
+) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """One folder image (16-bit scaled by :func:`eight_bit`), its optional mask sidecar (nearest-neighbour
+    resized; one that is no regular file rejects the image) and caption sidecar (one that is not UTF-8 is
+    recorded in ``skipped``, relative to ``root``, and the default caption used)."""
+    pixels = _decode(path, lambda img: to_channels(fit(eight_bit(img), size), channels))
     mask_path = path.with_name(path.stem + MASK_SUFFIX)
     mask = None
     if mask_path.exists():
+        if (problem := path_problem(mask_path)) is not None:
+            raise ValueError(f"mask {mask_path.name}: {problem}")
         mask = _decode(mask_path, lambda m: np.asarray(fit(m.convert("L"), size, resample=Image.Resampling.NEAREST)))
-    caption_path = path.with_suffix(".txt")
-    caption = caption_path.read_text().strip() if caption_path.exists() else None
+    root = path.parent if root is None else root
+    caption = read_sidecar_text(path.with_suffix(".txt"), root, SkippedFiles() if skipped is None else skipped)
     return pixels, mask, caption
 
 
@@ -168,18 +191,18 @@ def load_folder(root: Path, size: int, channels: int) -> ImageSet:
     """PNG/JPEG files under ``root``; the first sub-folder names the class (none at top level).
 
     Sidecars with the same stem: ``<stem>.txt`` caption, ``<stem>.mask.png``
-    integer mask. Unreadable files are skipped with one warning naming each.
+    integer mask. Unreadable files, paths that are no regular file (FIFOs: never
+    opened), dangling links, symlink loops and captions that are not UTF-8 (the
+    image keeps the default caption) are skipped with one warning naming each.
     """
     if not root.is_dir():
         raise FileNotFoundError(f"image.root={root} is not a directory (source 'folder' reads PNG/JPEG files from it)")
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.lower().endswith(MASK_SUFFIX)
-    )
-    paths, records, skipped = [], [], SkippedFiles()
+    skipped = SkippedFiles()
+    files = list_files(root, IMAGE_SUFFIXES, skipped, exclude=(MASK_SUFFIX,))
+    paths, records = [], []
     for path in files:
         try:
-            records.append(_read_image(path, size, channels))
+            records.append(_read_image(path, size, channels, root, skipped))
             paths.append(path)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             skipped.add(path.relative_to(root), e)

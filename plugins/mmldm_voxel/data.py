@@ -20,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mmldm.data import SkippedFiles
+from mmldm.data import SkippedFiles, read_sidecar_text
+from mmldm.data import list_files as list_folder
 
 from .readers import SUFFIXES, load_grid
 from .shapes import CLASS_NAMES, generate
@@ -90,11 +91,13 @@ def procedural_data(settings: dict[str, Any], cache_dir: Path) -> VoxelData:
     return cached(cache_dir / f"procedural-{settings_key(settings)}.npz", build)
 
 
-def list_files(root: Path) -> list[Path]:
-    """Supported files under ``root`` (recursive, sorted)."""
+def list_files(root: Path, skipped: SkippedFiles | None = None) -> list[Path]:
+    """Supported regular files under ``root`` (recursive, sorted); the paths left out (FIFOs and other
+    non-regular files, dangling links, symlink loops) are recorded in ``skipped`` with the reason
+    (see :func:`mmldm.data.list_files`)."""
     if not root.is_dir():
         raise FileNotFoundError(f"voxel data root '{root}' is not a directory")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return list_folder(root, SUFFIXES, SkippedFiles() if skipped is None else skipped)
 
 
 def class_of(path: Path, root: Path) -> str:
@@ -109,19 +112,38 @@ def folder_class_names(files: list[Path], root: Path) -> list[str]:
     return [] if names == [_NO_CLASS] else names
 
 
-def caption_of(path: Path, class_name: str) -> str:
+def caption_of(path: Path, class_name: str, root: Path | None = None, skipped: SkippedFiles | None = None) -> str:
     """Caption of a file: ``<stem>.txt`` beside it, else ``captions.json`` in its folder
-    (``{stem or file name: caption}``), else ``"a <class>"`` (empty without a class)."""
-    sidecar = path.with_suffix(".txt")
-    if sidecar.is_file():
-        return sidecar.read_text().strip()
+    (``{stem or file name: caption}``), else ``"a <class>"`` (empty without a class).
+
+    A sidecar that is not UTF-8, not a regular file, or (``captions.json``) not a JSON object is
+    recorded in ``skipped`` (relative to ``root``, default the file's folder) and not used.
+    """
+    root = path.parent if root is None else root
+    skipped = SkippedFiles() if skipped is None else skipped
+    text = read_sidecar_text(path.with_suffix(".txt"), root, skipped)
+    if text is not None:
+        return text
     table = path.parent / "captions.json"
-    if table.is_file():
-        captions = json.loads(table.read_text())
-        for key in (path.stem, path.name):
-            if key in captions:
-                return str(captions[key])
+    text = read_sidecar_text(table, root, skipped)
+    captions = {} if text is None else _caption_table(text, table.relative_to(root), skipped)
+    for key in (path.stem, path.name):
+        if key in captions:
+            return str(captions[key])
     return "" if class_name == _NO_CLASS else f"a {class_name.replace('_', ' ')}"
+
+
+def _caption_table(text: str, name: Path, skipped: SkippedFiles) -> dict:
+    """The ``{stem or file name: caption}`` object of a ``captions.json``; ``{}`` (recorded) when it is not one."""
+    try:
+        captions = json.loads(text)
+    except json.JSONDecodeError as e:
+        skipped.add(name, f"not valid JSON ({e})")
+        return {}
+    if not isinstance(captions, dict):
+        skipped.add(name, "not a JSON object {file stem or name: caption}")
+        return {}
+    return captions
 
 
 def _read_folder(root: Path, files: list[Path], **settings: Any) -> VoxelData:
@@ -135,7 +157,7 @@ def _read_folder(root: Path, files: list[Path], **settings: Any) -> VoxelData:
             continue
         cls = class_of(path, root)
         labels.append(names.index(cls) if names else 0)
-        captions.append(caption_of(path, cls))
+        captions.append(caption_of(path, cls, root, skipped))
     if not grids:
         raise ValueError(skipped.message(f"no readable voxel data under '{root}'"))
     return VoxelData(np.stack(grids), np.asarray(labels, dtype=np.int64), captions, names, skipped)
@@ -143,14 +165,19 @@ def _read_folder(root: Path, files: list[Path], **settings: Any) -> VoxelData:
 
 def folder_data(root: str | Path, settings: dict[str, Any], cache_dir: Path) -> VoxelData:
     """Grids of every supported file under ``root``; ``settings`` are :func:`load_grid`'s keywords.
-    Unreadable files are skipped with one warning naming each (repeated when read from the cache)."""
+    Unreadable files, unusable captions and the paths the folder scan leaves out (non-regular files,
+    dangling links, symlink loops: found again on every call, not cached) are skipped with one warning
+    naming each (repeated when read from the cache)."""
     root = Path(root).resolve()
-    files = list_files(root)
+    listed = SkippedFiles()
+    files = list_files(root, listed)
     if not files:
-        raise ValueError(f"no voxel data under '{root}': expected files ending in {', '.join(SUFFIXES)}")
+        what = f"no voxel data under '{root}': expected files ending in {', '.join(SUFFIXES)}"
+        raise ValueError(listed.message(what) if listed.count else what)
     stamp = [(str(p.relative_to(root)), p.stat().st_mtime_ns, p.stat().st_size) for p in files]
     key = settings_key({"root": str(root), "files": stamp, **settings})
     data = cached(cache_dir / f"folder-{key}.npz", lambda: _read_folder(root, files, **settings))
+    data.skipped = SkippedFiles(listed.items + data.skipped.items)
     data.skipped.warn(logger, f"voxel data under {root} ({len(files)} files)")
     return data
 

@@ -4,14 +4,21 @@ Supported: triangle meshes (.obj .off .ply .stl) read with open3d, with
 fallback OFF and OBJ readers for files open3d rejects or reads partly; point clouds (.ply without
 faces, .pcd, .xyz); binvox grids; .npy/.npz arrays. Every reader raises
 ``ValueError`` naming the file when the content is unusable.
+
+Sizes a header declares (PLY/OFF/PCD element counts, npy shapes, binvox dims) are checked against
+the file's size and the limits below before anything is allocated: a 200-byte file that claims
+2e9 vertices is rejected by name instead of failing the run with ``std::bad_alloc``.
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import open3d as o3d
+
+from mmldm.data import path_problem
 
 from .voxelize import fit_unit_cube, resize_grid, to_representation, voxelize_mesh, voxelize_points
 
@@ -21,10 +28,17 @@ GRID_SUFFIXES = (".binvox", ".npy", ".npz")
 SUFFIXES = MESH_SUFFIXES + POINT_SUFFIXES + GRID_SUFFIXES
 _GRID_KEYS = ("voxels", "occupancy", "grid", "data", "arr_0")
 
+#: Most vertices, faces or points (each element of a PLY) a header may declare: 1e8, i.e. 2.4 GB of
+#: float64 coordinates; more is refused before reading. (Voxelizing even 1e7 triangles takes minutes.)
+MAX_ELEMENTS = 100_000_000
+#: Most values a grid file (.npy/.npz member, binvox) may hold: 1024^3 (4 GiB as float32).
+MAX_GRID_VALUES = 1024**3
+_HEAD_BYTES = 1 << 20  # headers are looked for in the first MiB
 
-def _off_lines(path: Path) -> list[list[str]]:
+
+def _off_lines(text: str) -> list[list[str]]:
     lines = []
-    for raw in path.read_text(errors="replace").splitlines():
+    for raw in text.splitlines():
         tokens = raw.split("#", 1)[0].split()
         if tokens:
             lines.append(tokens)
@@ -38,7 +52,7 @@ def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     line (``OFF490 518 0``, found in ModelNet); polygons are fan-triangulated.
     """
     path = Path(path)
-    lines = _off_lines(path)
+    lines = _off_lines(path.read_text(errors="replace"))
     if not lines or not lines[0][0].upper().startswith("OFF"):
         raise ValueError(f"{path}: not an OFF file (first line must start with 'OFF')")
     head = [lines[0][0][3:]] + lines[0][1:]
@@ -118,11 +132,15 @@ def read_binvox(path: str | Path) -> np.ndarray:
             dims = tuple(int(t) for t in tokens[1:4])
     if dims is None or len(dims) != 3:
         raise ValueError(f"{path}: binvox header has no 'dim d d d' line")
+    if min(dims) < 1 or np.prod(dims, dtype=object) > MAX_GRID_VALUES:
+        raise ValueError(f"{path}: binvox header declares dim {dims}, outside 1..{MAX_GRID_VALUES} voxels "
+                         "(mmldm_voxel.readers.MAX_GRID_VALUES)")
     pairs = np.frombuffer(raw[end + 6 :], dtype=np.uint8)
     pairs = pairs[: len(pairs) // 2 * 2].reshape(-1, 2)
-    values = np.repeat(pairs[:, 0], pairs[:, 1].astype(np.int64))
-    if values.size != np.prod(dims):
-        raise ValueError(f"{path}: binvox data decodes to {values.size} voxels, header says {dims}")
+    runs = pairs[:, 1].astype(np.int64)
+    if runs.sum() != np.prod(dims):  # checked before decoding: runs of 255 expand the data 127 times
+        raise ValueError(f"{path}: binvox data decodes to {runs.sum()} voxels, header says {dims}")
+    values = np.repeat(pairs[:, 0], runs)
     return values.reshape(dims[0], dims[2], dims[1]).transpose(0, 2, 1).astype(np.uint8)  # [x, z, y] -> [x, y, z]
 
 
@@ -139,6 +157,131 @@ def read_array(path: str | Path) -> np.ndarray:
     if grid.ndim != 3:
         raise ValueError(f"{path}: expected a 3D grid, got shape {np.shape(data)}")
     return grid
+
+
+def _count(n: int, name: str) -> str:
+    plural = {"vertex": "vertices", "face": "faces", "edge": "edges", "point": "points"}.get(name, f"'{name}' elements")
+    return f"{n} {name if n == 1 and name in ('vertex', 'face', 'edge', 'point') else plural}"
+
+
+def _too_short(size: int, start: int) -> str:
+    return f"the file has {size} bytes" + (f" ({size - start} after its header)" if start else "")
+
+
+def _check_counts(path: Path, counts: dict[str, int], need: int, size: int, start: int, encoding: str) -> None:
+    """Raise ``ValueError`` when a header's element ``counts`` need at least ``need`` bytes of ``encoding``
+    data after byte ``start`` of a file of ``size`` bytes, or when a count is negative or above
+    :data:`MAX_ELEMENTS`."""
+    what = ", ".join(_count(n, name) for name, n in counts.items())
+    if min(counts.values(), default=0) < 0:
+        raise ValueError(f"{path}: header declares {what}: a negative count")
+    if need > size - start:
+        raise ValueError(f"{path}: header declares {what} (at least {need} bytes of {encoding} data) but "
+                         f"{_too_short(size, start)}")
+    if max(counts.values(), default=0) > MAX_ELEMENTS:
+        raise ValueError(f"{path}: header declares {what}, more than the limit of {MAX_ELEMENTS} "
+                         "(mmldm_voxel.readers.MAX_ELEMENTS)")
+
+
+_PLY_BYTES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def _check_ply(path: Path, head: bytes, size: int) -> None:
+    """Element counts of a PLY header against the bytes after it: an ascii value takes at least 2 bytes
+    (digit and separator), a binary one its type's size (a list at least its count)."""
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        raise ValueError(f"{path}: not a PLY file (no 'ply' ... 'end_header' header in the first {len(head)} bytes)")
+    encoding, counts, per_element = "ascii", {}, {}
+    for tokens in (line.split() for line in head[:end].decode("ascii", "replace").splitlines()):
+        if tokens[:1] == ["format"] and len(tokens) > 1:
+            encoding = tokens[1]
+        elif tokens[:1] == ["element"] and len(tokens) > 2:
+            counts[tokens[1]], per_element[tokens[1]] = int(tokens[2]), 0
+        elif tokens[:1] == ["property"] and len(tokens) > 2 and per_element:
+            kind = tokens[2] if tokens[1] == "list" else tokens[1]
+            per_element[list(per_element)[-1]] += 2 if encoding == "ascii" else _PLY_BYTES.get(kind, 1)
+    need = sum(counts[name] * per_element[name] for name in counts)
+    start = head.find(b"\n", end) + 1 or end + len(b"end_header")
+    _check_counts(path, counts, need - (encoding == "ascii"), size, start, encoding)  # ascii: last newline optional
+
+
+def _check_off(path: Path, head: bytes, size: int) -> None:
+    """Vertex and face counts of an OFF header: a vertex line takes at least 6 bytes, a face 2."""
+    lines = _off_lines(head.decode("ascii", "replace"))
+    keyword = lines[0][0] if lines else ""
+    at = keyword.upper().find("OFF")
+    if at < 0 or "n" in keyword[:at] or "4" in keyword[:at]:  # not OFF, or nOFF/4OFF (other layouts): no check
+        return
+    counts = [t for t in [keyword[at + 3 :]] + lines[0][1:] if t] or (lines[1] if len(lines) > 1 else [])
+    try:
+        n_vertices, n_faces = int(counts[0]), int(counts[1])
+    except (IndexError, ValueError):
+        return  # read_off names the malformed header
+    _check_counts(path, {"vertex": n_vertices, "face": n_faces}, 6 * n_vertices + 2 * n_faces - 1, size, 0, "text")
+
+
+def _check_pcd(path: Path, head: bytes, size: int) -> None:
+    """The POINTS of a PCD header: an ascii value takes at least 2 bytes, a binary one its SIZE."""
+    fields: dict[str, list[str]] = {}
+    start = 0
+    for line in head.split(b"\n"):
+        start += len(line) + 1
+        tokens = line.decode("ascii", "replace").split()
+        if tokens:
+            fields[tokens[0].upper()] = tokens[1:]
+        if tokens[:1] == ["DATA"]:
+            break
+    try:
+        points = int(fields["POINTS"][0])
+        counts = [int(c) for c in fields.get("COUNT", ["1"] * len(fields["SIZE"]))]
+        per_point = sum(int(b) * c for b, c in zip(fields["SIZE"], counts))
+    except (KeyError, IndexError, ValueError):
+        return  # open3d rejects a header without them
+    encoding = (fields.get("DATA") or ["ascii"])[0]
+    need = {"ascii": 2 * sum(counts) * points - 1, "binary": per_point * points}.get(encoding, 0)
+    _check_counts(path, {"point": points}, need, size, 0 if encoding == "ascii" else start, encoding)
+
+
+def _check_array(path: str, f, size: int) -> None:  # type: ignore[no-untyped-def]
+    """The shape in the npy header read from ``f`` against the ``size`` bytes of the file (or zip member)."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        return  # np.load names the unsupported version
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    values = int(np.prod(shape, dtype=object))
+    need = values * dtype.itemsize
+    if need > size - f.tell():
+        raise ValueError(f"{path}: header declares shape {shape} of {dtype} ({need} bytes) but "
+                         f"{_too_short(size, f.tell())}")
+    if values > MAX_GRID_VALUES:
+        raise ValueError(f"{path}: header declares shape {shape}: {values} values, more than the limit of "
+                         f"{MAX_GRID_VALUES} (mmldm_voxel.readers.MAX_GRID_VALUES)")
+
+
+def _check_arrays(path: Path, head: bytes, size: int) -> None:
+    """Every ``.npy`` header of an npy file or npz archive (zip members against their stored size)."""
+    if not head.startswith(b"PK"):
+        with open(path, "rb") as f:
+            return _check_array(str(path), f, size)
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename.endswith(".npy"):
+                with archive.open(info) as f:
+                    _check_array(f"{path}[{info.filename}]", f, info.file_size)
+
+
+def check_declared_sizes(path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` when its header (PLY, OFF, PCD, npy/npz) declares more data than
+    the file holds or more than :data:`MAX_ELEMENTS` / :data:`MAX_GRID_VALUES`; reads the first MiB only."""
+    check = {".ply": _check_ply, ".off": _check_off, ".pcd": _check_pcd, ".npy": _check_arrays,
+             ".npz": _check_arrays}.get(path.suffix.lower())
+    if check is not None:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+        check(path, head, path.stat().st_size)
 
 
 def _polygon_count(path: Path) -> int:
@@ -187,8 +330,10 @@ def load_grid(
     Meshes are normalized (bounding box centred, longest side fitting the unit
     cube less a one-voxel border) and voxelized to solids by ray parity.
 
-    Raises ``ValueError`` naming the file for anything unusable: unreadable or
-    truncated content (whatever the parsing library raised), non-finite
+    Raises ``ValueError`` naming the file for anything unusable: no regular file,
+    a header declaring more data than the file holds or than the limits
+    (:func:`check_declared_sizes`), unreadable or truncated content (whatever the
+    parsing library raised), non-finite
     coordinates or grid values, and a result with no occupied voxel (an empty
     grid is never returned in place of a shape).
     """
@@ -196,7 +341,11 @@ def load_grid(
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: unsupported file type '{suffix}', expected one of {SUFFIXES}")
+    problem = path_problem(path)  # a FIFO would block the reader
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
     try:
+        check_declared_sizes(path)
         occupancy = _read_grid(path, suffix, resolution, representation, sdf_truncation, rays)
     except MemoryError:
         raise
