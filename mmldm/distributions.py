@@ -34,13 +34,19 @@ class DiagonalGaussian(LatentDistribution):
         std (`Tensor`), var (`Tensor`): ``exp(logvar / 2)`` and ``exp(logvar)``.
     """
 
+    is_stochastic = True
+
     def __init__(self, mean: Tensor, logvar: Tensor):
         if mean.shape != logvar.shape:
             raise ValueError(f"mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} must have one shape")
         self.mean = mean
         self.logvar = logvar.clamp(*LOGVAR_RANGE)
-        self.std = torch.exp(0.5 * self.logvar)
+        self._std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
+
+    @property
+    def std(self) -> Tensor:
+        return self._std
 
     @classmethod
     def from_moments(cls, h: Tensor) -> "DiagonalGaussian":
@@ -86,10 +92,6 @@ class DeterministicLatent(LatentDistribution):
     @property
     def mean(self) -> Tensor:
         return self.z
-
-    @property
-    def std(self) -> Tensor:
-        return torch.zeros_like(self.z)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return self.z

@@ -45,7 +45,24 @@ class LatentDistribution(abc.ABC):
     """What :meth:`Autoencoder.encode` returns: a distribution over latents.
 
     All tensors are ``[B, c, *latent_spatial]``.
+
+    Attributes:
+        is_stochastic (`bool`): whether :meth:`sample` draws around :meth:`mode` (a Gaussian posterior,
+            ``mode() + std * eps``); ``False`` (the default) for a point mass, whose ``sample()`` is ``mode()``.
+            Phase 2 trains on posterior samples of a stochastic posterior and on the mode otherwise;
+            the latent cache stores ``mode()`` and :attr:`std` so it can draw without the encoder.
     """
+
+    is_stochastic: bool = False
+
+    @property
+    def std(self) -> Tensor:
+        """Per-element standard deviation of ``sample()`` around ``mode()``: zeros for a point mass (the
+        default); a stochastic distribution must override it with its own (a diagonal Gaussian's ``exp(logvar/2)``)."""
+        if self.is_stochastic:
+            raise NotImplementedError(f"{type(self).__name__} is stochastic but does not define std: the latent "
+                                      "cache stores mode() and std to draw posterior samples without the encoder")
+        return torch.zeros_like(self.mode())
 
     @abc.abstractmethod
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
@@ -142,6 +159,13 @@ class Autoencoder(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, x: Tensor) -> AutoencoderOutput:
         """Training path: encode, regularize, decode."""
+
+    @property
+    def last_layer(self) -> Tensor | None:
+        """The decoder's output weight, where the phase-1 loss balances the GAN gradient against the
+        reconstruction gradient (LDM's adaptive weight); ``None`` (the default) when there is none, and
+        the loss then uses its fixed GAN weight."""
+        return None
 
     def make_loss(self, reconstruction: str = "l1") -> nn.Module:
         """The phase-1 objective for this autoencoder (an ``nn.Module``, e.g. with a discriminator).

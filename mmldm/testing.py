@@ -87,6 +87,28 @@ class AutoencoderContract(DimsContract):
         model, x = self.make(dims), self.data(dims)
         assert model.decode(model.encode(x).mode()).shape == x.shape
 
+    def test_posterior_declares_its_spread(self, dims):
+        """``is_stochastic`` and ``std`` say how phase 2 reads the posterior (the latent cache stores
+        ``mode()`` and ``std`` and draws ``mode() + std * eps``): a point mass samples its mode with zero std,
+        a stochastic posterior draws around its mode with the std it declares."""
+        with torch.no_grad():
+            posterior = self.make(dims).encode(self.data(dims, batch=64))
+            mode, std = posterior.mode(), posterior.std
+            assert std.shape == mode.shape and torch.isfinite(std).all() and (std >= 0).all()
+            draws = [posterior.sample(torch.Generator().manual_seed(s)) for s in (0, 1)]
+        if not posterior.is_stochastic:
+            assert torch.equal(std, torch.zeros_like(mode)) and all(torch.equal(d, mode) for d in draws)
+            return
+        assert not torch.equal(draws[0], draws[1]), "a stochastic posterior drew the same sample twice"
+        eps = (draws[0] - mode) / std.clamp_min(1e-12)
+        assert abs(float(eps.std()) - 1.0) < 0.1, "samples do not spread around mode() by the declared std"
+
+    def test_last_layer_is_a_parameter_of_the_model(self, dims):
+        """``last_layer`` (the adaptive GAN weight's reference) is ``None`` or one of the model's parameters."""
+        model = self.make(dims)
+        layer = model.last_layer
+        assert layer is None or any(layer is p for p in model.parameters())
+
     def test_gradients_reach_encoder(self, dims):
         model, x = self.make(dims), self.data(dims)
         out = model(x)

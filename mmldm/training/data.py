@@ -88,8 +88,8 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Pa
     for batch in tqdm(loader, desc="encoding latents", disable=not progress, leave=False):
         posterior = autoencoder.encode(batch["x"].to(device))
         mean = posterior.mode().float().cpu().numpy()
-        std = getattr(posterior, "std", None)
-        std = np.zeros_like(mean) if std is None else std.float().cpu().numpy()
+        std = posterior.std.float().cpu().numpy()  # LatentDistribution.std: zeros for a point mass
+        stochastic = posterior.is_stochastic
         _check_finite(mean, std, start)
         if mean_mm is None:
             shape = (n, *mean.shape[1:])
@@ -110,7 +110,7 @@ def encode_dataset(autoencoder: torch.nn.Module, dataset: Dataset, directory: Pa
         else:
             (directory / f"cond_{key}.json").write_text(json.dumps([v for p in parts for v in p]))
             cond_files[key] = f"cond_{key}.json"
-    manifest = {"items": n, "latent_shape": list(mean_mm.shape[1:]), "cond": cond_files,
+    manifest = {"items": n, "latent_shape": list(mean_mm.shape[1:]), "cond": cond_files, "stochastic": stochastic,
                 "producer": dict(producer) if producer is not None else None}
     tmp = directory / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
@@ -132,7 +132,8 @@ class LatentCacheDataset(Dataset):
     Args:
         directory (`Path`): the cache folder.
         stats (`LatentStats`): normalization applied to every latent.
-        sample (`bool`): draw ``mean + std * eps`` each time (KL posteriors); else the mean.
+        sample (`bool`): draw ``mean + std * eps`` each time when the encoder's posterior was stochastic
+            (the manifest's ``stochastic``: :attr:`~mmldm.interfaces.LatentDistribution.is_stochastic`); else the mean.
     """
 
     def __init__(self, directory: Path, stats: LatentStats, sample: bool = True):
@@ -143,7 +144,8 @@ class LatentCacheDataset(Dataset):
         self.manifest = json.loads(manifest_path.read_text())
         self.mean = np.load(directory / "mean.npy", mmap_mode="r")
         self.std = np.load(directory / "std.npy", mmap_mode="r")
-        self.sample = sample and bool(np.any(self.std[: min(len(self.std), 8)]))
+        stochastic = self.manifest.get("stochastic")  # absent in caches of older versions: judge from the stds
+        self.sample = sample and bool(np.any(self.std[: min(len(self.std), 8)]) if stochastic is None else stochastic)
         self.stats = stats
         self.cond: dict[str, Any] = {}
         for key, name in self.manifest["cond"].items():
@@ -163,7 +165,8 @@ class LatentCacheDataset(Dataset):
 
 
 class EncodingDataset(Dataset):
-    """The uncached path: encode each item with the frozen autoencoder when it is read."""
+    """The uncached path: encode each item with the frozen autoencoder when it is read (a posterior
+    sample, which is the mode for a point-mass posterior, unless ``sample`` is false)."""
 
     def __init__(self, dataset: Dataset, autoencoder: torch.nn.Module, stats: LatentStats, sample: bool = True):
         self.dataset, self.autoencoder, self.stats, self.sample = dataset, autoencoder.eval(), stats, sample

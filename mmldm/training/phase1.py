@@ -103,7 +103,7 @@ class AutoencoderModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         x = batch["x"]
         out = self.autoencoder(x)
-        last_layer = getattr(self.autoencoder, "last_layer", None)
+        last_layer = self.autoencoder.last_layer  # declared by Autoencoder (None: no adaptive GAN weight)
         total, logs = self.loss_fn(x, out, step=self.global_step, last_layer=last_layer)
         self.loss_terms = logs  # read by NonFiniteGuard to name a term that turned NaN/Inf
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=x.shape[0])

@@ -287,10 +287,10 @@ def load_autoencoder(cfg: DictConfig) -> LatentDiffusion:
 # ---------------------------------------------------------------------------- phase 2
 def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path):
     """Training latents: the on-disk cache (default) or encoding on the fly."""
-    sample = phase1.config["regularizer"]["name"] == "kl"  # the export's regularizer, not the run config's
+    # posterior samples where the posterior is stochastic (LatentDistribution.is_stochastic), the mode otherwise
     train = phase1.modality.dataset("train")
     if not cfg.diffusion.latent_cache:
-        return EncodingDataset(train, phase1.autoencoder, phase1.stats, sample=sample)
+        return EncodingDataset(train, phase1.autoencoder, phase1.stats, sample=True)
     cache = run_dir / "latents"
     if _is_rank_zero():
         producer = latent_producer(phase1, len(train), cfg.seed)
@@ -302,7 +302,7 @@ def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path):
             encode_dataset(phase1.autoencoder, train, cache, batch_size=cfg.data.batch_size, seed=cfg.seed,
                            producer=producer)
     _barrier()
-    return LatentCacheDataset(cache, phase1.stats, sample=sample)
+    return LatentCacheDataset(cache, phase1.stats, sample=True)
 
 
 def latent_producer(phase1: LatentDiffusion, items: int, seed: int) -> dict[str, Any]:
