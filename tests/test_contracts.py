@@ -18,6 +18,21 @@ class TestUNet(DenoiserContract):
         return registry().build("denoiser", cfg, **kwargs)
 
 
+class TestDiT(DenoiserContract):
+    def build(self, **kwargs):
+        cfg = {"name": "dit", "hidden_size": 24, "depth": 2, "num_heads": 2, "patch_size": [2]}
+        return registry().build("denoiser", cfg, **kwargs)
+
+
+class TestDiTLearnedPositions(DenoiserContract):
+    dims_to_test = (3,)
+
+    def build(self, **kwargs):
+        cfg = {"name": "dit", "hidden_size": 24, "depth": 1, "num_heads": 2, "patch_size": [1, 2, 4],
+               "pos_embed": "learned", "max_positions": 8}
+        return registry().build("denoiser", cfg, **kwargs)
+
+
 class TestClassConditioner(ConditionerContract):
     def build(self, dims):
         return registry().build("conditioner", {"name": "class", "num_classes": 5, "embed_dim": 16})
