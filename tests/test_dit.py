@@ -242,3 +242,15 @@ def test_a_patch_size_that_does_not_divide_the_latents_fails_before_training():
     with pytest.raises(PreflightError, match=r"cannot take latents of shape \[4, 8, 8\].*spatial size \(8, 8\) is not "
                                              r"divisible by denoiser.patch_size=\[3, 3\]"):
         check_run(cfg, build_modality(cfg.modality))
+
+
+@pytest.mark.parametrize("preset", ["image", "voxel", "voxel_quick", "voxel_2d", "audio", "audio_fsdd"])
+@pytest.mark.parametrize("denoiser", ["dit", "unet"])
+def test_every_preset_composes_with_every_denoiser(preset, denoiser):
+    """A preset selects denoiser options rather than setting one denoiser's keys, so a denoiser chosen on the
+    command line replaces the preset's whole (``preset=voxel_quick denoiser=dit`` failed with "Key
+    'channel_mult' not in 'DiTConfig'")."""
+    from mmldm.configuration import compose
+
+    cfg = compose([f"modality={preset.split('_')[0]}", f"preset={preset}", f"denoiser={denoiser}"])
+    assert cfg.denoiser.name == denoiser
