@@ -117,6 +117,14 @@ def _hydra_verb_help(verb: str) -> str:
     )
 
 
+def _user_errors(verb: str) -> tuple[type[BaseException], ...]:
+    """What ``encode``/``evaluate`` report as one line (no traceback; ``HYDRA_FULL_ERROR=1`` shows it):
+    they only read an export and data, so a ``ValueError``/``OSError`` is a missing setting or a bad file,
+    and its message names it. (:func:`mmldm.training.run.run` reports damaged exports, checkpoints and
+    configs that do not fit together as one line itself, for every verb.)"""
+    return (ValueError, OSError) if verb in ("encode", "evaluate") else ()
+
+
 def _run_hydra_verb(verb: str, args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(_hydra_verb_help(verb))
@@ -140,7 +148,12 @@ def _run_hydra_verb(verb: str, args: Sequence[str]) -> int:
 
         from .training.run import run
 
-        run(verb, cfg, HydraConfig.get().runtime.output_dir)
+        try:
+            run(verb, cfg, HydraConfig.get().runtime.output_dir)
+        except _user_errors(verb) as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise SystemExit(_fail(verb, " ".join(str(e).split()) or type(e).__name__)) from None
 
     saved = sys.argv
     sys.argv = [f"{PROG} {verb}", *flags, *final]

@@ -7,6 +7,11 @@
 * config directories that plugins return from ``mmldm_config_dirs`` (presets),
   added to Hydra's search path.
 
+A composed config is then range-checked (:func:`check_values`): every value
+against the :class:`~mmldm.schema.Check` its schema field declares, every
+component config's own checks, and the denoiser's dimensions against the
+modality's, so a value that would fail or give garbage later fails here.
+
 Torch-free: the CLI validates a config with this module before it imports
 the training stack.
 """
@@ -16,7 +21,7 @@ from __future__ import annotations
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -98,7 +103,12 @@ class ConfigProblem(ValueError):
 
 def _sweep_values(override) -> list[str]:  # noqa: ANN001 - hydra's Override
     if override.is_sweep_override():
-        return [str(v) for v in override.sweep_string_iterator()]
+        from hydra.errors import HydraException
+
+        try:
+            return [str(v) for v in override.sweep_string_iterator()]
+        except HydraException:  # interval(...) sweeps are for sweeper plugins: nothing to enumerate
+            return []
     return [override.get_value_element_as_str()] if override.value() is not None else []
 
 
@@ -175,30 +185,79 @@ def validate(overrides: Sequence[str], config_name: str = PRIMARY) -> Validated:
         single += preset
         try:
             cfg = hydra_compose(config_name, overrides=with_searchpath(single))
-        except (HydraException, OmegaConfBaseException) as e:
+        except (HydraException, OmegaConfBaseException, ValueError) as e:  # ValueError: a key into a list
             raise ConfigProblem(_explain(e, single, config_name, hydra_compose)) from None
-    _check_listed_components(cfg)
+    given = {o.key_or_group.lstrip("+~"): _sweep_values(o) for o in parsed if not o.is_delete()}
+    check_values(cfg, {k: v[0] for k, v in given.items() if v})
+    _check_other_sweep_values(cfg, [o for o in parsed if o.is_sweep_override() and o.key_or_group not in groups])
     return Validated(cfg, with_searchpath([*overrides, *preset]))
 
 
-def _check_listed_components(cfg: DictConfig) -> None:
-    """Entries of a component list (e.g. ``conditioner: [class, text]``) against their schemas.
+def check_values(cfg: DictConfig, given: Mapping[str, str] | None = None) -> None:
+    """Range-check a composed config; raise :class:`ConfigProblem` for the first bad value.
+
+    * every value against its schema field's :class:`~mmldm.schema.Check` ("invalid value '-1' for
+      config key 'phase1.lr': expected > 0"; ``given`` maps keys to the text typed on the command line),
+    * every component config's own checks (its ``__post_init__``, e.g. combinations of keys),
+    * the denoiser's declared dimensions against the modality's samples.
+
+    Torch-free and fast (milliseconds).
+    """
+    from .schema import problems, show
+
+    for p in problems(cfg, schema.RunConfig if OmegaConf.get_type(cfg) is dict else None, "", _entry_type):
+        value = (given or {}).get(p.key, show(p.value))
+        raise ConfigProblem(f"invalid value '{value}' for config key '{p.key}': expected {p.expected}")
+    _check_components(cfg)
+    _check_dims(cfg)
+
+
+def _entry_type(kind: str, node: DictConfig) -> type | None:
+    """The config dataclass of an entry of a component list (``conditioner: [...]``)."""
+    from .plugins import registry
+
+    if kind not in KINDS or "name" not in node or (kind, node.name) not in registry():
+        return None
+    return registry().get(kind, node.name).config
+
+
+def _check_other_sweep_values(cfg: DictConfig, sweeps: list) -> None:  # hydra's Override objects
+    """The 2nd, 3rd, ... values of a ``-m key=a,b,c`` sweep (the first was composed) set into ``cfg`` and checked."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for o in sweeps:
+        key = o.key_or_group.lstrip("+~")
+        try:
+            values = list(zip(o.sweep_iterator(), o.sweep_string_iterator()))[1:]
+        except Exception:  # noqa: BLE001 - sweeps that are not lists of values (intervals): Hydra checks them
+            continue
+        for value, text in values:
+            other = cfg.copy()
+            try:
+                OmegaConf.update(other, key, value, force_add=False)
+            except OmegaConfBaseException as e:
+                raise ConfigProblem(
+                    f"invalid value '{text}' for config key '{key}': {str(e).splitlines()[0]}") from None
+            check_values(other, {key: text})
+
+
+def _check_components(cfg: DictConfig) -> None:
+    """Every component config (and each entry of a list such as ``conditioner: [class, text]``) built
+    as its dataclass, which runs its own checks (``__post_init__``).
 
     A single node is typed by Hydra's ConfigStore already; list entries are not, so a
     typo in one would otherwise surface only when phase 2 builds, after phase 1 trained.
     """
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from .plugins import registry
     from .registry import RegistryError
 
-    for kind in ("conditioner",):
+    for kind in ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "sampler"):
         nodes = cfg.get(kind)
-        if not OmegaConf.is_list(nodes):
-            continue
-        for i, node in enumerate(nodes):
-            where = f"{kind}.{i}"
+        listed = OmegaConf.is_list(nodes)
+        for i, node in enumerate(nodes if listed else [] if nodes is None else [nodes]):
+            where = f"{kind}.{i}" if listed else kind
             if not OmegaConf.is_dict(node) or "name" not in node:
                 raise ConfigProblem(f"'{where}' must be a mapping with a 'name' (a registered {kind}), got {node!r}")
             if node.name == "none":
@@ -209,6 +268,32 @@ def _check_listed_components(cfg: DictConfig) -> None:
                 raise ConfigProblem(f"'{where}.name': {e}") from None
             except OmegaConfBaseException as e:
                 raise ConfigProblem(f"'{where}' ({node.name}): {str(e).splitlines()[0]}") from None
+            except ValueError as e:
+                raise ConfigProblem(f"invalid {where} config ({kind}={node.name}): {str(e).splitlines()[0]}") from None
+
+
+def _check_dims(cfg: DictConfig) -> None:
+    """A denoiser that declares its dimensions (``dims`` of its config class, e.g. ``unet2d``: 2) must get
+    latents of those dimensions: the modality's samples' (``sample_dims`` of its config; autoencoders keep
+    the dimensions). Components that declare none fit any."""
+    from .plugins import registry
+
+    if not cfg.get("stage", {}).get("diffusion", True) or not OmegaConf.is_dict(cfg.get("denoiser")):
+        return
+    modality = registry().config_object("modality", cfg.modality)
+    sample_dims = getattr(modality, "sample_dims", None)
+    declared = getattr(registry().get("denoiser", cfg.denoiser.name).config, "dims", None)
+    if sample_dims is None or declared is None or sample_dims == declared:
+        return
+    fitting = [c.name for c in registry()
+               if c.kind == "denoiser" and getattr(c.config, "dims", None) in (None, sample_dims)]
+    key = getattr(modality, "dims_key", None)
+    setting = f" with modality.{key}={getattr(modality, key)}" if key else ""
+    raise ConfigProblem(
+        f"denoiser={cfg.denoiser.name} is a {declared}-D denoiser, but modality={cfg.modality.name}{setting} gives "
+        f"{sample_dims}-D samples and latents; choose denoiser={' or denoiser='.join(fitting) or '?'}"
+        + (f" (or change modality.{key})" if key else "")
+    )
 
 
 def _explain(error: Exception, overrides: list[str], config_name: str, hydra_compose) -> str:  # noqa: ANN001
@@ -217,7 +302,8 @@ def _explain(error: Exception, overrides: list[str], config_name: str, hydra_com
     cause = error.__cause__ or error
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
-        if f"'{key}'" not in text and o not in text:
+        into_list = isinstance(error, ValueError) and f"'{key.rpartition('.')[2]}'" in text  # int(<leaf>) failed
+        if f"'{key}'" not in text and o not in text and not into_list:
             continue
         parent, _, leaf = key.rpartition(".")
         rest = [x for x in overrides if x != o]
@@ -227,6 +313,11 @@ def _explain(error: Exception, overrides: list[str], config_name: str, hydra_com
         except Exception:  # noqa: BLE001 - fall back to Hydra's own message
             node = None
         value = o.split("=", 1)[1] if "=" in o else ""
+        if into_list:
+            if not OmegaConf.is_list(node):
+                continue
+            return (f"cannot set '{key}' (value '{value}'): '{parent}' is a list here; set a key of one "
+                    f"entry as '{parent}.<index>.{leaf}' (indices 0..{len(node) - 1})")
         if isinstance(node, DictConfig) and leaf not in node:
             return (
                 f"unknown config key '{key}' (value '{value}'); valid keys under "

@@ -83,8 +83,13 @@ def test_a_bad_latent_scale_fails_before_training():
     from mmldm.build import build_modality
     from mmldm.training.preflight import PreflightError, check_run
 
-    cfg = compose(["modality=image", "modality.num_samples=24", "data.latent_scale=measured"])
-    with pytest.raises(PreflightError, match="data.latent_scale='measured' is not valid; choose one of: per_channel"):
+    from mmldm.configuration import ConfigProblem
+
+    with pytest.raises(ConfigProblem, match="invalid value 'measured' for config key 'data.latent_scale'"):
+        compose(["modality=image", "modality.num_samples=24", "data.latent_scale=measured"])
+    cfg = compose(["modality=image", "modality.num_samples=24"])  # a value set after composition: preflight
+    cfg.data.latent_scale = "measured"
+    with pytest.raises(PreflightError, match="invalid value 'measured' for config key 'data.latent_scale'"):
         check_run(cfg, build_modality(cfg.modality))
 
 

@@ -344,7 +344,8 @@ def test_2d_layout_trains_and_samples_through_the_cli(tmp_path):
     from .test_train_e2e import TINY, TINY_MODALITY
 
     run, env = tmp_path / "run", {"MMLDM_CACHE": str(tmp_path / "cache")}
-    out = run_cli("train", "modality=audio", "modality.layout=2d", "modality.n_mels=32", *TINY_MODALITY["audio"], *TINY,
+    out = run_cli("train", "modality=audio", "modality.layout=2d", "denoiser=unet2d", "modality.n_mels=32",
+                  *TINY_MODALITY["audio"], *TINY,
                   f"hydra.run.dir={run}", env_extra=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     results = json.loads((run / "metrics.json").read_text())

@@ -121,8 +121,10 @@ def test_phase_steps_come_from_the_preset_and_trainer_max_steps_caps_them():
     steps, extra = _budget(image.diffusion, image)
     assert steps == 500 and extra["max_time"].total_seconds() == 120
     assert isinstance(extra["callbacks"][0], TimeBudget) and extra["callbacks"][0].limit == 500
-    with pytest.raises(ValueError, match="max_minutes must be positive, got -1"):
-        _budget(compose(["phase1.max_minutes=-1"]).phase1, full)
+    from mmldm.configuration import ConfigProblem
+
+    with pytest.raises(ConfigProblem, match="invalid value '-1' for config key 'phase1.max_minutes': expected > 0"):
+        compose(["phase1.max_minutes=-1"])
 
 
 def test_entries_of_a_conditioner_list_are_checked_before_training():

@@ -400,12 +400,20 @@ def test_latent_cache_keeps_captions_and_masks(tmp_path):
     from mmldm.latents import LatentStats
     from mmldm.training.data import LatentCacheDataset, condition_values, encode_dataset
 
-    class Posterior:
+    from mmldm.interfaces import LatentDistribution
+
+    class Posterior(LatentDistribution):  # a point mass: std() is the interface's zeros
         def __init__(self, z):
             self.z = z
 
         def mode(self):
             return self.z
+
+        def sample(self, generator=None):
+            return self.z
+
+        def kl(self):
+            return self.z.new_zeros(len(self.z))
 
     class Halve(torch.nn.Module):
         def __init__(self):

@@ -112,12 +112,13 @@ class _Weights(L.Callback):
         self.after.append(torch.cat([p.detach().flatten().clone() for p in module.autoencoder.parameters()]))
 
 
-def _fit_poisoned(parts, tmp_path, nonfinite):
+def _fit_poisoned(parts, tmp_path, nonfinite, max_share=0.5):
     cfg, modality, autoencoder = parts
     ae = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
     ae.load_state_dict(autoencoder.state_dict())
     module = AutoencoderModule.from_config(ae, cfg.phase1, modality.reconstruction_loss)
     trainer_cfg = compose(["modality=image", "trainer=cpu", f"trainer.nonfinite={nonfinite}",
+                           f"trainer.nonfinite_max_share={max_share}",
                            "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]).trainer
     weights = _Weights()
     trainer = make_trainer(trainer_cfg, tmp_path, 4, callbacks=[weights], limit_val_batches=0,
@@ -141,6 +142,12 @@ def test_nan_loss_step_is_skipped_when_configured(parts, tmp_path):
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 1.0
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_phase_that_skipped_too_many_steps_fails(parts, tmp_path):
+    """1 of 4 steps skipped is over the default bound (5%): the phase fails instead of reporting success."""
+    with pytest.raises(NonFiniteLossError, match=r"1 of 4 steps \(25%\).*nonfinite_max_share=0.05"):
+        _fit_poisoned(parts, tmp_path, "skip", max_share=0.05)
 
 
 def test_nan_weights_are_never_exported(parts, tmp_path):
@@ -243,13 +250,15 @@ def test_denoiser_that_cannot_fit_the_latents_fails_before_training(tmp_path):
 
 def test_invalid_nonfinite_mode_fails_before_training(tmp_path):
     run, out = _train(tmp_path, "trainer.nonfinite=ignore")
-    assert out.returncode != 0 and "trainer.nonfinite='ignore' is not valid; choose one of: error, skip" in out.stderr
+    assert out.returncode == 2
+    assert "invalid value 'ignore' for config key 'trainer.nonfinite': expected one of: error, skip" in out.stderr
     assert not (run / "autoencoder").exists()
 
 
 def test_invalid_phase2_batch_size_fails_before_training(tmp_path):
     run, out = _train(tmp_path, "diffusion.batch_size=0")
-    assert out.returncode != 0 and "diffusion.batch_size=0 is not valid: expected a positive integer" in out.stderr
+    assert out.returncode == 2
+    assert "invalid value '0' for config key 'diffusion.batch_size': expected >= 1" in out.stderr
     assert not (run / "autoencoder").exists()
 
 

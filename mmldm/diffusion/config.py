@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ComponentConfig
+from ..schema import at_least, check_fields, checked, one_of
 
 
 @dataclass
@@ -19,24 +20,20 @@ class SamplerConfig(ComponentConfig):
             (see :meth:`mmldm.diffusion.DiscreteSchedule.sigmas_for`).
     """
 
-    steps: int = 50
+    steps: int = at_least(1, 50)
     # trailing always starts at the last training step, which zero-terminal-SNR
     # schedules need (Lin et al. 2023) and is never worse for the others
-    spacing: str = "trailing"
+    spacing: str = one_of("trailing", ("leading", "trailing", "linspace", "karras"))
 
     def __post_init__(self) -> None:
-        spacings = ("leading", "trailing", "linspace", "karras")
-        if self.spacing not in spacings:
-            raise ValueError(f"sampler.spacing='{self.spacing}' is not one of {', '.join(spacings)}")
-        if self.steps < 1:
-            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+        check_fields(self, "sampler")
 
 
 @dataclass
 class DDIMConfig(SamplerConfig):
     """DDIM: ``eta`` 0 is deterministic, 1 matches DDPM's posterior noise."""
 
-    eta: float = 0.0
+    eta: float = checked(0.0, ge=0)
 
 
 def sampler_options(cfg: SamplerConfig) -> dict[str, Any]:

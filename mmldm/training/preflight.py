@@ -1,7 +1,8 @@
 """Checks that a composed ``train`` config fits together, before any step is trained.
 
-Each key is valid on its own once Hydra has composed the config; these checks
-catch combinations that would otherwise fail hours later (a denoiser that
+Each key is valid on its own once the config is composed and range-checked
+(:func:`mmldm.configuration.check_values`, run here again for configs built in
+Python); these checks catch combinations that would otherwise fail hours later (a denoiser that
 cannot take phase 1's latents fails when phase 2 starts, after phase 1 has
 trained). Each error names the config keys to change.
 """
@@ -12,14 +13,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..build import build_autoencoder, build_denoiser
+from ..configuration import ConfigProblem, check_values
 from ..export import load_config
 from ..interfaces import Conditioning, Modality
-from ..latents import LATENT_SCALES
 from ..plugins import plugins
-from .callbacks import NONFINITE
 from .order import preserved_rng
 
 
@@ -30,23 +30,16 @@ class PreflightError(ValueError):
 def check_run(cfg: DictConfig, modality: Modality) -> tuple[int, ...]:
     """Check a ``train`` run; returns the latent shape ``(c, *s)`` phase 2 will see.
 
-    Raises :class:`PreflightError` when phase 1's input size does not fit the
+    Raises :class:`PreflightError` for a value out of its declared range
+    (:func:`mmldm.configuration.check_values`), when phase 1's input size does not fit the
     autoencoder, when ``phase1.checkpoint`` holds an export that disagrees with
     the run config (modality, latent channels), or when the denoiser cannot
     take the latents (a zero latent is passed through it once).
     """
-    if cfg.data.get("latent_scale", "per_channel") not in LATENT_SCALES:
-        raise PreflightError(f"data.latent_scale={cfg.data.latent_scale!r} is not valid; choose one of: "
-                             f"{', '.join(LATENT_SCALES)}")
-    for key in ("data.batch_size", "diffusion.batch_size"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise PreflightError(f"{key}={value!r} is not valid: expected a positive integer"
-                                 + (" (or null: data.batch_size)" if key.startswith("diffusion") else ""))
-    if cfg.trainer.get("nonfinite", "error") not in NONFINITE:
-        raise PreflightError(
-            f"trainer.nonfinite={cfg.trainer.nonfinite!r} is not valid; choose one of: {', '.join(NONFINITE)}"
-        )
+    try:  # the ranges every key declares (mmldm.schema), as `mmldm train` checks them when composing
+        check_values(cfg)
+    except ConfigProblem as e:
+        raise PreflightError(str(e)) from None
     with preserved_rng():  # building models draws initial weights; the run's RNG stays as seeded
         if cfg.stage.autoencoder:
             latent_shape = _phase1_latent_shape(cfg, modality)

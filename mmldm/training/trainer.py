@@ -209,7 +209,7 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
         dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every,
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
-    guards = [NonFiniteGuard(_get(cfg, "nonfinite", "error"), _get(cfg, "nonfinite_max_share", 0.05)),
+    guards = [NonFiniteGuard(_get(cfg, "nonfinite", "error"), cfg.nonfinite_max_share),
               ResumeState(getattr(loader, "batch_sampler", None))]
     if identity is not None:
         guards.append(RunIdentity(identity))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from mmldm.config import ComponentConfig
+from mmldm.schema import checked, non_negative, one_of, positive, seed, unit_interval
 
 AUDIO_SOURCES = ("synth", "folder")
 AUDIO_LAYOUTS = ("1d", "2d")
@@ -41,23 +42,31 @@ class AudioConfig(ComponentConfig):
             ``val_fraction`` is unused (e.g. ``_theo_`` holds out one FSDD speaker).
     """
 
-    source: str = "synth"
+    source: str = one_of("synth", AUDIO_SOURCES)
     root: Optional[str] = None  # required by "folder"
     label_pattern: Optional[str] = r"^(\d+)_"
-    sample_rate: int = 16000
-    num_frames: int = 64
-    n_fft: int = 1024
-    hop_length: int = 256
-    n_mels: int = 64
-    f_min: float = 0.0
-    f_max: Optional[float] = None  # null: sample_rate / 2
-    log_floor: float = 1e-5
-    peak_level: Optional[float] = None  # null: keep each file's own level
-    layout: str = "1d"
-    num_samples: int = 1000
-    seed: int = 0
-    val_fraction: float = 0.1
+    sample_rate: int = positive(16000)
+    num_frames: int = checked(64, gt=0, multiple_of=8)
+    n_fft: int = positive(1024)
+    hop_length: int = positive(256)
+    n_mels: int = positive(64)
+    f_min: float = non_negative(0.0)
+    f_max: Optional[float] = positive(None)  # null: sample_rate / 2
+    log_floor: float = positive(1e-5)
+    peak_level: Optional[float] = checked(None, gt=0, le=1)  # null: keep each file's own level
+    layout: str = one_of("1d", AUDIO_LAYOUTS)
+    num_samples: int = positive(1000)
+    seed: int = seed(0)
+    val_fraction: float = unit_interval(0.1, open_high=True)
     val_pattern: Optional[str] = None  # null: split by val_fraction
+
+    #: the key that sets :attr:`sample_dims` (named when a denoiser's dims disagree)
+    dims_key: ClassVar[str] = "layout"
+
+    @property
+    def sample_dims(self) -> int:
+        """Spatial dimensions of a sample: 1 (``layout="1d"``) or 2."""
+        return 1 if self.layout == "1d" else 2
 
 
 @dataclass
@@ -69,5 +78,5 @@ class GriffinLimConfig(ComponentConfig):
         momentum (`float`): fast Griffin-Lim momentum in [0, 1).
     """
 
-    n_iter: int = 32
-    momentum: float = 0.99
+    n_iter: int = positive(32)
+    momentum: float = unit_interval(0.99, open_high=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from mmldm.config import ComponentConfig
+from mmldm.schema import check_fields, checked, non_negative, one_of, positive, unit_interval
 
 BOUNDS = ("none", "tanh", "clamp")
 DOWNSAMPLE = ("conv", "pool")
@@ -36,15 +37,15 @@ class AutoencoderLossConfig:
     """
 
     # auto: what the modality suggests (bce for occupancy grids, l1 otherwise) | l1 | l2 | bce | dice | bce_dice
-    reconstruction: str = "auto"
-    reconstruction_weight: float = 1.0
+    reconstruction: str = one_of("auto", RECONSTRUCTION_LOSSES)
+    reconstruction_weight: float = non_negative(1.0)
     perceptual_weights: Optional[str] = None  # TorchScript file d(x, x_rec) -> [B]; None: no perceptual term
-    perceptual_weight: float = 1.0
-    disc_weight: float = 0.0  # 0 turns the GAN off (LDM uses 0.5)
-    disc_start: int = 50001  # optimizer step at which the adversarial terms switch on
-    disc_loss: str = "hinge"  # hinge | vanilla
-    disc_layers: int = 3  # strided convs of the PatchGAN (inputs need >= 3 * 2**disc_layers per axis)
-    disc_channels: int = 64
+    perceptual_weight: float = non_negative(1.0)
+    disc_weight: float = non_negative(0.0)  # 0 turns the GAN off (LDM uses 0.5)
+    disc_start: int = non_negative(50001)  # optimizer step at which the adversarial terms switch on
+    disc_loss: str = one_of("hinge", DISC_LOSSES)  # hinge | vanilla
+    disc_layers: int = positive(3)  # strided convs of the PatchGAN (inputs need >= 3 * 2**disc_layers per axis)
+    disc_channels: int = positive(64)
     adaptive_weight: bool = True  # False: the generator's GAN term is weighted by disc_weight only
 
     def __post_init__(self) -> None:
@@ -54,6 +55,7 @@ class AutoencoderLossConfig:
             raise ValueError(f"loss.disc_weight must be >= 0 (0 turns the GAN off), got {self.disc_weight}")
         if self.disc_layers < 1:
             raise ValueError(f"loss.disc_layers must be >= 1, got {self.disc_layers}")
+        check_fields(self, "autoencoder.loss")
 
 
 @dataclass
@@ -64,17 +66,19 @@ class ConvAutoencoderConfig(ComponentConfig):
     downsampling by 2 per spatial axis.
     """
 
-    channels: int = 64  # width of the first level; level i has channels * channel_mult[i]
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])  # f = 4
-    num_res_blocks: int = 1  # per level in the encoder, the decoder uses one more (LDM: 2; 1 keeps CPU runs fast)
-    latent_channels: int = 4
+    channels: int = positive(64)  # width of the first level; level i has channels * channel_mult[i]
+    channel_mult: list[int] = checked(factory=lambda: [1, 2, 4], each=True, nonempty=True, ge=1)  # f = 4
+    # per level in the encoder, the decoder uses one more (LDM: 2; 1 keeps CPU runs fast)
+    num_res_blocks: int = non_negative(1)
+    latent_channels: int = positive(4)
     attention: bool = True  # self-attention in the mid block (cost grows with (#latent positions)^2)
-    dropout: float = 0.0
-    downsample: str = "conv"  # conv (strided 3-conv) | pool (average pooling)
+    dropout: float = unit_interval(0.0, open_high=True)
+    downsample: str = one_of("conv", DOWNSAMPLE)  # conv (strided 3-conv) | pool (average pooling)
     # of the strided conv: symmetric (1 on each side) | asymmetric (0 before, 1 after: Stable Diffusion's VAE)
-    downsample_padding: str = "symmetric"
-    norm_groups: int = 32
-    attention_norm_groups: Optional[int] = None  # GroupNorm groups before the mid attention; None: 32 (SD: norm_groups)
+    downsample_padding: str = one_of("symmetric", DOWNSAMPLE_PADDING)
+    norm_groups: int = positive(32)
+    # GroupNorm groups before the mid attention; None: 32 (SD: norm_groups)
+    attention_norm_groups: Optional[int] = positive(None)
     attention_bias: bool = False  # biases on the mid attention's q/k/v projections (SD's VAE has them)
     quant_conv: bool = False  # 1x1 conv on the encoder's output (SD's quant_conv)
     post_quant_conv: bool = False  # 1x1 conv on z before the decoder (SD's post_quant_conv)
@@ -94,28 +98,32 @@ class ConvAutoencoderConfig(ComponentConfig):
                 raise ValueError(f"autoencoder.{key} must be positive, got {getattr(self, key)}")
         if self.num_res_blocks < 0:
             raise ValueError(f"autoencoder.num_res_blocks must be >= 0, got {self.num_res_blocks}")
+        check_fields(self, "autoencoder")
 
 
 @dataclass
 class KLRegularizerConfig(ComponentConfig):
     """Diagonal-Gaussian posterior with a KL penalty to N(0, I) (the LDM "KL-reg")."""
 
-    kl_weight: float = 1e-6  # times KL summed over latent elements, averaged over the batch
+    kl_weight: float = non_negative(1e-6)  # times KL summed over latent elements, averaged over the batch
     sample: bool = True  # decode a posterior sample in training (False: the mean, an AE with a KL penalty)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "regularizer")
 
 
 @dataclass
 class VQRegularizerConfig(ComponentConfig):
     """Vector quantization (van den Oord et al. 2017) with the LDM/taming options."""
 
-    codebook_size: int = 1024
-    codebook_dim: Optional[int] = None  # None: latent_channels; else look codes up in a projected space
-    beta: float = 0.25  # commitment weight
-    weight: float = 1.0  # weight of the whole VQ loss
+    codebook_size: int = positive(1024)
+    codebook_dim: Optional[int] = positive(None)  # None: latent_channels; else look codes up in a projected space
+    beta: float = non_negative(0.25)  # commitment weight
+    weight: float = non_negative(1.0)  # weight of the whole VQ loss
     ema: bool = False  # update the codebook with EMA statistics instead of its gradient loss
-    ema_decay: float = 0.99
-    dead_code_threshold: float = 0.0  # restart codes whose EMA hit count per batch falls below; 0: off
-    usage_decay: float = 0.99  # decay of that hit count
+    ema_decay: float = unit_interval(0.99, open_high=True)
+    dead_code_threshold: float = non_negative(0.0)  # restart codes whose EMA hit count per batch falls below; 0: off
+    usage_decay: float = unit_interval(0.99, open_high=True)  # decay of that hit count
     quantize_in_decoder: bool = False  # LDM variant: diffusion sees pre-quantization z, decode() quantizes
 
     def __post_init__(self) -> None:
@@ -124,17 +132,19 @@ class VQRegularizerConfig(ComponentConfig):
         for key in ("ema_decay", "usage_decay"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"regularizer.{key} must be in [0, 1), got {getattr(self, key)}")
+        check_fields(self, "regularizer")
 
 
 @dataclass
 class AERegularizerConfig(ComponentConfig):
     """Deterministic latent with optional bound, variance pull and noise."""
 
-    bound: str = "none"  # none | tanh (z in (-1, 1)) | clamp (z clipped to [-1, 1])
-    variance_weight: float = 0.0  # weight of sum_c (Var[z_c] - 1)^2 over the batch
-    noise_std: float = 0.0  # Gaussian noise added to z in training (makes the decoder robust to it)
+    bound: str = one_of("none", BOUNDS)  # none | tanh (z in (-1, 1)) | clamp (z clipped to [-1, 1])
+    variance_weight: float = non_negative(0.0)  # weight of sum_c (Var[z_c] - 1)^2 over the batch
+    noise_std: float = non_negative(0.0)  # Gaussian noise added to z in training (makes the decoder robust to it)
 
     def __post_init__(self) -> None:
         check_choice("regularizer", "bound", self.bound, BOUNDS)
         if self.noise_std < 0:
             raise ValueError(f"regularizer.noise_std must be >= 0, got {self.noise_std}")
+        check_fields(self, "regularizer")

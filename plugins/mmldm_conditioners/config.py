@@ -8,17 +8,20 @@ condition-dropout rate for classifier-free guidance) and ``trainable``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from omegaconf import MISSING
 
 from mmldm.config import ComponentConfig
+from mmldm.schema import checked, positive, unit_interval
 
 #: Tokenizers of the trainable text encoder (see :class:`TextConditionerConfig`).
 TEXT_TOKENIZERS = ("bpe", "byte")
 #: Model classes a pretrained text encoder is loaded with.
 PRETRAINED_MODEL_CLASSES = ("auto", "clip", "t5")
+#: What class and text conditioners can emit (``outputs``).
+TOKEN_OUTPUTS = ("crossattn", "vector")
 #: How a segmentation map is brought to the latent grid.
 SEGMENTATION_RESIZE = ("nearest", "area")
 
@@ -35,7 +38,7 @@ class ConditionerConfig(ComponentConfig):
     """
 
     key: str = MISSING  # each conditioner sets its own default
-    dropout: Optional[float] = None
+    dropout: Optional[float] = unit_interval(None)
     trainable: bool = True
 
 
@@ -52,9 +55,10 @@ class ClassConditionerConfig(ConditionerConfig):
     """
 
     key: str = "class"
-    num_classes: Optional[int] = None
-    embed_dim: int = 128
-    outputs: list[str] = field(default_factory=lambda: ["crossattn", "vector"])
+    num_classes: Optional[int] = positive(None)
+    embed_dim: int = positive(128)
+    outputs: list[str] = checked(factory=lambda: ["crossattn", "vector"], each=True, nonempty=True,
+                                 choices=TOKEN_OUTPUTS)
 
 
 @dataclass
@@ -75,14 +79,14 @@ class TextConditionerConfig(ConditionerConfig):
     """
 
     key: str = "text"
-    tokenizer: str = "bpe"
-    vocab_size: int = 1024
-    max_length: int = 32  # the embedded datasets' captions have at most 8 words
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    embed_dim: Optional[int] = None
-    outputs: list[str] = field(default_factory=lambda: ["crossattn"])
+    tokenizer: str = checked("bpe", choices=TEXT_TOKENIZERS)
+    vocab_size: int = positive(1024)
+    max_length: int = checked(32, ge=3)  # [CLS] + a token + [SEP]; the embedded datasets' captions have <= 8 words
+    hidden_size: int = positive(128)
+    num_layers: int = positive(2)
+    num_heads: int = positive(4)
+    embed_dim: Optional[int] = positive(None)
+    outputs: list[str] = checked(factory=lambda: ["crossattn"], each=True, nonempty=True, choices=TOKEN_OUTPUTS)
 
 
 @dataclass
@@ -104,10 +108,10 @@ class PretrainedTextConditionerConfig(ConditionerConfig):
 
     key: str = "text"
     path: Optional[str] = None
-    model_class: str = "auto"
-    max_length: int = 77
-    embed_dim: Optional[int] = None
-    outputs: list[str] = field(default_factory=lambda: ["crossattn"])
+    model_class: str = checked("auto", choices=PRETRAINED_MODEL_CLASSES)
+    max_length: int = checked(77, ge=3)
+    embed_dim: Optional[int] = positive(None)
+    outputs: list[str] = checked(factory=lambda: ["crossattn"], each=True, nonempty=True, choices=TOKEN_OUTPUTS)
     trainable: bool = False
 
 
@@ -130,9 +134,9 @@ class SegmentationConditionerConfig(ConditionerConfig):
     """
 
     key: str = "segmentation"
-    num_classes: Optional[int] = None
-    outputs: list[str] = field(default_factory=lambda: ["concat"])
-    resize: str = "nearest"
-    embed_dim: int = 128
-    token_pool: int = 1
-    subcells: int = 1
+    num_classes: Optional[int] = positive(None)
+    outputs: list[str] = checked(factory=lambda: ["concat"], each=True, nonempty=True, choices=("concat", "crossattn"))
+    resize: str = checked("nearest", choices=SEGMENTATION_RESIZE)
+    embed_dim: int = positive(128)
+    token_pool: int = positive(1)
+    subcells: int = positive(1)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from mmldm.config import ComponentConfig
+from mmldm.schema import non_negative, one_of, positive, seed, unit_interval
 
 #: Values accepted by :attr:`ImageConfig.source`.
 IMAGE_SOURCES = ("shapes", "digits", "mnist", "folder")
@@ -38,12 +39,15 @@ class ImageConfig(ComponentConfig):
             below ``size / 2``.
     """
 
-    source: str = "shapes"
-    size: int = 32
-    channels: Optional[int] = None
-    num_samples: int = 2000
-    seed: int = 0
+    source: str = one_of("shapes", IMAGE_SOURCES)
+    size: int = positive(32)
+    channels: Optional[int] = one_of(None, (1, 3))
+    num_samples: int = positive(2000)
+    seed: int = seed(0)
     root: Optional[str] = None  # required by "mnist" and "folder"
-    val_fraction: float = 0.1
+    val_fraction: float = unit_interval(0.1, open_high=True)
     flip: bool = False  # off by default: flipped digits are not digits
-    crop: int = 0  # off by default: captions say where a shape is
+    crop: int = non_negative(0)  # off by default: captions say where a shape is
+
+    #: the modality's samples are 2D (``[C, size, size]``); a denoiser sized for other dims is refused
+    sample_dims: ClassVar[int] = 2

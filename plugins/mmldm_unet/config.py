@@ -1,11 +1,14 @@
-"""U-Net configs (torch-free). ``dims`` and channel counts come from the factory call, not from here."""
+"""U-Net configs (torch-free). ``dims`` and channel counts come from the factory call, not from here;
+the sized variants declare the dimensions they are sized for (``dims``), which the config
+validation checks against the modality's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 from mmldm.config import ComponentConfig
+from mmldm.schema import check_fields, checked, non_negative, positive, unit_interval
 
 
 @dataclass
@@ -27,38 +30,54 @@ class UNetConfig(ComponentConfig):
         compile (`bool`): run the forward through ``torch.compile`` (inductor). Off by default: on a 2-core
             CPU compiling a 3-level U-Net's training step took minutes and a narrow (32-channel) one was
             not faster afterwards; ``python -m benchmarks.unet_vs_diffusers --compile`` measures it.
+
+    Class attribute ``dims``: the latent dimensions a variant is sized for (``None``: any).
     """
 
-    model_channels: int = 64
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
-    num_res_blocks: int = 2
-    attention_levels: list[int] = field(default_factory=lambda: [1, 2])
-    num_heads: int = 4
-    head_dim: Optional[int] = None
-    transformer_depth: int = 1
+    dims: ClassVar[Optional[int]] = None
+
+    model_channels: int = positive(64)
+    channel_mult: list[int] = checked(factory=lambda: [1, 2, 4], each=True, nonempty=True, ge=1)
+    num_res_blocks: int = non_negative(2)
+    attention_levels: list[int] = checked(factory=lambda: [1, 2], each=True, ge=0)
+    num_heads: int = positive(4)
+    head_dim: Optional[int] = positive(None)
+    transformer_depth: int = positive(1)
     mid_attention: bool = True
-    dropout: float = 0.0
+    dropout: float = unit_interval(0.0, open_high=True)
     use_checkpoint: bool = False
     channels_last: bool = False
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, "denoiser")
+        bad = [lvl for lvl in self.attention_levels if lvl >= len(self.channel_mult)]
+        if bad:
+            levels = len(self.channel_mult)
+            raise ValueError(f"denoiser.attention_levels {list(self.attention_levels)} contains {bad[0]}, but "
+                             f"denoiser.channel_mult {list(self.channel_mult)} has levels 0..{levels - 1}")
 
 
 @dataclass
 class UNet1dConfig(UNetConfig):
     """Sizes for 1D latents such as ``[B, c, T]`` mel-spectrogram latents (long sequences: 4 levels)."""
 
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
-    attention_levels: list[int] = field(default_factory=lambda: [2, 3])
+    dims: ClassVar[Optional[int]] = 1
+
+    channel_mult: list[int] = checked(factory=lambda: [1, 2, 4, 4], each=True, nonempty=True, ge=1)
+    attention_levels: list[int] = checked(factory=lambda: [2, 3], each=True, ge=0)
 
 
 @dataclass
 class UNet2dConfig(UNetConfig):
     """Sizes for 2D latents (e.g. 32x32 image latents)."""
 
-    model_channels: int = 128
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
-    attention_levels: list[int] = field(default_factory=lambda: [1, 2])
-    head_dim: Optional[int] = 32
+    dims: ClassVar[Optional[int]] = 2
+
+    model_channels: int = positive(128)
+    channel_mult: list[int] = checked(factory=lambda: [1, 2, 4], each=True, nonempty=True, ge=1)
+    attention_levels: list[int] = checked(factory=lambda: [1, 2], each=True, ge=0)
+    head_dim: Optional[int] = positive(32)
 
 
 @dataclass
@@ -66,7 +85,9 @@ class UNet3dConfig(UNetConfig):
     """Sizes for 3D latents (e.g. 8^3 or 16^3 voxel latents): fewer channels, attention only at the coarsest level
     (attention cost grows with the number of voxels)."""
 
-    model_channels: int = 32
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
-    attention_levels: list[int] = field(default_factory=lambda: [2])
-    num_res_blocks: int = 1
+    dims: ClassVar[Optional[int]] = 3
+
+    model_channels: int = positive(32)
+    channel_mult: list[int] = checked(factory=lambda: [1, 2, 4], each=True, nonempty=True, ge=1)
+    attention_levels: list[int] = checked(factory=lambda: [2], each=True, ge=0)
+    num_res_blocks: int = non_negative(1)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from mmldm.config import ComponentConfig
+from mmldm.schema import at_least, checked, one_of, positive, seed, unit_interval
 
 
 @dataclass
@@ -24,14 +25,23 @@ class VoxelConfig(ComponentConfig):
     the same 3D ones.
     """
 
-    resolution: int = 32  # R; 16 for quick runs
-    num_shapes: int = 2000  # procedural shapes made when `root` is None
-    seed: int = 0  # seeds procedural shapes and the train/val split
+    resolution: int = at_least(8, 32)  # R; 16 for quick runs
+    num_shapes: int = positive(2000)  # procedural shapes made when `root` is None
+    seed: int = seed(0)  # seeds procedural shapes and the train/val split
     root: Optional[str] = None  # folder of meshes / point clouds / .binvox / .npy; None: procedural shapes
-    representation: str = "occupancy"  # "occupancy" or "sdf"
-    sdf_truncation: float = 0.1  # in unit-cube units (about 3 voxels at R=32)
-    occupancy_rays: int = 3  # odd; rays voted per voxel for inside/outside of closed folder meshes
-    val_fraction: float = 0.1
-    layout: str = "3d"  # "3d": [1, R, R, R]; "2d": [R, R, R] (depth as channels)
+    representation: str = one_of("occupancy", ("occupancy", "sdf"))
+    sdf_truncation: float = positive(0.1)  # in unit-cube units (about 3 voxels at R=32)
+    # rays voted per voxel for inside/outside of closed folder meshes
+    occupancy_rays: int = checked(3, ge=1, odd=True)
+    val_fraction: float = unit_interval(0.1, open_high=True)
+    layout: str = one_of("3d", ("3d", "2d"))  # "3d": [1, R, R, R]; "2d": [R, R, R] (depth as channels)
     cache_dir: Optional[str] = None  # None: $MMLDM_CACHE/voxel or ~/.cache/mmldm/voxel
-    mesh_format: str = "ply"  # meshes that `save` writes: "ply" or "obj"
+    mesh_format: str = one_of("ply", ("ply", "obj"))  # meshes that `save` writes
+
+    #: the key that sets :attr:`sample_dims` (named when a denoiser's dims disagree)
+    dims_key: ClassVar[str] = "layout"
+
+    @property
+    def sample_dims(self) -> int:
+        """Spatial dimensions of a sample: 3, or 2 with ``layout="2d"``."""
+        return 2 if self.layout == "2d" else 3
