@@ -12,7 +12,8 @@ configuration before importing the training stack.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -28,3 +29,7 @@ class ComponentConfig:
     """
 
     name: str = MISSING
+
+    def options(self) -> dict[str, Any]:
+        """The fields other than ``name``, as keyword arguments for the component's constructor."""
+        return {k: v for k, v in asdict(self).items() if k != "name"}

@@ -13,7 +13,6 @@ conditioners emit tokens, each block cross-attends to them between self-attentio
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Sequence
 
 import torch
@@ -174,6 +173,5 @@ def build_dit(
     concat_channels: int = 0, vector_dim: int | None = None,
 ) -> DiT:
     """Registry factory of ``dit`` (see :mod:`mmldm.interfaces`)."""
-    options = {k: v for k, v in asdict(cfg).items() if k != "name"}
     return DiT(dims, in_channels, out_channels, context_dim=context_dim, concat_channels=concat_channels,
-               vector_dim=vector_dim, **options)
+               vector_dim=vector_dim, **cfg.options())

@@ -8,7 +8,6 @@ for ``dims`` 1, 2 and 3 with the layers of :mod:`mmldm.nn`.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict
 from typing import Callable, Sequence
 
 import torch
@@ -188,6 +187,5 @@ def build_unet(
     concat_channels: int = 0, vector_dim: int | None = None,
 ) -> UNet:
     """Registry factory of ``unet``/``unet1d``/``unet2d``/``unet3d`` (see :mod:`mmldm.interfaces`)."""
-    options = {k: v for k, v in asdict(cfg).items() if k != "name"}
     return UNet(dims, in_channels, out_channels, context_dim=context_dim, concat_channels=concat_channels,
-                vector_dim=vector_dim, **options)
+                vector_dim=vector_dim, **cfg.options())
