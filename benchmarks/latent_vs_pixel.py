@@ -42,29 +42,29 @@ def build(resolution: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The preset's denoiser for latents and for grids, and its autoencoder, at ``resolution``."""
     from mmldm.build import build_autoencoder, build_denoiser, build_modality
     from mmldm.configuration import compose
-    from mmldm.diffusion.schedules import DiscreteSchedule
+    from mmldm.diffusion.process import build_process
 
     cfg = compose(["modality=voxel", f"modality.resolution={resolution}", *overrides])
     modality = build_modality(cfg.modality)
     autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality).eval()
     latent_shape = tuple(autoencoder.latent_shape(modality.sample_shape))
     return {
-        "cfg": cfg, "autoencoder": autoencoder, "schedule": DiscreteSchedule.from_config(cfg.diffusion),
+        "cfg": cfg, "autoencoder": autoencoder, "process": build_process(cfg.diffusion.process),
         "latent": (build_denoiser(cfg.denoiser, latent_shape, []), latent_shape),
         "pixel": (build_denoiser(cfg.denoiser, modality.sample_shape, []), tuple(modality.sample_shape)),
     }
 
 
-def train_step(denoiser: Any, shape: tuple[int, ...], batch: int, schedule: Any) -> Callable[[], None]:
+def train_step(denoiser: Any, shape: tuple[int, ...], batch: int, process: Any) -> Callable[[], None]:
     import torch
 
-    from mmldm.diffusion.parameterization import diffusion_loss
+    from mmldm.diffusion.process import diffusion_loss
 
     opt = torch.optim.AdamW(denoiser.parameters(), lr=1e-4)
     z0 = torch.randn(batch, *shape)
 
     def step() -> None:
-        loss = diffusion_loss(lambda z, t: denoiser(z, t), z0, schedule).mean()
+        loss = diffusion_loss(lambda z, t: denoiser(z, t), z0, process).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -72,7 +72,7 @@ def train_step(denoiser: Any, shape: tuple[int, ...], batch: int, schedule: Any)
     return step
 
 
-def sample(denoiser: Any, shape: tuple[int, ...], steps: int, schedule: Any, decode: Any = None) -> Callable[[], None]:
+def sample(denoiser: Any, shape: tuple[int, ...], steps: int, process: Any, decode: Any = None) -> Callable[[], None]:
     import torch
 
     from mmldm.diffusion.sampling import sample_latents
@@ -80,7 +80,7 @@ def sample(denoiser: Any, shape: tuple[int, ...], steps: int, schedule: Any, dec
     def run() -> None:
         with torch.no_grad():
             # two rows per step: what one sample with classifier-free guidance costs (cond + uncond rows)
-            z = sample_latents(denoiser, [], schedule, "eps", (2, *shape), None, "dpmpp_2m", steps, 1.0, "trailing",
+            z = sample_latents(denoiser, [], process, (2, *shape), None, "dpmpp_2m", steps, 1.0, "auto",
                                torch.Generator().manual_seed(0))
             if decode is not None:
                 decode(z[:1])
@@ -101,13 +101,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     torch.manual_seed(0)
     parts = build(args.resolution, args.set)
-    schedule = parts["schedule"]
+    process = parts["process"]
     runs = {}
     for side in ("latent", "pixel"):
         denoiser, shape = parts[side]
         decode = parts["autoencoder"].decode if side == "latent" else None
-        runs[side] = {"train_step": train_step(denoiser, shape, args.batch, schedule),
-                      "sample": sample(denoiser, shape, args.sample_steps, schedule, decode),
+        runs[side] = {"train_step": train_step(denoiser, shape, args.batch, process),
+                      "sample": sample(denoiser, shape, args.sample_steps, process, decode),
                       "shape": list(shape), "parameters": sum(q.numel() for q in denoiser.parameters())}
     times: dict[str, dict[str, list[float]]] = {s: {"train_step": [], "sample": []} for s in runs}
     for side in runs:  # warm-up (allocator, kernels)

@@ -109,7 +109,7 @@ def _hydra_verb_help(verb: str) -> str:
         f"config groups (choose with group=option; modality=<m> also applies preset <m>):\n"
         f"{_group_help()}\n\n"
         "any key can be set with dotted paths, e.g. trainer.max_steps=500, data.batch_size=8,\n"
-        "diffusion.parameterization=v, autoencoder.channel_mult=[1,2,4].\n\n"
+        "diffusion.process.prediction=v, autoencoder.channel_mult=[1,2,4].\n\n"
         "options:\n"
         "  -m, --multirun   sweep comma-separated values, e.g. -m regularizer=kl,vq,ae\n"
         "  --cfg job        print the composed config and exit (no work is done)\n"

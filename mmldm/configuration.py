@@ -33,8 +33,11 @@ from .registry import KINDS
 #: Groups of the primary config, in the order ``--help`` shows them.
 GROUPS = (
     "modality", "stage", "autoencoder", "regularizer", "denoiser", "conditioner",
-    "diffusion", "sampler", "data", "trainer", "preset",
+    "diffusion", "process", "sampler", "data", "trainer", "preset",
 )
+#: Where a kind's group is stored when not at the root: the process is part of the diffusion config
+#: (``process=flow`` selects it, ``diffusion.process.shift=3`` sets a key), so an export records it there.
+PACKAGES = {"process": "diffusion.process"}
 PRIMARY = "train"
 
 
@@ -52,7 +55,8 @@ def store_configs(loaded: Plugins | None = None) -> None:
         cs.store(group=group, name=f"base_{group}", node=node)
     cs.store(group="conditioner", name="none", node={"name": "none"})
     for comp in loaded.registry:
-        cs.store(group=comp.kind, name=comp.name, node=comp.default_config(), provider=comp.plugin)
+        cs.store(group=comp.kind, name=comp.name, node=comp.default_config(), provider=comp.plugin,
+                 package=PACKAGES.get(comp.kind))
 
 
 def searchpath(loaded: Plugins | None = None) -> list[str]:
@@ -176,9 +180,11 @@ def validate(overrides: Sequence[str], config_name: str = PRIMARY) -> Validated:
             if key in groups and not o.is_delete():
                 for v in values:
                     if v not in groups[key]:
+                        elsewhere = [g for g, options in groups.items() if v in options and g != key]
                         raise ConfigProblem(
                             f"unknown {key} '{v}' (in '{text}'); valid choices for {key}: "
                             f"{', '.join(groups[key]) or '(none installed)'}"
+                            + (f"; '{v}' is an option of {elsewhere[0]}: {elsewhere[0]}={v}" if elsewhere else "")
                         )
             single.append(f"{o.get_key_element()}={values[0]}" if o.is_sweep_override() and values else text)
         preset = _preset_overrides(parsed, groups)
@@ -210,6 +216,7 @@ def check_values(cfg: DictConfig, given: Mapping[str, str] | None = None) -> Non
         raise ConfigProblem(f"invalid value '{value}' for config key '{p.key}': expected {p.expected}")
     _check_components(cfg)
     _check_dims(cfg)
+    _check_sampler_fits_process(cfg)
 
 
 def _entry_type(kind: str, node: DictConfig) -> type | None:
@@ -253,11 +260,12 @@ def _check_components(cfg: DictConfig) -> None:
     from .plugins import registry
     from .registry import RegistryError
 
-    for kind in ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "sampler"):
-        nodes = cfg.get(kind)
+    for kind in ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "process", "sampler"):
+        key = PACKAGES.get(kind, kind)
+        nodes = OmegaConf.select(cfg, key)
         listed = OmegaConf.is_list(nodes)
         for i, node in enumerate(nodes if listed else [] if nodes is None else [nodes]):
-            where = f"{kind}.{i}" if listed else kind
+            where = f"{key}.{i}" if listed else key
             if not OmegaConf.is_dict(node) or "name" not in node:
                 raise ConfigProblem(f"'{where}' must be a mapping with a 'name' (a registered {kind}), got {node!r}")
             if node.name == "none":
@@ -270,6 +278,21 @@ def _check_components(cfg: DictConfig) -> None:
                 raise ConfigProblem(f"'{where}' ({node.name}): {str(e).splitlines()[0]}") from None
             except ValueError as e:
                 raise ConfigProblem(f"invalid {where} config ({kind}={node.name}): {str(e).splitlines()[0]}") from None
+
+
+def _check_sampler_fits_process(cfg: DictConfig) -> None:
+    """The sampler must work with the process (:func:`mmldm.diffusion.config.check_sampler_fits`: its
+    ``spacing`` one the process places noise levels with, the process one the sampler declares)."""
+    from .diffusion.config import check_sampler_fits
+    from .plugins import registry
+
+    process, sampler = OmegaConf.select(cfg, PACKAGES["process"]), cfg.get("sampler")
+    if not OmegaConf.is_dict(process) or not OmegaConf.is_dict(sampler) or "name" not in sampler:
+        return
+    try:
+        check_sampler_fits(registry().config_object("process", process), registry().config_object("sampler", sampler))
+    except ValueError as e:
+        raise ConfigProblem(str(e)) from None
 
 
 def _check_dims(cfg: DictConfig) -> None:
@@ -296,6 +319,15 @@ def _check_dims(cfg: DictConfig) -> None:
     )
 
 
+#: Keys of earlier versions and where they are now: the noise schedule and what the network predicts
+#: became the ``process`` group (``process=vp|flow|edm``), stored under ``diffusion.process``.
+MOVED_KEYS = {
+    "diffusion.parameterization": "diffusion.process.prediction",
+    **{f"diffusion.{k}": f"diffusion.process.{k}" for k in (
+        "num_timesteps", "schedule", "beta_start", "beta_end", "zero_terminal_snr", "weighting", "min_snr_gamma")},
+}
+
+
 def _explain(error: Exception, overrides: list[str], config_name: str, hydra_compose) -> str:  # noqa: ANN001
     """Turn a Hydra/OmegaConf composition error into a message with the valid keys."""
     text = str(error)
@@ -319,9 +351,11 @@ def _explain(error: Exception, overrides: list[str], config_name: str, hydra_com
             return (f"cannot set '{key}' (value '{value}'): '{parent}' is a list here; set a key of one "
                     f"entry as '{parent}.<index>.{leaf}' (indices 0..{len(node) - 1})")
         if isinstance(node, DictConfig) and leaf not in node:
+            moved = MOVED_KEYS.get(key)
             return (
-                f"unknown config key '{key}' (value '{value}'); valid keys under "
-                f"'{parent or '<root>'}': {', '.join(sorted(str(k) for k in node.keys()))}"
+                f"unknown config key '{key}' (value '{value}'); "
+                + (f"it moved to '{moved}' (the process group, docs/concepts.md)" if moved else
+                   f"valid keys under '{parent or '<root>'}': {', '.join(sorted(str(k) for k in node.keys()))}")
             )
         return f"invalid value '{value}' for config key '{key}': {str(cause).splitlines()[0]}"
     return f"invalid configuration: {text}"

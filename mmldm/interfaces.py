@@ -21,6 +21,7 @@ denoiser   ``factory(cfg, *, dims, in_channels, out_channels, context_dim,
            concat_channels, vector_dim)``
 conditioner ``factory(cfg, *, modality)``
 sampler    the entry *is* the sampler function (see :mod:`mmldm.diffusion`)
+process    ``factory(cfg)``: a :class:`mmldm.diffusion.process.Process`
 vocoder    ``factory(cfg, **kwargs)``
 dataset    ``factory(cfg, **kwargs)``
 metric     ``factory(cfg, **kwargs)``
@@ -293,9 +294,10 @@ class Conditioner(nn.Module, abc.ABC):
 class Denoiser(nn.Module, abc.ABC):
     """``eps_theta(z_t, t, tau(y))``: the network of phase 2.
 
-    ``forward(z_t [B, c, *s], t [B] float, conditioning) -> [B, c_out, *s]``
-    in the configured parameterization (eps, v or x0). ``t`` is the
-    continuous or discrete timestep the schedule feeds the network.
+    ``forward(z_t [B, c, *s], t [B] float, conditioning) -> [B, c_out, *s]``:
+    the target of the run's diffusion process (``vp``: eps, v or x0; ``flow``:
+    the velocity; ``edm``: the preconditioned ``F``). ``t`` is the process's
+    ``c_noise``: a timestep in [0, 1000) for ``vp`` and ``flow``, ``1000 ln(sigma) / 4`` for ``edm``.
     """
 
     dims: int

@@ -50,7 +50,8 @@ class LatentDiffusion(nn.Module):
         autoencoder (`Autoencoder`): phase 1.
         stats (`LatentStats`): the latent normalization measured after phase 1.
         denoiser (`Denoiser`, *optional*): phase 2 (the EMA weights); ``None`` for an
-            autoencoder-only export.
+            autoencoder-only export. With a denoiser, :attr:`process` is built from
+            ``config["diffusion"]["process"]`` (the diffusion process it was trained with).
         conditioners (`list[Conditioner]`): tau_theta, empty when unconditional.
         config (`dict`): the component configs, written to ``config.yaml``.
     """
@@ -72,11 +73,14 @@ class LatentDiffusion(nn.Module):
         self.conditioners = nn.ModuleList(conditioners)
         self.config = {k: _to_container(v) for k, v in config.items()}
         self.latent_shape = tuple(autoencoder.latent_shape(modality.sample_shape))
-        self.schedule = None
+        self.process = None
         if denoiser is not None:
-            from .diffusion import DiscreteSchedule
+            from .diffusion.config import upgrade_diffusion_config
+            from .diffusion.process import build_process
 
-            self.schedule = DiscreteSchedule.from_config(self.config["diffusion"])
+            # an export written before the process group names diffusion.parameterization: the vp process
+            self.config["diffusion"] = upgrade_diffusion_config(self.config["diffusion"])
+            self.process = build_process(self.config["diffusion"]["process"])
 
     # ----------------------------------------------------------------- phase 1
     @torch.no_grad()
@@ -119,7 +123,8 @@ class LatentDiffusion(nn.Module):
             n (`int`): number of samples.
             cond (`dict`, *optional*): e.g. ``{"class": LongTensor[n]}``; missing keys mean
                 unconditional.
-            steps (`int`, *optional*): sampler steps (default: the exported sampler config).
+            steps (`int`, *optional*): sampler steps (default: the exported sampler config's, else
+                :data:`~mmldm.diffusion.config.DEFAULT_STEPS`).
             sampler (`str`, *optional*): a registered sampler (``ddpm``, ``ddim``, ``euler``,
                 ``heun``, ``dpmpp_2m``, ...).
             guidance (`float | Mapping[str, float]`, defaults to 1): classifier-free guidance weight, or
@@ -132,20 +137,25 @@ class LatentDiffusion(nn.Module):
         """
         if self.denoiser is None:
             raise RuntimeError("this export holds an autoencoder only (no denoiser): train phase 2 to sample")
-        scfg = dict(self.config.get("sampler") or {})
-        name = sampler or scfg.get("name", "dpmpp_2m")
-        options = {k: v for k, v in scfg.items() if k not in ("name", "steps", "spacing")} if name == scfg.get("name") else {}
-        options.update(sampler_options)
-        device = next(self.denoiser.parameters()).device
-        from .diffusion.sampling import sample_generators, sample_latents
+        from .diffusion.sampling import sample_generators, sample_latents, sampler_settings
 
+        settings = sampler_settings(self.config.get("sampler"), sampler, steps, **sampler_options)
+        self._check_sampler(settings["sampler"], settings["spacing"])
+        device = next(self.denoiser.parameters()).device
         generator = sample_generators(seed, n, device) if seed is not None else None
-        z = sample_latents(
-            self.denoiser, list(self.conditioners), self.schedule, self.config["diffusion"]["parameterization"],
-            (n, *self.latent_shape), cond, name, steps or scfg.get("steps", 25), guidance,
-            scfg.get("spacing", "trailing"), generator, progress, **options,
-        )
+        z = sample_latents(self.denoiser, list(self.conditioners), self.process, (n, *self.latent_shape), cond,
+                           guidance=guidance, generator=generator, progress=progress, **settings)
         return z if return_latents else self.decode(z)
+
+    def _check_sampler(self, sampler: Any, spacing: str) -> None:
+        """A sampler named at sample time must fit the model's process (as the composed config's did)."""
+        if not isinstance(sampler, str):
+            return
+        from .diffusion.config import check_sampler_fits
+        from .plugins import registry
+
+        process = registry().config_object("process", self.config["diffusion"]["process"])
+        check_sampler_fits(process, registry().config_object("sampler", {"name": sampler}), spacing)
 
     # ----------------------------------------------------------------- export
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -200,7 +210,11 @@ class LatentDiffusion(nn.Module):
         if denoiser is not None:
             load_weights(denoiser, directory / "denoiser.safetensors")
         keep = {k: cfg[k] for k in ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler") if k in cfg}
-        pipe = cls(modality, autoencoder, stats, keep, denoiser, conditioners)
+        try:  # the diffusion process, from diffusion.process (or an older export's diffusion.parameterization)
+            pipe = cls(modality, autoencoder, stats, keep, denoiser, conditioners)
+        except (ValueError, LookupError) as e:
+            raise ExportError(f"{directory / 'config.yaml'}: 'diffusion' does not describe a diffusion process the "
+                              f"installed plugins can build: {type(e).__name__}: {e}") from e
         return pipe.to(device).eval()
 
 

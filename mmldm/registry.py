@@ -24,6 +24,7 @@ KINDS = (
     "denoiser",
     "conditioner",
     "sampler",
+    "process",
     "vocoder",
     "dataset",
     "metric",

@@ -255,12 +255,6 @@ NONFINITE = ("error", "skip")
 LATENT_SCALES = ("per_channel", "global", "none")
 #: ``phase1.schedule`` (:data:`mmldm.training.phase1.SCHEDULES`).
 LR_SCHEDULES = ("constant", "cosine")
-#: ``diffusion.schedule`` (:data:`mmldm.diffusion.schedules.BETA_SCHEDULES`).
-BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
-#: ``diffusion.parameterization`` (:data:`mmldm.diffusion.parameterization.PARAMETERIZATIONS`).
-PARAMETERIZATIONS = ("eps", "v", "x0")
-#: ``diffusion.weighting`` (:data:`mmldm.diffusion.parameterization.WEIGHTINGS`).
-WEIGHTINGS = ("uniform", "min_snr")
 
 
 @dataclass
@@ -349,15 +343,13 @@ class AutoencoderTrainingConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Phase 2: the noising process, the loss and the optimizer.
+    """Phase 2: the diffusion process, condition dropout and the optimizer.
 
     Args:
-        num_timesteps: training steps ``T`` of the discrete process (>= 2).
-        schedule: "linear", "scaled_linear" or "cosine".
-        beta_start, beta_end: the betas at t=1 and t=T of the linear schedules, in (0, 1).
-        zero_terminal_snr: rescale the schedule to zero SNR at t=T (Lin et al. 2023).
-        parameterization: what the denoiser predicts: "eps", "v" or "x0".
-        weighting: "uniform" or "min_snr" (Hang et al. 2023, with ``min_snr_gamma`` > 0).
+        process: the diffusion process (what the network predicts, the noise schedule, the training
+            time distribution and loss weight, the sampling grid): the ``process`` group, stored here
+            (``process=flow`` selects one, ``diffusion.process.<key>=...`` sets its keys; see
+            :mod:`mmldm.diffusion.config`).
         cond_dropout: probability in [0, 1] of replacing a condition by the null condition
             in training, for classifier-free guidance.
         ema_decay: decay in [0, 1) of the EMA of the denoiser weights used for sampling and export.
@@ -365,14 +357,7 @@ class DiffusionConfig:
             phase 2 can afford larger batches than the autoencoder).
     """
 
-    num_timesteps: int = at_least(2, 1000)
-    schedule: str = one_of("scaled_linear", BETA_SCHEDULES)
-    beta_start: float = checked(0.00085, gt=0, lt=1)
-    beta_end: float = checked(0.012, gt=0, lt=1)
-    zero_terminal_snr: bool = False
-    parameterization: str = one_of("eps", PARAMETERIZATIONS)
-    weighting: str = one_of("uniform", WEIGHTINGS)
-    min_snr_gamma: float = positive(5.0)
+    process: Any = MISSING  # the ``process`` group (package diffusion.process)
     cond_dropout: float = unit_interval(0.1)
     lr: float = positive(2.0e-4)
     weight_decay: float = non_negative(0.0)

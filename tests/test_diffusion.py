@@ -1,4 +1,4 @@
-"""Schedules, parameterizations, loss, samplers (parity with diffusers) and guidance.
+"""Schedules, the vp process (eps / v / x0), loss, samplers (parity with diffusers) and guidance.
 
 The reference model is analytic: for data ``z0 ~ N(MU, S^2)`` per element, the exact
 denoiser in sigma space is ``E[z0 | x] = MU + S^2 / (S^2 + sigma^2) (x - MU)``.
@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from mmldm.diffusion import (
-    SAMPLERS, DenoiserWrapper, DiscreteSchedule, cfg_denoiser, convert, diffusion_loss, get_sampler,
-    loss_weight, make_betas, prediction_target, rescale_zero_terminal_snr, sample_ddim, sample_ddpm,
-    sample_euler, scalings,
+    PREDICTION, SAMPLERS, DiscreteSchedule, VPProcess, cfg_denoiser, convert, diffusion_loss, get_sampler,
+    make_betas, rescale_zero_terminal_snr, sample_ddim, sample_ddpm, sample_euler,
 )
 from mmldm.interfaces import Conditioner, Conditioning
 
@@ -105,7 +104,15 @@ def test_schedule_errors_name_the_choices():
     with pytest.raises(ValueError, match=r"steps must be in \[1, 1000\]"):
         sd_schedule().sigmas_for(0)
 
-# ---------------------------------------------------------------- parameterization and loss
+# ---------------------------------------------------------------- vp predictions and loss
+
+
+def prediction_target(x0, eps, alpha, sigma, param):
+    return PREDICTION[param].target(x0, eps, alpha, sigma)
+
+
+def loss_weight(ab, param, weighting, gamma=5.0):
+    return VPProcess(sd_schedule(), param, weighting, gamma).loss_weight(ab)
 
 
 @pytest.mark.parametrize("source", ["eps", "v", "x0"])
@@ -128,7 +135,7 @@ def test_scalings_reconstruct_x0():
     x = x0 + sigma * eps  # sigma space
     alpha_vp, sigma_vp = (1 + sigma**2).rsqrt(), sigma * (1 + sigma**2).rsqrt()
     for param in ("eps", "v", "x0"):
-        c_skip, c_out, c_in = scalings(sigma, param)
+        c_skip, c_out, c_in, _ = VPProcess(sd_schedule(), param).precondition(sigma)
         torch.testing.assert_close(c_in * x, alpha_vp * x0 + sigma_vp * eps)
         f = prediction_target(x0, eps, alpha_vp, sigma_vp, param)
         torch.testing.assert_close(c_skip * x + c_out * f, x0)
@@ -145,7 +152,7 @@ def test_denoiser_wrapper_matches_exact_denoiser(param):
 
     x = torch.randn(SHAPE, dtype=torch.float64) * 3
     sigma = torch.tensor([0.05, 1.3, 4.0, 14.0], dtype=torch.float64)
-    out = DenoiserWrapper(net, sched, param)(x, sigma)
+    out = VPProcess(sched, param).denoiser(net)(x, sigma)
     torch.testing.assert_close(out, exact_denoiser(x, sigma))
 
 
@@ -159,11 +166,11 @@ def test_loss_is_zero_for_oracle_and_matches_manual_draws(param):
         noise = z_t / (1 - ab).sqrt()
         return prediction_target(z0, noise, ab.sqrt(), (1 - ab).sqrt(), param)
 
-    loss = diffusion_loss(oracle, z0, sched, param, "min_snr", torch.Generator().manual_seed(0))
+    loss = diffusion_loss(oracle, z0, VPProcess(sched, param, "min_snr"), torch.Generator().manual_seed(0))
     assert loss.shape == (6,) and loss.abs().max() < 1e-20
 
     z0 = torch.randn(6, 2, 4, dtype=torch.float64)
-    loss = diffusion_loss(lambda z_t, t: torch.zeros_like(z_t), z0, sched, param, "min_snr",
+    loss = diffusion_loss(lambda z_t, t: torch.zeros_like(z_t), z0, VPProcess(sched, param, "min_snr"),
                           torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(1)
     t, noise = torch.randint(0, 1000, (6,), generator=g), torch.randn(z0.shape, generator=g, dtype=z0.dtype)
@@ -182,7 +189,7 @@ def test_min_snr_weights():
     assert loss_weight(ab, "eps", "uniform").eq(1).all()
     with pytest.raises(ValueError, match="unknown loss weighting 'snr'"):
         loss_weight(ab, "eps", "snr")
-    with pytest.raises(ValueError, match="unknown parameterization 'epsilon'"):
+    with pytest.raises(ValueError, match="unknown prediction 'epsilon'"):
         loss_weight(ab, "epsilon", "min_snr")
 
 # ---------------------------------------------------------------- samplers vs diffusers
@@ -221,7 +228,7 @@ def test_deterministic_samplers_match_diffusers(name, make, spacing, eps_of):
     sigmas = sd_schedule().sigmas_for(steps, spacing).float()
     x_sigma = x_vp * (1 + sigmas[0] ** 2).sqrt()  # the same start in sigma space: z_T / sqrt(a_T)
     reference = _run_diffusers(make(), steps, x_sigma if eps_of is _eps_from_sigma else x_vp, eps_of)
-    ours = SAMPLERS[name](exact_denoiser, x_sigma, sigmas, disable=True)
+    ours = get_sampler(name)(exact_denoiser, x_sigma, sigmas, disable=True)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
 
 
@@ -295,10 +302,12 @@ def test_sampler_plugin_registers_every_sampler_with_its_config():
     from mmldm.diffusion import DDIMConfig, SamplerConfig, sampler_options
     from mmldm.plugins import load_plugins
 
+    from mmldm.diffusion import samplers
+
     registry = load_plugins(report=False).registry
-    assert registry.names("sampler") == sorted(SAMPLERS)
-    for name, fn in SAMPLERS.items():
-        assert registry.get("sampler", name).resolve() is fn
+    assert registry.names("sampler") == sorted(name for name, *_ in SAMPLERS)
+    for name, *_ in SAMPLERS:
+        assert registry.get("sampler", name).resolve() is getattr(samplers, f"sample_{name}") is get_sampler(name)
     cfg = registry.config_object("sampler", {"name": "ddim", "eta": 0.5, "steps": 20})
     assert isinstance(cfg, DDIMConfig) and sampler_options(cfg) == {"eta": 0.5}
     assert sampler_options(SamplerConfig(name="euler")) == {}
@@ -362,9 +371,9 @@ def diffusion_module(**kw):
     unet = build_unet(UNetConfig(name="unet1d", model_channels=16, channel_mult=[1, 2], num_res_blocks=1,
                                  attention_levels=[1], num_heads=2), dims=1, in_channels=1, out_channels=1,
                       context_dim=16, vector_dim=16)
-    schedule = DiscreteSchedule.from_name("linear", 1000, 1e-4, 0.02)
-    opts = dict(parameterization="v", weighting="min_snr", cond_dropout={"class": 0.2}, lr=2e-3, ema_decay=0.99)
-    return DiffusionModule(unet, [conditioner], schedule, (1, 8), **{**opts, **kw})
+    process = VPProcess(DiscreteSchedule.from_name("linear", 1000, 1e-4, 0.02), "v", "min_snr")
+    opts = dict(cond_dropout={"class": 0.2}, lr=2e-3, ema_decay=0.99)
+    return DiffusionModule(unet, [conditioner], process, (1, 8), **{**opts, **kw})
 
 
 def test_condition_dropout_uses_null_rows():
@@ -389,7 +398,7 @@ def test_sample_uses_ema_weights_and_generator():
     b = module.sample(3, {"class": torch.tensor([0, 1, 0])}, steps=4, sampler="ddim", guidance=2.0, generator=gen(), eta=1.0)
     assert a.shape == (3, 1, 8) and torch.equal(a, b)
     # the EMA U-Net still has a zero output conv, so it predicts v = 0 and D(x, sigma) = x / (1 + sigma^2)
-    sigmas = module.schedule.sigmas_for(4)
+    sigmas = module.process.sigmas(4)
     noise = torch.randn(3, 1, 8, generator=gen()) * sigmas[0].float()
     x0_ema = sample_euler(lambda x, s, **_: x / (1 + s[:, None, None] ** 2), noise, sigmas.float(), disable=True)
     torch.testing.assert_close(module.sample(3, steps=4, sampler="euler", generator=gen()), x0_ema)

@@ -54,7 +54,7 @@ def third_party(tmp_path, monkeypatch):
 
 def test_builtin_plugins_load_through_entry_points():
     loaded = load_plugins(report=False)
-    assert {"image", "voxel", "audio", "autoencoders", "unet", "conditioners", "samplers"} <= set(loaded.info)
+    assert {"image", "voxel", "audio", "autoencoders", "unet", "conditioners", "diffusion"} <= set(loaded.info)
     assert loaded.errors == []
     kinds = {c.kind for c in loaded.registry}
     assert {"modality", "autoencoder", "regularizer", "denoiser", "conditioner", "sampler"} <= kinds

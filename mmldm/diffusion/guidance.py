@@ -26,7 +26,7 @@ def guided_denoiser(
 
     Args:
         denoiser: called as ``denoiser(x, sigma, conditioning=..., **extra)``, e.g. a
-            :class:`~mmldm.diffusion.parameterization.DenoiserWrapper`.
+            :class:`~mmldm.diffusion.process.ProcessDenoiser`.
         uncond (`Conditioning`): the unconditional branch ``D_u``, batch size ``B`` of ``x``.
         conds (`Sequence[Conditioning]`): one conditioning per guided branch, each of batch size ``B``.
         weights (`Sequence[float]`): ``w_i`` per branch.
@@ -60,7 +60,7 @@ def cfg_denoiser(
 
     Args:
         denoiser: called as ``denoiser(x, sigma, conditioning=..., **extra)``, e.g. a
-            :class:`~mmldm.diffusion.parameterization.DenoiserWrapper`.
+            :class:`~mmldm.diffusion.process.ProcessDenoiser`.
         cond (`Conditioning`), uncond (`Conditioning`): each with batch size ``B`` of ``x``
             (``uncond`` usually from :meth:`Conditioner.null`).
         scale (`float`): the guidance weight ``w`` (0 = unconditional, 1 = conditional).

@@ -6,15 +6,16 @@ Every sampler has one contract::
 
 - ``model(x, sigma, **extra_args)`` returns the denoised ``x0`` estimate for
   ``x [B, C, *spatial]`` at noise level ``sigma [B]`` (see
-  :class:`~mmldm.diffusion.parameterization.DenoiserWrapper` and
+  :class:`~mmldm.diffusion.process.ProcessDenoiser` and
   :func:`~mmldm.diffusion.guidance.cfg_denoiser`);
 - ``x`` is the initial noise already scaled by ``sigmas[0]``;
-- ``sigmas`` is descending and ends with 0 (:meth:`DiscreteSchedule.sigmas_for`);
+- ``sigmas`` is descending and ends with 0 (:meth:`mmldm.diffusion.process.Process.sigmas`);
 - ``callback`` receives ``{"x", "i", "sigma", "sigma_next", "denoised"}`` after each step;
 - ``disable`` turns the tqdm progress bar off; ``generator`` seeds stochastic samplers.
 
-In this space ``x = z_0 + sigma eps`` is the VP latent ``z_t`` divided by
-``sqrt(a_t)``, so DDPM and DDIM steps are exact rewrites of their VP updates.
+In this space ``x = z_0 + sigma eps``: the VP latent ``z_t`` divided by ``sqrt(a_t)`` (so DDPM and
+DDIM steps are exact rewrites of their VP updates), the flow latent divided by ``1 - t``, EDM's
+``x`` itself. Every process maps to it, so every sampler runs with every process.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float = 1.0) -> tuple
     """
     if float(sigma_next) == 0:
         return sigma_next, sigma_next
-    sigma_up = (eta * sigma_next * (sigma**2 - sigma_next**2).clamp(min=0).sqrt() / sigma).clamp(max=sigma_next)
-    return (sigma_next**2 - sigma_up**2).sqrt(), sigma_up
+    # written with ratios, so that no sigma is squared (sigma^2 overflows float16 from sigma 256)
+    sigma_up = (eta * sigma_next * (1 - (sigma_next / sigma) ** 2).clamp(min=0).sqrt()).clamp(max=sigma_next)
+    return sigma_next * (1 - (sigma_up / sigma_next) ** 2).sqrt(), sigma_up
 
 
 @torch.no_grad()
@@ -63,12 +65,14 @@ def sample_euler(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | Non
     """Euler steps on the probability-flow ODE.
 
     Implements Algorithm 2 (Euler steps) from Karras et al. (2022), arXiv 2206.00364,
-    without churn. With VP-derived sigmas this equals deterministic DDIM.
+    without churn. With VP-derived sigmas this equals deterministic DDIM. The step
+    ``x + d (sigma_next - sigma)`` is computed as ``D + d sigma_next`` (the same number), which keeps
+    its precision when ``sigma`` is large: ``x`` of size ``sigma`` is not added to a nearly opposite term.
     """
     extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
     for i in _steps(sigmas, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
-        x = x + _to_d(x, sigmas[i] * s_in, denoised) * (sigmas[i + 1] - sigmas[i])
+        x = denoised + _to_d(x, sigmas[i] * s_in, denoised) * sigmas[i + 1]
         _report(callback, x, i, sigmas[i], sigmas[i + 1], denoised)
     return x
 
@@ -138,7 +142,7 @@ def sample_ddpm(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None
         denoised = model(x, sigma * s_in, **extra_args)
         x = denoised + (sigma_next / sigma) ** 2 * (x - denoised)
         if float(sigma_next) > 0:
-            std = sigma_next * (sigma**2 - sigma_next**2).sqrt() / sigma
+            std = sigma_next * (1 - (sigma_next / sigma) ** 2).sqrt()  # no sigma^2: finite in float16
             x = x + randn(x.shape, x, generator) * std
         _report(callback, x, i, sigma, sigma_next, denoised)
     return x
@@ -174,19 +178,13 @@ def sample_dpmpp_2m(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | 
     return x
 
 
-#: Sampler name -> function (the names the plugin registers).
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "euler": sample_euler,
-    "heun": sample_heun,
-    "dpmpp_2m": sample_dpmpp_2m,
-}
-
-
 def get_sampler(name: str) -> Callable[..., Any]:
-    """The sampler function called ``name``; a ``ValueError`` lists the choices otherwise."""
+    """The sampler function registered as ``name`` (kind ``sampler``: the built-ins of
+    :data:`mmldm.diffusion.plugin.SAMPLERS` and any plugin's); a ``ValueError`` lists the choices otherwise."""
+    from ..plugins import registry
+    from ..registry import RegistryError
+
     try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler '{name}'; expected one of {', '.join(SAMPLERS)}") from None
+        return registry().get("sampler", name).resolve()
+    except RegistryError as e:
+        raise ValueError(f"unknown sampler '{name}'; expected one of {', '.join(registry().names('sampler'))}") from e

@@ -1,4 +1,6 @@
-"""Drawing latents: conditioning, guidance, sampler, in one function shared by training and the pipeline."""
+"""Drawing latents: conditioning, guidance, process, sampler, in one function (:func:`sample_latents`)
+shared by training (``DiffusionModule.sample``), the pipeline (``LatentDiffusion.sample``) and, through
+the pipeline, ``mmldm sample``."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from ..interfaces import Conditioner, Conditioning
+from .config import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .guidance import cfg_denoiser, guided_denoiser
-from .parameterization import DenoiserWrapper
-from .schedules import DiscreteSchedule
+from .process import Process
 from .utils import randn
 
 
@@ -50,9 +52,24 @@ def resolve_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tenso
     """A sampler function: a callable as is, a name through the plugin registry (kind ``sampler``)."""
     if callable(sampler):
         return sampler
-    from ..plugins import registry
+    from .samplers import get_sampler
 
-    return registry().get("sampler", sampler).resolve()
+    return get_sampler(sampler)
+
+
+def sampler_settings(
+    config: Mapping[str, Any] | None, sampler: str | Callable[..., Tensor] | None = None, steps: int | None = None,
+    spacing: str | None = None, **options: Any,
+) -> dict[str, Any]:
+    """The sampler arguments of :func:`sample_latents` from a sampler config (an export's ``sampler``
+    entry, or None) and what a call asks for: a call's value wins, then the config's, then the defaults
+    (:data:`~mmldm.diffusion.config.DEFAULT_SAMPLER`, :data:`~mmldm.diffusion.config.DEFAULT_STEPS`,
+    spacing ``auto``). The config's own options (``eta``) apply only when the call keeps its sampler."""
+    config = dict(config or {})
+    name = sampler or config.get("name", DEFAULT_SAMPLER)
+    own = {k: v for k, v in config.items() if k not in ("name", "steps", "spacing")} if name == config.get("name") else {}
+    return {"sampler": name, "steps": steps or config.get("steps", DEFAULT_STEPS),
+            "spacing": spacing or config.get("spacing", "auto"), **own, **options}
 
 
 def sample_generators(seed: int, n: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
@@ -74,29 +91,31 @@ def initial_noise(shape: Sequence[int], generator: torch.Generator | Sequence[to
 def sample_latents(
     denoiser: nn.Module,
     conditioners: Sequence[Conditioner],
-    schedule: DiscreteSchedule,
-    parameterization: str,
+    process: Process,
     shape: Sequence[int],
     cond: Mapping[str, Any] | None = None,
-    sampler: str | Callable[..., Tensor] = "dpmpp_2m",
-    steps: int = 25,
+    sampler: str | Callable[..., Tensor] = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_STEPS,
     guidance: float | Mapping[str, float] = 1.0,
-    spacing: str = "trailing",
+    spacing: str = "auto",
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: bool = False,
     **sampler_options: Any,
 ) -> Tensor:
     """Draw latents of ``shape`` ``[n, c, *s]`` (in the space the denoiser was trained on).
 
-    The sampler sees the sigma-space denoiser of :class:`DenoiserWrapper`, wrapped by
-    classifier-free guidance (:func:`cfg_denoiser`: cond and uncond in one batched
-    forward pass; ``guidance == 1`` runs the conditional model only).
+    The sampler steps along ``process.sigmas(steps, spacing)`` from ``noise * sigmas[0]`` and sees the
+    sigma-space denoiser :meth:`Process.denoiser` of the network, wrapped by classifier-free guidance
+    (:func:`cfg_denoiser`: cond and uncond in one batched forward pass; ``guidance == 1`` runs the
+    conditional model only).
 
     Args:
+        process (`Process`): the diffusion process the denoiser was trained with.
         sampler (`str | Callable`): a registered sampler name (``ddpm``, ``ddim``, ``euler``,
             ``heun``, ``dpmpp_2m`` or a plugin's) or a sampler function.
-        guidance (`float | Mapping[str, float]`): one weight for all conditions, or a weight
-            per condition key (compositional guidance, :func:`guidance_branches`), e.g.
+        spacing (`str`): ``auto`` (the process's default) or one of ``process.spacings``.
+        guidance (`float | Mapping[str, float]`): one weight for all conditions, or a weight per
+            condition key (compositional guidance, :func:`guidance_branches`), e.g.
             ``{"class": 2.0, "text": 4.0}``; still one batched forward pass per step.
         generator (`torch.Generator | Sequence[torch.Generator]`, *optional*): the noise source; with one
             generator per sample (:func:`sample_generators`) each sample's starting noise is its own, so
@@ -109,9 +128,9 @@ def sample_latents(
     sample_fn = resolve_sampler(sampler)
     ref = next(denoiser.parameters())
     n = shape[0]
-    sigmas = schedule.sigmas_for(steps, spacing).to(device=ref.device, dtype=ref.dtype)
+    sigmas = process.sigmas(steps, spacing).to(device=ref.device, dtype=ref.dtype)
     x = initial_noise(shape, generator, ref.device, ref.dtype) * sigmas[0]
-    model = DenoiserWrapper(denoiser, schedule, parameterization)
+    model = process.denoiser(denoiser)
     if isinstance(guidance, Mapping):
         fn = guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n))
     else:

@@ -41,3 +41,9 @@ def randint(high: int, size: int, device: torch.device, generator: torch.Generat
     """``size`` integers uniform in ``[0, high)`` drawn on the generator's device, moved to ``device``."""
     gen_device = generator.device if generator is not None else device
     return torch.randint(0, high, (size,), generator=generator, device=gen_device).to(device)
+
+
+def rand(size: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``size`` numbers uniform in ``[0, 1)`` with ``like``'s dtype, drawn on the generator's device."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand((size,), generator=generator, device=device, dtype=like.dtype).to(like.device)

@@ -9,9 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..diffusion.parameterization import check_parameterization, diffusion_loss
-from ..diffusion.sampling import condition, sample_latents
-from ..diffusion.schedules import DiscreteSchedule
+from ..diffusion.process import Process, build_process, diffusion_loss
+from ..diffusion.sampling import condition, sample_latents, sampler_settings
 from ..interfaces import CONDITIONING_KINDS, Conditioner, Conditioning, Denoiser
 from .callbacks import fused_ok
 
@@ -61,12 +60,10 @@ class DiffusionModule(L.LightningModule):
     Batches are ``{"z": Tensor [B, c, *s] (normalized latents), "cond": {key: ...}}``.
 
     Args:
-        denoiser (`Denoiser`): the network, predicting in ``parameterization``.
+        denoiser (`Denoiser`): the network ``F(x_t, c_noise, conditioning)`` of ``process``.
         conditioners (`Sequence[Conditioner]`): their outputs are merged with :meth:`Conditioning.merge`.
-        schedule (`DiscreteSchedule`): the noise schedule.
+        process (`Process`): the diffusion process (training noise, loss weight, sampling view).
         latent_shape (`Sequence[int]`): ``(c, *s)`` of a latent, for sampling.
-        parameterization (`str`): ``"eps"``, ``"v"`` or ``"x0"``.
-        weighting (`str`): ``"uniform"`` or ``"min_snr"``; ``min_snr_gamma`` its gamma.
         cond_dropout (`Mapping[str, float]`): per conditioner key, the probability that a training sample
             gets the null condition instead (Ho & Salimans 2022), which classifier-free guidance needs.
         lr (`float`): AdamW learning rate. ``weight_decay`` its decay.
@@ -75,16 +72,13 @@ class DiffusionModule(L.LightningModule):
     """
 
     def __init__(
-        self, denoiser: Denoiser, conditioners: Sequence[Conditioner], schedule: DiscreteSchedule,
-        latent_shape: Sequence[int], parameterization: str = "eps", weighting: str = "uniform",
-        min_snr_gamma: float = 5.0, cond_dropout: Mapping[str, float] | None = None, lr: float = 1e-4,
+        self, denoiser: Denoiser, conditioners: Sequence[Conditioner], process: Process,
+        latent_shape: Sequence[int], cond_dropout: Mapping[str, float] | None = None, lr: float = 1e-4,
         weight_decay: float = 0.0, ema_decay: float | None = 0.999,
     ):
         super().__init__()
         self.model = nn.ModuleDict({"denoiser": denoiser, "conditioners": nn.ModuleList(conditioners)})
-        self.schedule, self.latent_shape = schedule, tuple(latent_shape)
-        self.parameterization = check_parameterization(parameterization)
-        self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
+        self.process, self.latent_shape = process, tuple(latent_shape)
         self.cond_dropout = dict(cond_dropout or {})
         unknown = set(self.cond_dropout) - {c.key for c in conditioners}
         if unknown:
@@ -101,14 +95,11 @@ class DiffusionModule(L.LightningModule):
     def from_config(
         cls, denoiser: Denoiser, conditioners: Sequence[Conditioner], latent_shape: Sequence[int], cfg: Any
     ) -> "DiffusionModule":
-        """Build from a :class:`mmldm.schema.DiffusionConfig` node; each conditioner's condition dropout
-        is its own ``dropout`` when set, else ``cfg.cond_dropout``."""
+        """Build from a :class:`mmldm.schema.DiffusionConfig` node (its ``process`` a registered process's
+        config); each conditioner's condition dropout is its own ``dropout`` when set, else ``cfg.cond_dropout``."""
         dropout = {c.key: cfg.cond_dropout if c.dropout is None else c.dropout for c in conditioners}
-        return cls(
-            denoiser, conditioners, DiscreteSchedule.from_config(cfg), latent_shape, cfg.parameterization,
-            cfg.weighting, cfg.min_snr_gamma, dropout, cfg.lr,
-            cfg.weight_decay, cfg.ema_decay,
-        )
+        return cls(denoiser, conditioners, build_process(cfg.process), latent_shape, dropout, cfg.lr,
+                   cfg.weight_decay, cfg.ema_decay)
 
     @property
     def denoiser(self) -> Denoiser:
@@ -134,10 +125,7 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         z = batch["z"]
         cond = self.conditioning(self.model, batch.get("cond", {}), z.shape[0], dropout=True)
-        loss = diffusion_loss(
-            lambda z_t, t: self.denoiser(z_t, t, cond), z, self.schedule, self.parameterization,
-            self.weighting, min_snr_gamma=self.min_snr_gamma,
-        ).mean()
+        loss = diffusion_loss(lambda x_t, c_noise: self.denoiser(x_t, c_noise, cond), z, self.process).mean()
         self.loss_terms = {"diffusion": loss.detach()}  # read by NonFiniteGuard
         self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss
@@ -147,8 +135,7 @@ class DiffusionModule(L.LightningModule):
         model = self.sampling_model()
         cond = self.conditioning(model, batch.get("cond", {}), z.shape[0])
         gen = torch.Generator(device="cpu").manual_seed(batch_idx)
-        loss = diffusion_loss(lambda z_t, t: model["denoiser"](z_t, t, cond), z, self.schedule,
-                              self.parameterization, self.weighting, gen, self.min_snr_gamma).mean()
+        loss = diffusion_loss(lambda x_t, c_noise: model["denoiser"](x_t, c_noise, cond), z, self.process, gen).mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss
 
@@ -170,27 +157,29 @@ class DiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def sample(
-        self, n: int, cond: Mapping[str, Any] | None = None, steps: int = 50,
-        sampler: str | Callable[..., Tensor] = "dpmpp_2m", guidance: float = 1.0,
-        generator: torch.Generator | None = None, spacing: str = "trailing", **sampler_opts: Any,
+        self, n: int, cond: Mapping[str, Any] | None = None, steps: int | None = None,
+        sampler: str | Callable[..., Tensor] | None = None, guidance: float = 1.0,
+        generator: torch.Generator | None = None, spacing: str | None = None, **sampler_opts: Any,
     ) -> Tensor:
-        """Draw ``n`` normalized latents ``[n, c, *s]`` with the EMA weights.
+        """Draw ``n`` normalized latents ``[n, c, *s]`` with the EMA weights (through
+        :func:`~mmldm.diffusion.sampling.sample_latents`, as the pipeline does).
 
         Args:
             cond (`Mapping`, *optional*): condition values for the conditioners (``{"class": LongTensor[n]}``);
                 missing keys are unconditional.
-            sampler (`str | Callable`): a name of :data:`~mmldm.diffusion.SAMPLERS` or a sampler function.
+            steps (`int`, *optional*): sampler steps (default :data:`~mmldm.diffusion.config.DEFAULT_STEPS`).
+            sampler (`str | Callable`, *optional*): a registered sampler name or a sampler function
+                (default :data:`~mmldm.diffusion.config.DEFAULT_SAMPLER`).
             guidance (`float`): classifier-free guidance scale (1 = no guidance).
-            spacing (`str`): sigma spacing, see :meth:`DiscreteSchedule.sigmas_for`.
+            spacing (`str`, *optional*): ``auto`` (the process's default) or one of ``process.spacings``.
             sampler_opts: extra sampler options (``eta`` for DDIM).
         """
         model = self.sampling_model()
         was_training = model.training
         model.eval()
         try:
-            return sample_latents(
-                model["denoiser"], list(model["conditioners"]), self.schedule, self.parameterization,
-                (n, *self.latent_shape), cond, sampler, steps, guidance, spacing, generator, **sampler_opts,
-            )
+            settings = sampler_settings(None, sampler, steps, spacing, **sampler_opts)
+            return sample_latents(model["denoiser"], list(model["conditioners"]), self.process,
+                                  (n, *self.latent_shape), cond, guidance=guidance, generator=generator, **settings)
         finally:
             model.train(was_training)
