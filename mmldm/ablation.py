@@ -32,9 +32,12 @@ FORMS = ("quick", "full")
 
 #: The 2D studies' data and sizes: scikit-learn's bundled digits (embedded, 10 classes) at 32x32,
 #: f=4 -> 8x8x4 latents, the U-Net of the MNIST benchmark. Budgets per variant and phase.
-_IMAGE = ["modality=image", "modality.source=digits", "autoencoder=conv_image", "denoiser.model_channels=64",
-          "denoiser.channel_mult=[1,2]", "denoiser.num_res_blocks=2", "denoiser.attention_levels=[1]",
-          "denoiser.head_dim=32", "data.batch_size=64", "diffusion.lr=5e-4", "diffusion.ema_decay=0.999"]
+#: The image studies' data and autoencoder, and their U-Net (kept apart: the process study swaps the denoiser).
+_IMAGE_DATA = ["modality=image", "modality.source=digits", "autoencoder=conv_image", "data.batch_size=64",
+               "diffusion.lr=5e-4", "diffusion.ema_decay=0.999"]
+_IMAGE_UNET = ["denoiser.model_channels=64", "denoiser.channel_mult=[1,2]", "denoiser.num_res_blocks=2",
+               "denoiser.attention_levels=[1]", "denoiser.head_dim=32"]
+_IMAGE = [*_IMAGE_DATA[:3], *_IMAGE_UNET, *_IMAGE_DATA[3:]]
 _QUICK = ["trainer=cpu", "phase1.max_minutes=0.75", "diffusion.max_minutes=2.0", "phase1.max_steps=1000000",
           "diffusion.max_steps=1000000", "sample.num_samples=10",
           # a narrower U-Net and smaller batches: about 4x the phase-2 steps of the full widths in the same time,
@@ -75,6 +78,22 @@ class Study:
         return self.quick_variants if form == "quick" and self.quick_variants else self.variants
 
 
+#: The process study's denoisers: the image studies' U-Net (at the quick form's width) and a DiT of
+#: comparable cost on the 8x8x4 latents (one token per latent cell).
+_PROCESS_DENOISERS = {
+    "unet": [*_IMAGE_UNET, "denoiser.model_channels=32"],
+    "dit": ["denoiser=dit", "denoiser.hidden_size=128", "denoiser.depth=4", "denoiser.num_heads=4",
+            "denoiser.patch_size=[1]"],
+}
+#: The process study's processes (``process=...`` and its keys).
+_PROCESSES = {
+    "vp_eps": ["process=vp"],
+    "vp_v_minsnr": ["process=v_minsnr"],
+    "flow": ["process=flow"],
+    "edm": ["process=edm"],
+}
+
+
 def _compression_unet(levels: int) -> list[str]:
     return [f"denoiser.channel_mult={[1, 2][:levels]}".replace(" ", ""), f"denoiser.attention_levels=[{levels - 1}]"]
 
@@ -103,6 +122,14 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
               "f16_c64": ["autoencoder.channel_mult=[1,2,4,4,4]", "autoencoder.latent_channels=64",
                           *_compression_unet(2)],
           }),
+    Study("process", "Which diffusion process trains the best class-conditional model in the same time: VP with "
+          "eps or v + min-SNR, rectified flow or EDM, with a U-Net and with a DiT (25 sampler steps, guidance 3)?",
+          [*_IMAGE_DATA, "sampler.steps=25", "sample.guidance=3"],
+          {f"{p}_{d}": [*po, *do] for d, do in _PROCESS_DENOISERS.items() for p, po in _PROCESSES.items()},
+          # phase 1 by steps (the same autoencoder in every variant), phase 2 by time: what each buys in 2 minutes
+          quick=["phase1.max_steps=120" if o == "phase1.max_steps=1000000" else o for o in _QUICK
+                 if not o.startswith(("denoiser.", "phase1.max_minutes"))],
+          full=[o.replace("diffusion.max_steps=50000", "diffusion.max_steps=20000") for o in _FULL]),
     Study("voxel_latent", "Should 3D data get a 3D latent, or a 2D one with depth folded into channels "
           "(equal latent size)?", ["modality=voxel", "trainer.limit_val_batches=2"],
           {"3d": [], "2d": ["preset=voxel_2d"]},

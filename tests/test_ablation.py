@@ -130,3 +130,18 @@ def test_set_metrics_are_reported_beside_their_null():
                      "wall_seconds": 60, "variants": {"v": row}})
     assert "| 0.61 ± 0.02 (null 0.5 ± 0.03) |" in text and "50.0% (30/60, 95% CI" in text
     assert "5 random subsets of 30 generated vs 30 held-out items" in text and "90.0% (54/60" in text
+
+
+def test_the_process_study_composes_every_process_with_both_denoisers():
+    """``mmldm ablate process``: VP-eps, VP-v + min-SNR, rectified flow and EDM, each with the U-Net and the DiT,
+    at 25 sampler steps and guidance 3; phase 1 by steps (one autoencoder for all), phase 2 by time."""
+    from mmldm.ablation import STUDIES
+
+    study = STUDIES["process"]
+    seen = set()
+    for name in study.variants:
+        cfg = compose([*study.overrides("quick", name), "seed=0"])
+        seen.add((cfg.diffusion.process.name, cfg.diffusion.process.get("prediction"), cfg.denoiser.name))
+        assert (cfg.sampler.steps, cfg.sample.guidance, cfg.phase1.max_steps, cfg.diffusion.max_minutes) == (25, 3.0, 120, 2.0)
+    assert seen == {(p, pred, d) for d in ("unet2d", "dit")
+                    for p, pred in (("vp", "eps"), ("vp", "v"), ("flow", None), ("edm", None))}
