@@ -16,7 +16,8 @@ One contract per component kind, and what a subclass implements:
 - ``DenoiserContract``: ``build(**factory_kwargs)`` returning a ``Denoiser``;
 - ``ConditionerContract``: ``build(dims)`` and ``condition(dims, batch, seed)``;
 - ``ModalityContract``: ``build()`` returning a ``Modality``;
-- ``SamplerContract``: ``build()`` returning the sampler function.
+- ``SamplerContract``: ``build()`` returning the sampler function;
+- ``ProcessContract``: ``build()`` returning a diffusion ``Process``.
 
 Each test method taking a ``dims`` argument runs once per entry of
 ``dims_to_test`` (1, 2 and 3 by default; set it on the subclass to narrow
@@ -487,3 +488,65 @@ class SamplerContract(DimsContract):
         self.build()(self.gaussian, torch.randn(2, 1, *([4] * dims)) * 80, self.sigmas(),
                      callback=lambda info: steps.append(info["i"]), disable=True)
         assert steps == list(range(self.steps))
+
+
+class ProcessContract(DimsContract):
+    """Checks every diffusion process (:class:`mmldm.diffusion.process.Process`) must pass. Subclass and
+    implement :meth:`build`.
+
+    The training draw and the sampling view must describe one process: at the draw's noise level the
+    preconditioning maps the network input and the regression target back to the clean latent
+    (``c_skip x_t / c_in + c_out target == z0``, with the same ``c_noise``), so a network that learned the
+    target is the denoiser the samplers need. Sigma grids descend to 0 and stay finite; the loss is the
+    weighted MSE of the draw; the generator alone decides the draw.
+    """
+
+    #: noise levels above this are where a process may only approximate z0 (a zero-terminal-SNR step)
+    exact_below: float = 4000.0
+
+    def build(self):  # type: ignore[no-untyped-def]
+        """A fresh process."""
+        raise NotImplementedError
+
+    def test_training_draw_and_sampling_view_agree(self, dims):
+        process = self.build()
+        z0 = torch.randn(64, 2, *[3] * dims, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        noised = process.noise(z0, torch.Generator().manual_seed(1))
+        assert noised.x_t.shape == noised.target.shape == z0.shape
+        assert noised.c_noise.shape == noised.weight.shape == noised.sigma.shape == (64,)
+        assert all(torch.isfinite(v).all() for v in noised) and (noised.weight >= 0).all() and (noised.sigma >= 0).all()
+        c_skip, c_out, c_in, c_noise = process.precondition(noised.sigma)
+        view = lambda c: c.reshape(-1, *[1] * (z0.ndim - 1))  # noqa: E731
+        rebuilt = view(c_skip) * noised.x_t / view(c_in) + view(c_out) * noised.target
+        exact = noised.sigma < self.exact_below
+        torch.testing.assert_close(rebuilt[exact], z0[exact], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(rebuilt, z0, rtol=0, atol=5e-3)
+        torch.testing.assert_close(c_noise, noised.c_noise, rtol=1e-6, atol=1e-6)
+        again = process.noise(z0, torch.Generator().manual_seed(1))
+        assert all(torch.equal(a, b) for a, b in zip(noised, again)), "the generator must decide the draw"
+
+    def test_sigma_grids_descend_to_zero(self):
+        import pytest
+
+        process = self.build()
+        for spacing in ("auto", *process.spacings):
+            for steps in (1, 2, 7, 50):
+                sigmas = process.sigmas(steps, spacing)
+                assert sigmas.shape == (steps + 1,) and sigmas.dtype == torch.float64 and sigmas[-1] == 0
+                assert torch.isfinite(sigmas).all() and (sigmas.diff() < 0).all(), (spacing, steps, sigmas)
+                assert sigmas[0] < 1e4, "x = noise * sigmas[0] must stay finite in float16"
+        torch.testing.assert_close(process.sigmas(9), process.sigmas(9, process.spacings[0]))
+        with pytest.raises(ValueError, match="not 'even'"):
+            process.sigmas(9, "even")
+
+    def test_the_loss_is_the_weighted_mse_of_the_draw(self, dims):
+        from mmldm.diffusion.process import diffusion_loss
+
+        process = self.build()
+        z0 = torch.randn(6, 2, *[5] * dims, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        noised = process.noise(z0, torch.Generator().manual_seed(4))
+        loss = diffusion_loss(lambda x_t, c: 0.5 * x_t, z0, process, torch.Generator().manual_seed(4))
+        axes = tuple(range(1, z0.ndim))
+        torch.testing.assert_close(loss, ((0.5 * noised.x_t - noised.target) ** 2).mean(dim=axes) * noised.weight)
+        oracle = diffusion_loss(lambda x_t, c: noised.target, z0, process, torch.Generator().manual_seed(4))
+        assert oracle.abs().max() == 0
