@@ -307,6 +307,19 @@ class Denoiser(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, z_t: Tensor, t: Tensor, conditioning: Conditioning | None = None) -> Tensor: ...
 
+    def check_inputs(self, z_t: Tensor, conditioning: Conditioning) -> None:
+        """``ValueError`` for a ``z_t`` that is not ``[B, in_channels, *spatial]`` with :attr:`dims` spatial axes,
+        or a conditioning kind the network was built for (its ``context_dim``, ``concat_channels`` or
+        ``vector_dim`` attribute, when set) that is missing."""
+        if z_t.ndim != self.dims + 2 or z_t.shape[1] != self.in_channels:
+            raise ValueError(f"expected z_t of shape [B, {self.in_channels}, *spatial] with {self.dims} spatial "
+                             f"dims, got {tuple(z_t.shape)}")
+        for kind, attr in (("crossattn", "context_dim"), ("concat", "concat_channels"), ("vector", "vector_dim")):
+            size = getattr(self, attr, None)
+            if size and getattr(conditioning, kind) is None:
+                raise ValueError(f"this {type(self).__name__} was built with {kind} conditioning (size {size}) but "
+                                 f"conditioning.{kind} is None")
+
 
 class Vocoder(nn.Module, abc.ABC):
     """Turns a feature tensor (e.g. a log-mel spectrogram ``[B, n_mels, T]``) into a waveform ``[B, N]``."""

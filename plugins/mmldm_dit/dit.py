@@ -136,14 +136,7 @@ class DiT(Denoiser):
 
     def _check(self, z_t: Tensor, cond: Conditioning) -> tuple[int, ...]:
         """The patch grid of ``z_t``; ``ValueError`` for a wrong shape or missing conditioning."""
-        if z_t.ndim != self.dims + 2 or z_t.shape[1] != self.in_channels:
-            raise ValueError(f"expected z_t of shape [B, {self.in_channels}, *spatial] with {self.dims} spatial "
-                             f"dims, got {tuple(z_t.shape)}")
-        needed = {"crossattn": self.context_dim, "concat": self.concat_channels, "vector": self.vector_dim}
-        for kind, size in needed.items():
-            if size and getattr(cond, kind) is None:
-                raise ValueError(f"this DiT was built with {kind} conditioning (size {size}) but "
-                                 f"conditioning.{kind} is None")
+        self.check_inputs(z_t, cond)
         try:
             return self.patches.grid(z_t.shape[2:])
         except ValueError as e:

@@ -130,17 +130,10 @@ class UNet(Denoiser):
 
     def _check(self, z_t: Tensor, cond: Conditioning) -> None:
         factor = 2 ** (self.num_levels - 1)
-        if z_t.ndim != self.dims + 2 or z_t.shape[1] != self.in_channels:
-            raise ValueError(f"expected z_t of shape [B, {self.in_channels}, *spatial] with {self.dims} spatial "
-                             f"dims, got {tuple(z_t.shape)}")
+        self.check_inputs(z_t, cond)
         if any(s % factor for s in z_t.shape[2:]):
             raise ValueError(f"latent size {tuple(z_t.shape[2:])} must be divisible by {factor} "
                              f"(2 ** (len(channel_mult) - 1)); pad the latents or use fewer levels")
-        needed = {"crossattn": self.context_dim, "concat": self.concat_channels, "vector": self.vector_dim}
-        for kind, size in needed.items():
-            if size and getattr(cond, kind) is None:
-                raise ValueError(f"this U-Net was built with {kind} conditioning (size {size}) but "
-                                 f"conditioning.{kind} is None")
 
     def _run(self, block: UNetBlock, h: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
         if self.use_checkpoint and torch.is_grad_enabled():
