@@ -580,3 +580,13 @@ def test_keys_of_earlier_versions_say_where_they_moved():
         validate(["diffusion.schedule=cosine"])
     with pytest.raises(ConfigProblem, match=r"'v_minsnr' is an option of process: process=v_minsnr"):
         validate(["diffusion=v_minsnr"])
+
+
+def test_an_explicit_zero_step_count_is_refused_not_replaced_by_the_default():
+    """``pipe.sample(steps=0)`` took the default steps silently (``steps or default``); it reaches the check now."""
+    from mmldm.diffusion.sampling import sampler_settings
+
+    assert sampler_settings({"name": "ddim", "steps": 25}, steps=0)["steps"] == 0
+    assert sampler_settings({"name": "ddim", "steps": 25})["steps"] == 25
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        FlowProcess().sigmas(0)

@@ -116,6 +116,8 @@ def test_rerun_with_changed_settings_names_the_keys(two_runs, tmp_path):
     out = _train(run, "autoencoder.channels=16")
     assert out.returncode == 2 and "autoencoder.channels: 8 -> 16" in out.stderr
     assert f"{run / 'autoencoder' / 'export'} holds the phase 1 of a run with other settings" in out.stderr
+    out = _train(run, "data.latent_scale=none")  # the export's statistics were measured per channel
+    assert out.returncode == 2 and "data.latent_scale: 'per_channel' -> 'none'" in out.stderr, out.stderr[-2000:]
     out = _train(run, "diffusion.lr=0.001")  # an optimizer setting the checkpoint's optimizer state would override
     assert out.returncode == 2 and "diffusion.lr: 0.0002 -> 0.001" in out.stderr
     same = _train(run, "diffusion.max_steps=8")  # the budget may change: the run goes on

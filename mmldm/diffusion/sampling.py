@@ -68,8 +68,9 @@ def sampler_settings(
     config = dict(config or {})
     name = sampler or config.get("name", DEFAULT_SAMPLER)
     own = {k: v for k, v in config.items() if k not in ("name", "steps", "spacing")} if name == config.get("name") else {}
-    return {"sampler": name, "steps": steps or config.get("steps", DEFAULT_STEPS),
-            "spacing": spacing or config.get("spacing", "auto"), **own, **options}
+    # `is None`, not `or`: steps=0 must reach the process's check (">= 1"), not silently become the default
+    return {"sampler": name, "steps": config.get("steps", DEFAULT_STEPS) if steps is None else steps,
+            "spacing": config.get("spacing", "auto") if spacing is None else spacing, **own, **options}
 
 
 def sample_generators(seed: int, n: int, device: str | torch.device = "cpu") -> list[torch.Generator]:

@@ -194,7 +194,8 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
         _update_metrics(run_dir, {"autoencoder": diag, "precision": str(trainer.precision),
                                   "autoencoder_skipped_steps": _skipped(trainer)})
         # provenance first: config.yaml, written last by save_pretrained, marks a complete export
-        write_provenance(root / "export", {"autoencoder": weights_digest(autoencoder), "phase1": identity})
+        write_provenance(root / "export", {"autoencoder": weights_digest(autoencoder), "phase1": identity,
+                                           "stats_settings": _stats_settings(cfg)})
         pipe.save_pretrained(root / "export")
     return pipe
 
@@ -232,6 +233,8 @@ def finished_autoencoder(cfg: DictConfig, run_dir: Path) -> LatentDiffusion | No
     record = read_provenance(export)
     if record is not None and "phase1" in record:
         changed = differences(record["phase1"].get("config", {}), phase_identity(cfg, "autoencoder")["config"])
+        # the export's latent statistics were measured with these; a changed data.latent_scale must not reuse them
+        changed += differences(record.get("stats_settings", {}), _stats_settings(cfg))
     else:
         changed = differences(_component_configs(OmegaConf.create(_export_config(export)), PHASE1_KEYS),
                               _component_configs(cfg, PHASE1_KEYS))
@@ -243,6 +246,12 @@ def finished_autoencoder(cfg: DictConfig, run_dir: Path) -> LatentDiffusion | No
         )
     log.info("phase 1 already finished in %s; loading it (resume=false retrains)", export)
     return load_export(export)
+
+
+def _stats_settings(cfg: DictConfig) -> dict[str, Any]:
+    """How a phase-1 export's latent statistics were measured (:func:`_measure_stats`)."""
+    return {"data": {"latent_scale": cfg.data.get("latent_scale", "per_channel"),
+                     "stats_batches": int(cfg.data.stats_batches)}}
 
 
 def _export_config(export: Path) -> dict[str, Any]:
@@ -260,9 +269,11 @@ def load_export(export: Path) -> LatentDiffusion:
     record = read_provenance(export) or {}
     parts = {"autoencoder": pipe.autoencoder, "denoiser": pipe.denoiser}
     for name, module in parts.items():
-        if name in record and module is not None and weights_digest(module) != record[name]:
+        if name not in record or module is None:
+            continue
+        if (digest := weights_digest(module)) != record[name]:
             raise CheckpointError(
-                f"{Path(export) / f'{name}.safetensors'} holds weights with digest {weights_digest(module)}, but "
+                f"{Path(export) / f'{name}.safetensors'} holds weights with digest {digest}, but "
                 f"{Path(export) / 'provenance.json'} records {record[name]}: the file was replaced after the export "
                 "was written; export the model again"
             )
@@ -285,15 +296,16 @@ def load_autoencoder(cfg: DictConfig) -> LatentDiffusion:
 
 
 # ---------------------------------------------------------------------------- phase 2
-def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path):
-    """Training latents: the on-disk cache (default) or encoding on the fly."""
+def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path, digest: str | None = None):
+    """Training latents: the on-disk cache (default) or encoding on the fly. ``digest``: the autoencoder's
+    :func:`~mmldm.provenance.weights_digest` when the caller has it (else it is computed)."""
     # posterior samples where the posterior is stochastic (LatentDistribution.is_stochastic), the mode otherwise
     train = phase1.modality.dataset("train")
     if not cfg.diffusion.latent_cache:
         return EncodingDataset(train, phase1.autoencoder, phase1.stats, sample=True)
     cache = run_dir / "latents"
     if _is_rank_zero():
-        producer = latent_producer(phase1, len(train), cfg.seed)
+        producer = latent_producer(phase1, len(train), cfg.seed, digest)
         stale = _stale_cache(cache, producer)
         if stale is not None:
             if stale:
@@ -305,10 +317,11 @@ def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path):
     return LatentCacheDataset(cache, phase1.stats, sample=True)
 
 
-def latent_producer(phase1: LatentDiffusion, items: int, seed: int) -> dict[str, Any]:
-    """What a latent cache's contents depend on: the autoencoder's weights, the modality config (the data
-    and its preprocessing), the item count and the seed of the items' augmentations."""
-    return {"autoencoder": weights_digest(phase1.autoencoder), "modality": phase1.config["modality"],
+def latent_producer(phase1: LatentDiffusion, items: int, seed: int, digest: str | None = None) -> dict[str, Any]:
+    """What a latent cache's contents depend on: the autoencoder's weights (``digest``, computed when not
+    given), the modality config (the data and its preprocessing), the item count and the seed of the items'
+    augmentations."""
+    return {"autoencoder": digest or weights_digest(phase1.autoencoder), "modality": phase1.config["modality"],
             "items": int(items), "seed": int(seed)}
 
 
@@ -347,8 +360,9 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
     # phase 2 starts from the seeded RNG state whatever ran before it in this process, so a run stopped
     # between the phases (phase 1 exported, no phase-2 checkpoint yet) sets phase 2 up exactly alike
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    identity = phase_identity(cfg, "diffusion", phase1)  # digests the autoencoder once for the cache and checkpoints
     conditioners = build_conditioners(cfg.conditioner, modality, phase1.latent_shape)
-    data = latent_dataset(cfg, phase1, run_dir)
+    data = latent_dataset(cfg, phase1, run_dir, identity["autoencoder"])
     for c in conditioners:  # before the optimizer and the EMA copy exist
         c.fit(condition_values(data, c.key))  # e.g. a tokenizer learns the training captions
     denoiser = build_denoiser(cfg.denoiser, phase1.latent_shape, conditioners)
@@ -357,7 +371,6 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
                          drop_last=True, seed=cfg.seed, distributed=True,
                          key="diffusion.batch_size" if cfg.diffusion.batch_size else "data.batch_size")
     steps, budget = _budget(cfg.diffusion, cfg)
-    identity = phase_identity(cfg, "diffusion", phase1)
     trainer = make_trainer(cfg.trainer, root, steps, loader=loader, limit_val_batches=0,
                            dims=len(phase1.latent_shape) - 1, identity=identity, **budget)
     start = time.perf_counter()
