@@ -178,13 +178,14 @@ def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out:
 
     from mmldm.evaluation.generation import judge_samples
     from mmldm.evaluation.stats import format_share
+    from mmldm.preview import save_samples
 
     classes = pipe.modality.num_classes
     results: dict[str, Any] = {}
     null = None
     for name, sampler, steps, guidance in settings:
-        m, samples, _ = judge_samples(pipe, classifier, real, per_class, sampler=sampler, steps=steps,
-                                      guidance=guidance, seed=seed, real_labels=real_labels, null=null)
+        m, samples, labels = judge_samples(pipe, classifier, real, per_class, sampler=sampler, steps=steps,
+                                           guidance=guidance, seed=seed, real_labels=real_labels, null=null)
         results[name], null = m, m["modality_sets"]
         print(f"{name}: accuracy {format_share(m['class_accuracy'], m['class_accuracy_n'])}, "
               f"Frechet {m['frechet_distance']:.3f}, {m['sampling_seconds']:.0f} s", flush=True)
@@ -195,7 +196,7 @@ def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out:
             if pipe.modality.dims == 2:
                 save_grid(samples[idx], out / f"samples_{name}.png", nrow=min(10, per_class))
             else:
-                pipe.modality.save(samples[idx], out / f"samples_{name}", prefix="sample")
+                save_samples(pipe.modality, samples[idx], out / f"samples_{name}", cond={"class": labels[idx]})
     return results
 
 

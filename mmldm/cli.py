@@ -118,11 +118,15 @@ def _hydra_verb_help(verb: str) -> str:
 
 
 def _user_errors(verb: str) -> tuple[type[BaseException], ...]:
-    """What ``encode``/``evaluate`` report as one line (no traceback; ``HYDRA_FULL_ERROR=1`` shows it):
-    they only read an export and data, so a ``ValueError``/``OSError`` is a missing setting or a bad file,
-    and its message names it. (:func:`mmldm.training.run.run` reports damaged exports, checkpoints and
-    configs that do not fit together as one line itself, for every verb.)"""
-    return (ValueError, OSError) if verb in ("encode", "evaluate") else ()
+    """What a verb reports as one line (no traceback; ``HYDRA_FULL_ERROR=1`` shows it). Every verb: a
+    :class:`~mmldm.registry.RegistryError`, a component that is not installed or whose plugin's module does
+    not import (its message names the component, the plugin and the cause). ``encode``/``evaluate`` also: they
+    only read an export and data, so a ``ValueError``/``OSError`` is a missing setting or a bad file, and its
+    message names it. (:func:`mmldm.training.run.run` reports damaged exports, checkpoints and configs that
+    do not fit together as one line itself, for every verb.)"""
+    from .registry import RegistryError
+
+    return (RegistryError, ValueError, OSError) if verb in ("encode", "evaluate") else (RegistryError,)
 
 
 def _run_hydra_verb(verb: str, args: Sequence[str]) -> int:
@@ -180,6 +184,8 @@ def _plugins_table() -> str:
     out += [f"{n:<{width}}  {v:<9} {c}   [{m}]" for n, v, m, c in rows]
     if loaded.blocked:
         out.append(f"blocked by MMLDM_DISABLED_PLUGINS: {', '.join(loaded.blocked)}")
+    if loaded.skipped:
+        out.append(f"skipped (failed to load, see the 'mmldm: plugin ...' lines): {', '.join(sorted(loaded.skipped))}")
     return "\n".join(out)
 
 
@@ -187,7 +193,9 @@ def cmd_plugins(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} plugins",
         description="List every installed mmldm plugin (entry-point group 'mmldm'), its version and "
-        "the components it registers. Plugins named in MMLDM_DISABLED_PLUGINS (comma-separated) are skipped.",
+        "the components it registers. Plugins named in MMLDM_DISABLED_PLUGINS (comma-separated) are skipped. "
+        "A plugin that fails (does not import, raises in a hook, registers an unknown kind or a component name "
+        "another plugin holds) is left out whole and named in one line on stderr.",
     )
     parser.parse_args(args)
     print(_plugins_table())

@@ -181,10 +181,12 @@ def validate(overrides: Sequence[str], config_name: str = PRIMARY) -> Validated:
                 for v in values:
                     if v not in groups[key]:
                         elsewhere = [g for g, options in groups.items() if v in options and g != key]
+                        why = plugins().registry.why_missing(key, v) if key in KINDS else ""  # a skipped plugin
                         raise ConfigProblem(
                             f"unknown {key} '{v}' (in '{text}'); valid choices for {key}: "
                             f"{', '.join(groups[key]) or '(none installed)'}"
                             + (f"; '{v}' is an option of {elsewhere[0]}: {elsewhere[0]}={v}" if elsewhere else "")
+                            + (f"; {why}" if why else "")
                         )
             single.append(f"{o.get_key_element()}={values[0]}" if o.is_sweep_override() and values else text)
         preset = _preset_overrides(parsed, groups)

@@ -12,6 +12,11 @@ implements some of these hooks with :data:`hookimpl`::
 Keep the plugin module light: import torch and models lazily (pass factories
 as ``"module:attr"`` strings) so that ``mmldm plugins`` and config validation
 stay fast.
+
+A plugin that fails (its module does not import, it implements a hook not
+specified here, one of its hooks raises, or it registers an unknown kind or a
+``(kind, name)`` a built-in or earlier plugin holds) is skipped whole: none of
+its components, config directories or other hooks stay (:mod:`mmldm.plugins`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ def mmldm_register_components(registry) -> None:  # type: ignore[no-untyped-def]
         registry (`mmldm.registry.PluginRegistry`): call
             ``registry.add(kind, name, factory, config=..., description=...)``
             once per component. Each component's config dataclass is stored in
-            Hydra's ConfigStore under group ``kind``, option ``name``.
+            Hydra's ConfigStore under group ``kind``, option ``name``. Built-in
+            plugins register first; a name one of them (or an earlier plugin)
+            holds makes ``add`` raise :class:`~mmldm.registry.RegistrationError`
+            and the plugin is skipped whole.
     """
 
 

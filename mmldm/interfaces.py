@@ -23,8 +23,6 @@ conditioner ``factory(cfg, *, modality)``
 sampler    the entry *is* the sampler function (see :mod:`mmldm.diffusion`)
 process    ``factory(cfg)``: a :class:`mmldm.diffusion.process.Process`
 vocoder    ``factory(cfg, **kwargs)``
-dataset    ``factory(cfg, **kwargs)``
-metric     ``factory(cfg, **kwargs)``
 ========== ==============================================================
 """
 
@@ -338,6 +336,8 @@ class Modality(abc.ABC):
         dims (`int`): spatial dims of a sample.
         channels (`int`): ``C`` of a sample.
         num_classes (`int`): number of class labels of the data (0 if none).
+        class_names (`Sequence[str] | None`): names of the class labels (index ``i`` -> name), used to title
+            previews; ``None``: the indices are shown.
         sample_shape (`tuple[int, ...]`): ``(C, *spatial)``.
         reconstruction_loss (`str`): the reconstruction loss that suits the data
             ("l1" for images and spectrograms, "bce" for occupancy grids).
@@ -347,6 +347,7 @@ class Modality(abc.ABC):
     dims: int
     channels: int
     num_classes: int = 0
+    class_names: Sequence[str] | None = None
     reconstruction_loss: str = "l1"
 
     @property
@@ -358,8 +359,11 @@ class Modality(abc.ABC):
         """Split ``"train"`` or ``"val"``; items are ``{"x": Tensor[C, *s], "cond": {...}}``."""
 
     @abc.abstractmethod
-    def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
-        """Write one file set per sample of ``samples [B, C, *s]`` plus a preview; return the paths."""
+    def save(self, samples: Tensor, directory: Path, prefix: str = "sample",
+             titles: Sequence[str] | None = None) -> list[Path]:
+        """Write one file set per sample of ``samples [B, C, *s]`` plus a preview (``{prefix}_grid.png``);
+        return the paths. ``titles``: one label per sample (the condition it was sampled with, from
+        :func:`mmldm.preview.titles`) for the preview; :func:`mmldm.preview.tile` tiles and titles pictures."""
 
     @abc.abstractmethod
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:

@@ -131,8 +131,8 @@ class LatentDiffusion(nn.Module):
                 one weight per condition key (``{"class": 2.0, "text": 4.0}``, compositional guidance).
             seed (`int`, *optional*): makes the result reproducible: each sample gets its own noise
                 generator seeded from ``(seed, i)``, so sample ``i`` is the same in a call with
-                ``n=2`` and one with ``n=4`` (for the deterministic samplers: ``dpmpp_2m``,
-                ``ddim`` with ``eta=0``, ``euler``, ``heun``; stochastic ones are reproducible per call).
+                ``n=2`` and one with ``n=4``, for every sampler: the stochastic ones (``ddpm``, ``ddim``
+                with ``eta > 0``) draw their fresh noise from the same per-sample generators.
             return_latents (`bool`): return normalized latents instead of decoded samples.
         """
         if self.denoiser is None:

@@ -1,7 +1,14 @@
 """Plugin loading: the ``mmldm`` entry-point group, blocking, errors per plugin.
 
 Built-in plugins (``plugins/`` in the source tree) are declared in the
-project's own ``pyproject.toml`` and load exactly like a third party's.
+project's own ``pyproject.toml`` and load exactly like a third party's,
+only first: a third-party plugin that reuses a built-in component's name is
+the one left out.
+
+A plugin that fails in any way (it does not import, implements a hook mmldm
+does not have, raises in a hook, registers an unknown kind or a name another
+plugin holds) is skipped whole, with all its registrations, and reported in
+one line naming it and how to block it; the other plugins load.
 
 Nothing here runs at import time: call :func:`load_plugins`.
 """
@@ -13,17 +20,20 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .registry import Registry, RegistryError
+from .registry import Registry, SkippedPlugin
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mmldm"
 #: Comma-separated plugin names that are not loaded.
 DISABLE_ENV = "MMLDM_DISABLED_PLUGINS"
+#: The distribution whose entry points are the built-in plugins.
+BUILTIN_DIST = "mmldm"
 
 
 @dataclass
@@ -34,6 +44,7 @@ class PluginInfo:
     version: str
     module: str
     components: list[tuple[str, str]] = field(default_factory=list)
+    builtin: bool = False
 
 
 @dataclass
@@ -43,10 +54,27 @@ class Plugins:
     manager: pluggy.PluginManager
     registry: Registry
     info: dict[str, PluginInfo]
-    #: One line per plugin that failed to import or register.
+    #: One line per plugin that was skipped (:attr:`SkippedPlugin.line`), in load order.
     errors: list[str]
     blocked: list[str]
     config_dirs: list[str]
+
+    @property
+    def skipped(self) -> dict[str, SkippedPlugin]:
+        """The plugins left out because they failed, by name."""
+        return self.registry.skipped
+
+
+@dataclass
+class _Candidate:
+    """A plugin found (an entry point or an object passed in), before it is registered."""
+
+    name: str
+    version: str
+    module: str
+    origin: str
+    builtin: bool
+    plugin: Any = None
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -64,9 +92,121 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return sorted(seen.values(), key=lambda e: e.name)
 
 
-def _version(ep: metadata.EntryPoint) -> str:
+def _dist(ep: metadata.EntryPoint) -> tuple[str, str]:
+    """The entry point's distribution name and version (``unknown`` when it has none)."""
     dist = getattr(ep, "dist", None)
-    return dist.version if dist is not None else "unknown"
+    return (dist.name, dist.version) if dist is not None else ("unknown", "unknown")
+
+
+def _one_line(e: BaseException) -> str:
+    """``ImportError: needs libfoo`` (a multi-line message joined into one line)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class _Loader:
+    """One :func:`load_plugins` call: finds, registers and calls the plugins, skipping the failing ones."""
+
+    def __init__(self, blocked: list[str]) -> None:
+        self.pm = get_plugin_manager()
+        self.blocked = blocked
+        for name in blocked:
+            self.pm.set_blocked(name)
+        self.registry = Registry()
+        self.errors: list[str] = []
+
+    def skip(self, c: _Candidate, reason: str, fix: str = "update or uninstall it",
+             components: list[tuple[str, str]] | None = None, complete: bool = False) -> None:
+        """Leave ``c`` out: its components, its hooks; record and report it in one line."""
+        block = ",".join([*self.blocked, c.name])
+        skipped = SkippedPlugin(c.name, c.origin, reason, f"{fix}, or set {DISABLE_ENV}={block}",
+                                tuple(components or ()), complete)
+        self.registry.skipped[c.name] = skipped
+        self.errors.append(skipped.line)
+        if self.pm.get_plugin(c.name) is not None:
+            self.pm.unregister(name=c.name)
+
+    def candidates(self, extra: dict[str, object]) -> list[_Candidate]:
+        """Entry points (imported) and ``extra`` objects, built-ins first; failed imports are skipped."""
+        found: list[_Candidate] = []
+        for ep in _entry_points():
+            if self.pm.is_blocked(ep.name):
+                continue
+            dist, version = _dist(ep)
+            c = _Candidate(ep.name, version, ep.value, f"entry point {ep.name} = {ep.value}", dist == BUILTIN_DIST)
+            try:
+                c.plugin = ep.load()
+            except Exception as e:  # noqa: BLE001 - any import failure is reported by name
+                self.skip(c, f"it failed to import: {_one_line(e)}")
+                continue
+            found.append(c)
+        for name, obj in extra.items():
+            if not self.pm.is_blocked(name):
+                module = getattr(obj, "__name__", name)
+                found.append(_Candidate(name, getattr(obj, "__version__", "unknown"), module,
+                                        f"plugin object {module}", False, obj))
+        return sorted(found, key=lambda c: (not c.builtin, c.name))
+
+    def register(self, found: list[_Candidate]) -> list[_Candidate]:
+        """Register the plugins with pluggy; one with a hook mmldm does not know is skipped."""
+        kept = []
+        for c in found:
+            first = self.pm.get_name(c.plugin)
+            if first is not None:  # pluggy's own error would print every plugin registered
+                self.skip(c, f"it is the plugin '{first}' again (one module, two names)")
+                continue
+            try:
+                self.pm.register(c.plugin, name=c.name)
+            except Exception as e:  # noqa: BLE001 - a hook's arguments unlike its specification
+                self.skip(c, f"it could not be registered: {_one_line(e)}")
+                continue
+            unknown = self._unknown_hooks(c.name)
+            if unknown:
+                hooks = ", ".join(sorted(n for n in vars(hookspecs) if n.startswith("mmldm_")))
+                self.skip(c, f"it implements unknown hook(s) {', '.join(unknown)} (misspelled?); mmldm's hooks: {hooks}")
+                continue
+            kept.append(c)
+        self.pm.check_pending()  # every plugin left implements known hooks only
+        return kept
+
+    def _unknown_hooks(self, plugin: str) -> list[str]:
+        out = []
+        for name, caller in vars(self.pm.hook).items():
+            if name.startswith("_") or caller.has_spec():
+                continue
+            if any(i.plugin_name == plugin and not i.optionalhook for i in caller.get_hookimpls()):
+                out.append(name)
+        return out
+
+    def call(self, c: _Candidate) -> tuple[list[tuple[str, str]], list[str]] | None:
+        """Run ``c``'s registration and config-dir hooks; ``None`` (and ``c`` skipped) when one fails."""
+        reg = self.registry.for_plugin(c.name, c.builtin)
+        hook, complete = "mmldm_register_components", False
+        try:
+            for impl in self._impls(hook, c.name):
+                impl.function(registry=reg)
+            hook, complete = "mmldm_config_dirs", True
+            dirs = [d for impl in self._impls(hook, c.name) for d in _as_list(impl.function())]
+        except Exception as e:  # noqa: BLE001 - reported by name, the others go on
+            if reg.problem is not None:
+                self.skip(c, reg.problem.reason, reg.problem.fix, self.registry.remove_plugin(c.name), complete)
+            else:
+                self.skip(c, f"its hook {hook} raised {_one_line(e)}", components=self.registry.remove_plugin(c.name),
+                          complete=complete)
+            return None
+        if reg.problem is not None:  # the plugin caught the error itself: still skipped whole
+            self.skip(c, reg.problem.reason, reg.problem.fix, self.registry.remove_plugin(c.name), True)
+            return None
+        return sorted((comp.kind, comp.name) for comp in self.registry if comp.plugin == c.name), dirs
+
+    def _impls(self, hook: str, plugin: str) -> list[Any]:
+        return [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == plugin]
+
+
+def _as_list(dirs: Any) -> list[str]:
+    if dirs is None:
+        return []
+    return [dirs] if isinstance(dirs, str) else list(dirs)
 
 
 def load_plugins(extra: dict[str, object] | None = None, report: bool = True) -> Plugins:
@@ -74,80 +214,34 @@ def load_plugins(extra: dict[str, object] | None = None, report: bool = True) ->
 
     Args:
         extra (`dict[str, module]`, *optional*): plugin objects to register in
-            addition to the entry points (e.g. from tests), by name.
-        report (`bool`): print one line per failing plugin to stderr.
+            addition to the entry points (e.g. from tests), by name; they load
+            after the built-in plugins, as third-party ones.
+        report (`bool`): print one line per skipped plugin to stderr (``mmldm: plugin ...``).
 
-    A plugin that fails to import or to register is reported by name (in
-    :attr:`Plugins.errors`) and left out; the others still load. Two plugins
-    registering one ``(kind, name)`` raise :class:`~mmldm.registry.RegistryError`
-    naming both.
+    Built-in plugins load first, then the others by name. A plugin that fails
+    to import, implements an unknown hook, raises in a hook, or registers a
+    component wrongly (an unknown kind, a ``(kind, name)`` an earlier plugin
+    holds) is skipped whole: none of its components or config directories stay.
+    It is named in :attr:`Plugins.errors` (one line with the reason and the
+    ``MMLDM_DISABLED_PLUGINS`` setting that blocks it) and in the registry's
+    :attr:`~mmldm.registry.Registry.skipped`, so that selecting one of its
+    components later says why it is missing.
     """
-    pm = get_plugin_manager()
     blocked = [b.strip() for b in os.environ.get(DISABLE_ENV, "").split(",") if b.strip()]
-    for name in blocked:
-        pm.set_blocked(name)
-
-    errors: list[str] = []
+    loader = _Loader(blocked)
     info: dict[str, PluginInfo] = {}
-    candidates: list[tuple[str, str, str, object]] = []
-    for ep in _entry_points():
-        if pm.is_blocked(ep.name):
-            continue
-        try:
-            module = ep.load()
-        except Exception as e:  # noqa: BLE001 - any import failure is reported by name
-            errors.append(f"plugin '{ep.name}' ({ep.value}) failed to import: {type(e).__name__}: {e}")
-            continue
-        candidates.append((ep.name, _version(ep), ep.value, module))
-    for name, module in (extra or {}).items():
-        if not pm.is_blocked(name):
-            candidates.append((name, getattr(module, "__version__", "unknown"), getattr(module, "__name__", name), module))
-
-    for name, version, modname, module in candidates:
-        try:
-            pm.register(module, name=name)
-        except ValueError as e:
-            errors.append(f"plugin '{name}' ({modname}) could not be registered: {e}")
-            continue
-        info[name] = PluginInfo(name, version, modname)
-
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as e:
-        bad = getattr(e, "plugin_name", None) or str(e)
-        raise RegistryError(f"a plugin implements an unknown hook (misspelled?): {bad}: {e}") from e
-
-    registry = Registry()
     config_dirs: list[str] = []
-    for impl in pm.hook.mmldm_register_components.get_hookimpls():
-        name = impl.plugin_name
-        before = {(c.kind, c.name) for c in registry}
-        try:
-            impl.function(registry=registry.for_plugin(name))
-        except RegistryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - reported by name, the others go on
-            errors.append(f"plugin '{name}' failed to register its components: {type(e).__name__}: {e}")
-            # drop what it registered before failing, so a half-registered plugin is absent
-            for key in {(c.kind, c.name) for c in registry} - before:
-                registry._components.pop(key)
-            info.pop(name, None)
-            pm.unregister(name=name)
+    for c in loader.register(loader.candidates(extra or {})):
+        result = loader.call(c)
+        if result is None:
             continue
-        if name in info:
-            info[name].components = sorted({(c.kind, c.name) for c in registry} - before)
-    for impl in pm.hook.mmldm_config_dirs.get_hookimpls():
-        try:
-            dirs = impl.function() or []
-        except Exception as e:  # noqa: BLE001
-            errors.append(f"plugin '{impl.plugin_name}' failed to list its config dirs: {type(e).__name__}: {e}")
-            continue
-        config_dirs.extend([dirs] if isinstance(dirs, str) else list(dirs))
-
+        components, dirs = result
+        info[c.name] = PluginInfo(c.name, c.version, c.module, components, c.builtin)
+        config_dirs.extend(dirs)
     if report:
-        for line in errors:
+        for line in loader.errors:
             print(f"mmldm: {line}", file=sys.stderr)
-    return Plugins(pm, registry, info, errors, blocked, config_dirs)
+    return Plugins(loader.pm, loader.registry, info, loader.errors, blocked, config_dirs)
 
 
 _cached: Plugins | None = None

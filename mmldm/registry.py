@@ -3,6 +3,10 @@
 A plugin's :func:`~mmldm.hookspecs.mmldm_register_components` receives a
 :class:`PluginRegistry` (the same registry, tagged with the plugin's name, so
 that a clash names both plugins) and calls :meth:`PluginRegistry.add`.
+
+A plugin that fails (:mod:`mmldm.plugins` skips it whole) is remembered as a
+:class:`SkippedPlugin`, so that selecting one of its components later says why
+it is missing instead of only listing the others.
 """
 
 from __future__ import annotations
@@ -26,13 +30,54 @@ KINDS = (
     "sampler",
     "process",
     "vocoder",
-    "dataset",
-    "metric",
 )
 
 
 class RegistryError(LookupError):
     """A component is missing, registered twice, or registered wrongly."""
+
+
+class RegistrationError(RegistryError):
+    """A plugin registers a component wrongly: an unknown kind, a config that is no
+    :class:`~mmldm.config.ComponentConfig` dataclass, or a ``(kind, name)`` another plugin holds.
+
+    Args:
+        plugin (`str`): the plugin that registers it.
+        reason (`str`): what is wrong, without the plugin's name.
+        fix (`str`): what the plugin's user can do about it.
+    """
+
+    def __init__(self, plugin: str, reason: str, fix: str = "update or uninstall it") -> None:
+        super().__init__(f"plugin '{plugin}': {reason}")
+        self.plugin, self.reason, self.fix = plugin, reason, fix
+
+
+@dataclass(frozen=True)
+class SkippedPlugin:
+    """A plugin left out because it failed: to import, to register, or in one of its hooks.
+
+    Args:
+        name (`str`): its entry-point name.
+        origin (`str`): where it comes from (``entry point acme = acme_pkg.plugin``).
+        reason (`str`): why it was skipped.
+        fix (`str`): what to do, ending with how to block it.
+        components (`tuple`): the ``(kind, name)`` pairs it registered before it failed (none when it
+            failed to import).
+        complete (`bool`): whether ``components`` is all it registers (its registration hook ran to
+            the end); else it may register more.
+    """
+
+    name: str
+    origin: str
+    reason: str
+    fix: str
+    components: tuple[tuple[str, str], ...] = ()
+    complete: bool = False
+
+    @property
+    def line(self) -> str:
+        """The one line that reports it."""
+        return f"plugin '{self.name}' ({self.origin}) skipped: {self.reason}; {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +95,8 @@ class Component:
             :class:`~mmldm.config.ComponentConfig`.
         plugin (`str`): the plugin that registered it.
         description (`str`): one line shown by ``mmldm plugins``.
+        builtin (`bool`): whether the plugin is one of mmldm's own (declared by the
+            ``mmldm`` distribution), which load before any other.
     """
 
     kind: str
@@ -58,6 +105,12 @@ class Component:
     config: type | None
     plugin: str
     description: str = ""
+    builtin: bool = False
+
+    @property
+    def owner(self) -> str:
+        """``built-in plugin 'unet'`` or ``plugin 'acme'``, as messages name it."""
+        return f"{'built-in ' if self.builtin else ''}plugin '{self.plugin}'"
 
     def resolve(self) -> Callable[..., Any]:
         """The factory itself, importing a lazy reference."""
@@ -87,33 +140,55 @@ class Registry:
     """All components of all loaded plugins."""
 
     _components: dict[tuple[str, str], Component] = field(default_factory=dict)
+    #: Plugins left out, by name (filled by :func:`mmldm.plugins.load_plugins`).
+    skipped: dict[str, SkippedPlugin] = field(default_factory=dict)
 
     def add(self, component: Component) -> None:
-        if component.kind not in KINDS:
-            raise RegistryError(
-                f"plugin '{component.plugin}' registers unknown kind '{component.kind}' "
-                f"(name '{component.name}'); valid kinds: {', '.join(KINDS)}"
+        """Add ``component``; a :class:`RegistrationError` names the plugin and what is wrong."""
+        c = component
+        if c.kind not in KINDS:
+            raise RegistrationError(
+                c.plugin, f"component '{c.name}' has unknown kind '{c.kind}'; valid kinds: {', '.join(KINDS)}"
             )
-        if component.config is not None and not (
-            dataclasses.is_dataclass(component.config)
-            and issubclass(component.config, ComponentConfig)
+        if c.config is not None and not (
+            isinstance(c.config, type) and dataclasses.is_dataclass(c.config) and issubclass(c.config, ComponentConfig)
         ):
-            raise RegistryError(
-                f"plugin '{component.plugin}': the config of {component.kind} '{component.name}' "
-                f"must be a dataclass derived from mmldm.config.ComponentConfig, got {component.config!r}"
+            raise RegistrationError(
+                c.plugin, f"the config of {c.kind} '{c.name}' must be a dataclass derived from "
+                f"mmldm.config.ComponentConfig, got {c.config!r}"
             )
-        key = (component.kind, component.name)
-        if key in self._components:
-            other = self._components[key]
-            raise RegistryError(
-                f"{component.kind} '{component.name}' is registered by two plugins: "
-                f"'{other.plugin}' and '{component.plugin}'; uninstall one or block it with "
-                f"MMLDM_DISABLED_PLUGINS={component.plugin}"
+        other = self._components.get((c.kind, c.name))
+        if other is not None:
+            raise RegistrationError(
+                c.plugin, f"component '{c.name}' of kind '{c.kind}' is already registered by {other.owner}",
+                "remove or rename it",
             )
-        self._components[key] = component
+        self._components[(c.kind, c.name)] = c
 
-    def for_plugin(self, plugin: str) -> "PluginRegistry":
-        return PluginRegistry(self, plugin)
+    def remove_plugin(self, plugin: str) -> list[tuple[str, str]]:
+        """Drop every component of ``plugin``; returns their ``(kind, name)`` pairs."""
+        keys = sorted(k for k, c in self._components.items() if c.plugin == plugin)
+        for key in keys:
+            del self._components[key]
+        return keys
+
+    def why_missing(self, kind: str, name: str) -> str:
+        """Why no ``kind`` is named ``name`` when a skipped plugin may be the cause, else ``""``.
+
+        Names the skipped plugin that registered it before failing, or else every skipped plugin
+        whose registration did not run to the end (it may be the one that provides it).
+        """
+        for s in self.skipped.values():
+            if (kind, name) in s.components:
+                return f"plugin '{s.name}' ({s.origin}) registers it but was skipped: {s.reason}"
+        unknown = [s for s in self.skipped.values() if not s.complete]
+        if not unknown:
+            return ""
+        listed = "; ".join(f"'{s.name}' ({s.origin}): {s.reason}" for s in unknown)
+        return f"skipped plugin(s) that may provide it: {listed}"
+
+    def for_plugin(self, plugin: str, builtin: bool = False) -> "PluginRegistry":
+        return PluginRegistry(self, plugin, builtin)
 
     def names(self, kind: str) -> list[str]:
         return sorted(n for k, n in self._components if k == kind)
@@ -129,8 +204,9 @@ class Registry:
             return self._components[(kind, name)]
         except KeyError:
             choices = ", ".join(self.names(kind)) or "(none installed)"
+            why = self.why_missing(kind, name)
             raise RegistryError(
-                f"no {kind} named '{name}'; valid choices: {choices}"
+                f"no {kind} named '{name}'; valid choices: {choices}" + (f"; {why}" if why else "")
             ) from None
 
     def config_object(self, kind: str, cfg: Any) -> Any:
@@ -151,10 +227,16 @@ class Registry:
 
 @dataclass
 class PluginRegistry:
-    """The registry as a plugin sees it: every ``add`` is tagged with the plugin's name."""
+    """The registry as a plugin sees it: every ``add`` is tagged with the plugin's name.
+
+    The first :class:`RegistrationError` is kept in :attr:`problem` even when the plugin catches
+    it, so that the loader skips the plugin whole rather than keep half of it.
+    """
 
     registry: Registry
     plugin: str
+    builtin: bool = False
+    problem: RegistrationError | None = field(default=None, repr=False)
 
     def add(
         self,
@@ -174,4 +256,8 @@ class PluginRegistry:
                 :class:`~mmldm.config.ComponentConfig`.
             description (`str`): one line for ``mmldm plugins``.
         """
-        self.registry.add(Component(kind, name, factory, config, self.plugin, description))
+        try:
+            self.registry.add(Component(kind, name, factory, config, self.plugin, description, self.builtin))
+        except RegistrationError as e:
+            self.problem = self.problem or e
+            raise

@@ -24,11 +24,18 @@ Each test method taking a ``dims`` argument runs once per entry of
 that). pytest finds the contracts' ``pytest_generate_tests`` method itself;
 this module imports pytest only inside the checks that need it, so it is not
 a runtime dependency of mmldm.
+
+Installing mmldm installs a pytest plugin (:mod:`mmldm.pytest_plugin`, entry-point group ``pytest11``)
+that registers this module for pytest's assertion rewriting, so a failing check in a plugin's test
+suite shows the values it compared, with no ``conftest.py`` needed. Every check carries its own
+message as well, for runs without pytest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
@@ -36,7 +43,11 @@ from mmldm.interfaces import Autoencoder, Conditioning, Modality, Regularizer
 
 
 class DimsContract:
-    """Base of the contracts: runs every test with a ``dims`` argument over :attr:`dims_to_test`."""
+    """Base of the contracts: runs every test with a ``dims`` argument over :attr:`dims_to_test`.
+
+    Attributes:
+        dims_to_test (`tuple[int, ...]`): the spatial dimensions each ``dims`` check runs with.
+    """
 
     dims_to_test: tuple[int, ...] = (1, 2, 3)
 
@@ -50,6 +61,10 @@ class AutoencoderContract(DimsContract):
     """Checks every :class:`~mmldm.interfaces.Autoencoder` must pass. Subclass and implement :meth:`build`.
 
     Inputs are ``[2, in_channels, *([size] * dims)]`` uniform in [0, 1).
+
+    Attributes:
+        in_channels (`int`): channels of the inputs.
+        size (`int`): spatial size per axis, a multiple of the downsampling factor.
     """
 
     in_channels = 2
@@ -70,23 +85,29 @@ class AutoencoderContract(DimsContract):
     def test_forward_shapes(self, dims):
         model, x = self.make(dims), self.data(dims)
         out = model(x)
-        assert out.reconstruction.shape == x.shape
-        assert out.z.shape == (2, *model.latent_shape(x.shape[1:]))
-        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-        assert all(not v.requires_grad for v in out.logs.values())
+        assert out.reconstruction.shape == x.shape, (
+            f"reconstruction {tuple(out.reconstruction.shape)} is not the input's shape {tuple(x.shape)}")
+        latent = (2, *model.latent_shape(x.shape[1:]))
+        assert out.z.shape == latent, f"z {tuple(out.z.shape)} is not latent_shape(...) {latent}"
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss), f"loss {out.loss} is not a finite scalar"
+        grads = [k for k, v in out.logs.items() if v.requires_grad]
+        assert not grads, f"logs {grads} require grad (detach them)"
 
     def test_latent_shape(self, dims):
         model = self.make(dims)
         f = model.downsample_factor
         expected = (model.latent_channels, *([self.size // f] * dims))
-        assert model.latent_shape((self.in_channels, *([self.size] * dims))) == expected
+        got = model.latent_shape((self.in_channels, *([self.size] * dims)))
+        assert got == expected, f"latent_shape gave {got}, not (latent_channels, *size // downsample_factor) {expected}"
         posterior = model.encode(self.data(dims))
-        assert posterior.mode().shape == posterior.sample().shape == (2, *expected)
-        assert posterior.kl().shape == (2,)
+        shapes = tuple(posterior.mode().shape), tuple(posterior.sample().shape)
+        assert shapes[0] == shapes[1] == (2, *expected), f"posterior mode/sample shapes {shapes}, not {(2, *expected)}"
+        assert posterior.kl().shape == (2,), f"kl() has shape {tuple(posterior.kl().shape)}, not one value per sample"
 
     def test_encode_decode_round_trip_shape(self, dims):
         model, x = self.make(dims), self.data(dims)
-        assert model.decode(model.encode(x).mode()).shape == x.shape
+        out = model.decode(model.encode(x).mode())
+        assert out.shape == x.shape, f"decode(encode(x).mode()) has shape {tuple(out.shape)}, not {tuple(x.shape)}"
 
     def test_posterior_declares_its_spread(self, dims):
         """``is_stochastic`` and ``std`` say how phase 2 reads the posterior (the latent cache stores
@@ -95,20 +116,24 @@ class AutoencoderContract(DimsContract):
         with torch.no_grad():
             posterior = self.make(dims).encode(self.data(dims, batch=64))
             mode, std = posterior.mode(), posterior.std
-            assert std.shape == mode.shape and torch.isfinite(std).all() and (std >= 0).all()
+            assert std.shape == mode.shape, f"std {tuple(std.shape)} is not the mode's shape {tuple(mode.shape)}"
+            assert torch.isfinite(std).all() and (std >= 0).all(), "std must be finite and >= 0"
             draws = [posterior.sample(torch.Generator().manual_seed(s)) for s in (0, 1)]
         if not posterior.is_stochastic:
-            assert torch.equal(std, torch.zeros_like(mode)) and all(torch.equal(d, mode) for d in draws)
+            assert torch.equal(std, torch.zeros_like(mode)), "a posterior with is_stochastic=False declares std > 0"
+            assert all(torch.equal(d, mode) for d in draws), "a posterior with is_stochastic=False samples off its mode"
             return
         assert not torch.equal(draws[0], draws[1]), "a stochastic posterior drew the same sample twice"
         eps = (draws[0] - mode) / std.clamp_min(1e-12)
-        assert abs(float(eps.std()) - 1.0) < 0.1, "samples do not spread around mode() by the declared std"
+        spread = float(eps.std())
+        assert abs(spread - 1.0) < 0.1, f"samples spread around mode() by {spread:.3f} times the declared std, not 1"
 
     def test_last_layer_is_a_parameter_of_the_model(self, dims):
         """``last_layer`` (the adaptive GAN weight's reference) is ``None`` or one of the model's parameters."""
         model = self.make(dims)
         layer = model.last_layer
-        assert layer is None or any(layer is p for p in model.parameters())
+        known = layer is None or any(layer is p for p in model.parameters())
+        assert known, "last_layer is not a parameter of the model"
 
     def test_gradients_reach_encoder(self, dims):
         model, x = self.make(dims), self.data(dims)
@@ -116,7 +141,7 @@ class AutoencoderContract(DimsContract):
         ((out.reconstruction - x).abs().sum() + out.loss).backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert all(g is not None for g in grads[:2]), "first encoder parameters got no gradient"
-        assert grads[0].abs().sum() > 0
+        assert grads[0].abs().sum() > 0, "the first encoder parameter got an all-zero gradient"
 
     def test_state_dict_round_trip(self, dims):
         model, x = self.make(dims), self.data(dims)
@@ -145,6 +170,9 @@ class RegularizerContract(DimsContract):
     """Checks every :class:`~mmldm.interfaces.Regularizer` must pass. Subclass and implement :meth:`build`.
 
     Encoder features are ``[4, latent_channels * encoder_channel_factor, *([4] * dims)]``.
+
+    Attributes:
+        latent_channels (`int`): latent channels the regularizer is built for.
     """
 
     latent_channels = 3
@@ -162,11 +190,15 @@ class RegularizerContract(DimsContract):
         h = self.features(reg, dims)
         latent = (4, self.latent_channels, *([4] * dims))
         out = reg(h)
-        assert out.z.shape == latent and out.loss.ndim == 0
+        assert out.z.shape == latent, f"z has shape {tuple(out.z.shape)}, not {latent}"
+        assert out.loss.ndim == 0, f"loss has shape {tuple(out.loss.shape)}, not a scalar"
         dist = reg.distribution(h)
-        assert dist.sample().shape == dist.mode().shape == latent and dist.kl().shape == (4,)
-        assert reg.decoder_input(dist.mode()).shape == latent
-        assert all(v.ndim == 0 and not v.requires_grad for v in out.logs.values())
+        shapes = tuple(dist.sample().shape), tuple(dist.mode().shape), tuple(dist.kl().shape)
+        assert shapes == (latent, latent, (4,)), f"sample, mode and kl shapes {shapes}, not {(latent, latent, (4,))}"
+        got = tuple(reg.decoder_input(dist.mode()).shape)
+        assert got == latent, f"decoder_input has shape {got}, not {latent}"
+        bad = [k for k, v in out.logs.items() if v.ndim != 0 or v.requires_grad]
+        assert not bad, f"logs {bad} are not detached scalars"
 
     def test_wrong_channels_raise(self):
         import pytest
@@ -192,6 +224,23 @@ class DenoiserContract(DimsContract):
     Latents are ``[2, in_channels, *([size] * dims)]``; conditioning sizes are the
     class attributes below. A denoiser that does not take some conditioning kind
     narrows :attr:`conditioning_kinds`.
+
+    ``in_channels`` counts the latent channels only, never the concat-conditioning channels, here as in a
+    run (:func:`mmldm.build.build_denoiser` passes the latent's ``c`` as ``in_channels`` and
+    ``out_channels``, and the sum of the conditioners' ``concat_channels`` as ``concat_channels``). A
+    denoiser built with ``concat_channels > 0`` stacks ``conditioning.concat [B, concat_channels, *s]``
+    onto ``z_t [B, in_channels, *s]`` itself, so its first layer takes ``in_channels + concat_channels``
+    channels (the built-in U-Net and DiT do so), and returns ``out_channels`` channels.
+
+    Attributes:
+        in_channels (`int`): channels of ``z_t`` and of the output, without the concat channels.
+        size (`int`): latent size per axis, divisible by the denoiser's total downsampling.
+        context_dim (`int`): ``d_tau`` of the cross-attention tokens ``[B, tokens, context_dim]``.
+        tokens (`int`): ``M``, cross-attention tokens per sample.
+        concat_channels (`int`): channels of ``conditioning.concat``, which the denoiser stacks onto ``z_t``.
+        vector_dim (`int`): features of ``conditioning.vector [B, vector_dim]``.
+        conditioning_kinds (`tuple[str, ...]`): the kinds the denoiser takes, of ``crossattn``, ``concat``
+            and ``vector``; each is checked to reach the output.
     """
 
     in_channels = 4
@@ -234,7 +283,9 @@ class DenoiserContract(DimsContract):
         z, t, _ = self.inputs(dims)
         with torch.no_grad():
             out = self.make(dims)(z, t, None)
-        assert out.shape == z.shape and out.dtype == z.dtype and torch.isfinite(out).all()
+        assert out.shape == z.shape and out.dtype == z.dtype, (
+            f"output {tuple(out.shape)} {out.dtype} for z_t {tuple(z.shape)} {z.dtype}")
+        assert torch.isfinite(out).all(), "the output has NaN or Inf"
 
     def test_each_conditioning_kind_reaches_the_output(self, dims):
         for kind in self.conditioning_kinds:
@@ -244,14 +295,15 @@ class DenoiserContract(DimsContract):
             with torch.no_grad():
                 a = model(z, t, Conditioning(**{kind: getattr(cond, kind)}))
                 b = model(z, t, Conditioning(**{kind: getattr(other, kind)}))
-            assert a.shape == z.shape
+            assert a.shape == z.shape, f"with {kind} conditioning: output {tuple(a.shape)} for z_t {tuple(z.shape)}"
             assert not torch.allclose(a, b), f"changing conditioning.{kind} does not change the output"
 
     def test_timestep_reaches_the_output(self, dims):
         model = _perturbed(self.make(dims))
         z, t, _ = self.inputs(dims)
         with torch.no_grad():
-            assert not torch.allclose(model(z, t, None), model(z, (t + 300) % 1000, None))
+            same = torch.allclose(model(z, t, None), model(z, (t + 300) % 1000, None))
+        assert not same, "changing t does not change the output"
 
     def test_samples_in_a_batch_are_independent(self, dims):
         """Guidance batches cond and uncond together: a sample must not see its neighbours."""
@@ -260,7 +312,8 @@ class DenoiserContract(DimsContract):
         with torch.no_grad():
             both = model(z, t, cond)
             first = model(z[:1], t[:1], Conditioning(**{k: v[:1] for k, v in cond.items()}))
-        torch.testing.assert_close(both[:1], first, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(both[:1], first, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m: f"sample 0 changes when sample 1 is in its batch: {m}")
 
     def test_every_parameter_gets_a_gradient(self, dims):
         model = _perturbed(self.make(dims, self.conditioning_kinds)).train()
@@ -283,6 +336,11 @@ class ConditionerContract(DimsContract):
 
     The conditioner is told the latent shape ``(latent_channels, *([latent_size] * dims))``
     (:meth:`~mmldm.interfaces.Conditioner.set_latent_shape`) before any call.
+
+    Attributes:
+        batch (`int`): samples per call.
+        latent_channels (`int`): channels of the latent the conditioner is told.
+        latent_size (`int`): its size per axis (concat maps must have it).
     """
 
     batch = 3
@@ -307,13 +365,19 @@ class ConditionerContract(DimsContract):
     def check_layout(self, conditioner, conditioning, dims: int) -> None:  # type: ignore[no-untyped-def]
         """The parts set are the declared ``outputs``, with the declared sizes."""
         b = self.batch
-        assert {k for k, _ in conditioning.items()} == set(conditioner.outputs)
+        parts = {k for k, _ in conditioning.items()}
+        assert parts == set(conditioner.outputs), (
+            f"the conditioning has {sorted(parts)}, outputs declares {conditioner.outputs}")
         if conditioning.crossattn is not None:
-            assert conditioning.crossattn.ndim == 3 and conditioning.crossattn.shape[::2] == (b, conditioner.context_dim)
+            shape = tuple(conditioning.crossattn.shape)
+            assert len(shape) == 3 and shape[::2] == (b, conditioner.context_dim), (
+                f"crossattn has shape {shape}, not [batch={b}, M, context_dim={conditioner.context_dim}]")
         if conditioning.concat is not None:
-            assert conditioning.concat.shape == (b, conditioner.concat_channels, *([self.latent_size] * dims))
+            want = (b, conditioner.concat_channels, *([self.latent_size] * dims))
+            assert conditioning.concat.shape == want, f"concat has shape {tuple(conditioning.concat.shape)}, not {want}"
         if conditioning.vector is not None:
-            assert conditioning.vector.shape == (b, conditioner.vector_dim)
+            want = (b, conditioner.vector_dim)
+            assert conditioning.vector.shape == want, f"vector has shape {tuple(conditioning.vector.shape)}, not {want}"
 
     def test_outputs_match_the_declaration(self, dims):
         conditioner = self.make(dims)
@@ -327,22 +391,24 @@ class ConditionerContract(DimsContract):
         with torch.no_grad():
             cond = conditioner({conditioner.key: self.condition(dims, self.batch, 0)}, self.batch)
             stacked = Conditioning.stack(cond, conditioner.null(self.batch))
-        assert all(v.shape[0] == 2 * self.batch for _, v in stacked.items())
+        sizes = {k: v.shape[0] for k, v in stacked.items()}
+        assert all(n == 2 * self.batch for n in sizes.values()), f"stacked batch sizes {sizes}, not {2 * self.batch}"
 
     def test_missing_key_means_null(self, dims):
         conditioner = self.make(dims)
         with torch.no_grad():
             a, b = conditioner({}, self.batch), conditioner.null(self.batch)
         for (ka, va), (kb, vb) in zip(a.items(), b.items()):
-            assert ka == kb
-            torch.testing.assert_close(va, vb)
+            assert ka == kb, f"a missing key gives part {ka!r} where null() gives {kb!r}"
+            torch.testing.assert_close(va, vb, msg=lambda m: f"a missing key is not null() in part {ka!r}: {m}")
 
     def test_the_condition_changes_the_output(self, dims):
         conditioner = self.make(dims)
         with torch.no_grad():
             a = conditioner({conditioner.key: self.condition(dims, self.batch, 0)}, self.batch)
             b = conditioner({conditioner.key: self.condition(dims, self.batch, 1)}, self.batch)
-        assert any(not torch.equal(va, vb) for (_, va), (_, vb) in zip(a.items(), b.items()))
+        changed = any(not torch.equal(va, vb) for (_, va), (_, vb) in zip(a.items(), b.items()))
+        assert changed, "two different conditions (seeds 0 and 1 of condition()) gave the same conditioning"
 
     def test_wrong_batch_size_names_the_key(self, dims):
         import pytest
@@ -354,7 +420,11 @@ class ConditionerContract(DimsContract):
 
 class ModalityContract:
     """Checks every :class:`~mmldm.interfaces.Modality` must pass. Subclass and implement :meth:`build`
-    (keep the data tiny: the checks read :attr:`num_items` items of each split)."""
+    (keep the data tiny: the checks read :attr:`num_items` items of each split).
+
+    Attributes:
+        num_items (`int`): items read from each split.
+    """
 
     num_items = 4
 
@@ -372,8 +442,9 @@ class ModalityContract:
 
     def test_sample_layout(self):
         m = self.build()
-        assert m.name and m.dims in (1, 2, 3)
-        assert len(m.sample_shape) == m.dims + 1 and m.sample_shape[0] == m.channels
+        assert m.name and m.dims in (1, 2, 3), f"name {m.name!r} and dims {m.dims}: a name and dims 1, 2 or 3"
+        assert len(m.sample_shape) == m.dims + 1 and m.sample_shape[0] == m.channels, (
+            f"sample_shape {tuple(m.sample_shape)} is not (channels={m.channels}, *{m.dims} spatial sizes)")
 
     def test_items_follow_the_batch_contract(self):
         from torch.utils.data import default_collate
@@ -383,11 +454,15 @@ class ModalityContract:
             items = self.items(m, split)
             assert len(items) >= (2 if split == "train" else 1), f"split '{split}' is too small for these checks"
             for item in items:
-                assert item["x"].shape == m.sample_shape and item["x"].is_floating_point()
-                assert torch.isfinite(item["x"]).all() and isinstance(item["cond"], dict)
+                x = item["x"]
+                assert x.shape == m.sample_shape, f"{split} item x {tuple(x.shape)}, not sample_shape {m.sample_shape}"
+                assert x.is_floating_point() and torch.isfinite(x).all(), f"{split} item x: not finite floats"
+                assert isinstance(item["cond"], dict), f"{split} item cond is a {type(item['cond']).__name__}"
                 if "class" in item["cond"]:
-                    assert 0 <= int(item["cond"]["class"]) < m.num_classes
-            assert default_collate(items)["x"].shape == (len(items), *m.sample_shape)
+                    label = int(item["cond"]["class"])
+                    assert 0 <= label < m.num_classes, f"class {label} is outside [0, num_classes={m.num_classes})"
+            collated = tuple(default_collate(items)["x"].shape)
+            assert collated == (len(items), *m.sample_shape), f"{split} items collate to {collated}"
 
     def test_unknown_split_is_an_error(self):
         import pytest
@@ -398,27 +473,33 @@ class ModalityContract:
     def test_save_writes_files(self, tmp_path):
         m = self.build()
         paths = [Path(p) for p in m.save(self.batch(m), tmp_path / "out", prefix="check")]
-        assert paths and all(p.is_file() and p.stat().st_size > 0 for p in paths)
-        assert all(p.parent == tmp_path / "out" and p.name.startswith("check") for p in paths)
+        assert paths, "save() returned no paths"
+        empty = [str(p) for p in paths if not p.is_file() or p.stat().st_size == 0]
+        assert not empty, f"save() returned missing or empty files: {empty}"
+        stray = [str(p) for p in paths if p.parent != tmp_path / "out" or not p.name.startswith("check")]
+        assert not stray, f"files outside the directory or without the prefix 'check': {stray}"
 
     def test_reconstruction_metrics_tell_copies_from_others(self):
         m = self.build()
         x = self.batch(m)
         same, other = m.reconstruction_metrics(x, x), m.reconstruction_metrics(x, x.roll(1, dims=0))
-        assert same and set(same) == set(other) and all(isinstance(v, float) for v in same.values())
-        assert any(same[k] != other[k] for k in same)
+        assert same and set(same) == set(other), f"metrics {sorted(same)} vs {sorted(other)}: the same non-empty keys"
+        assert all(isinstance(v, float) for v in same.values()), f"metrics must be floats: {same}"
+        assert any(same[k] != other[k] for k in same), f"a copy and another sample score the same: {same}"
 
     def test_postprocess_keeps_the_shape(self):
         m = self.build()
         x = self.batch(m)
-        assert m.postprocess(x).shape == x.shape
+        out = m.postprocess(x)
+        assert out.shape == x.shape, f"postprocess changed the shape {tuple(x.shape)} to {tuple(out.shape)}"
 
     def test_finalize_keeps_the_shape_and_is_idempotent(self):
         m = self.build()
         x = m.postprocess(self.batch(m))
         final = m.finalize(x)
-        assert final.shape == x.shape and final.dtype == x.dtype
-        assert torch.equal(m.finalize(final), final)
+        assert final.shape == x.shape and final.dtype == x.dtype, (
+            f"finalize turned {tuple(x.shape)} {x.dtype} into {tuple(final.shape)} {final.dtype}")
+        assert torch.equal(m.finalize(final), final), "finalize(finalize(x)) differs from finalize(x)"
 
     def test_state_dict_round_trip(self):
         from omegaconf import OmegaConf
@@ -428,25 +509,73 @@ class ModalityContract:
         state = OmegaConf.to_container(OmegaConf.create(m.state_dict()))  # plain data: fits config.yaml
         other = self.build()
         other.load_state_dict(state)
-        assert OmegaConf.to_container(OmegaConf.create(other.state_dict())) == state
+        loaded = OmegaConf.to_container(OmegaConf.create(other.state_dict()))
+        assert loaded == state, f"state_dict after load_state_dict: {loaded}, loaded from {state}"
 
 
 class SamplerContract(DimsContract):
-    """Checks every sampler function must pass (the contract of :mod:`mmldm.diffusion.samplers`).
-    Subclass and implement :meth:`build`, returning the function.
+    """Checks every sampler function must pass, called the way a run and :meth:`mmldm.LatentDiffusion.sample`
+    call it. Subclass and implement :meth:`build`, returning the function; set :attr:`config` to your
+    sampler's config when it has options.
+
+    :func:`~mmldm.diffusion.sampling.sample_latents` calls
+    ``sampler(model, x, sigmas, generator=generators, disable=True, **options)``:
+
+    - ``generators`` is a *list* with one ``torch.Generator`` per sample
+      (:func:`~mmldm.diffusion.sampling.sample_generators`; the starting noise ``x`` was drawn from them
+      already), or ``None`` when no seed is given; ``DiffusionModule.sample`` may also pass one generator.
+      Draw noise with :func:`mmldm.diffusion.samplers.randn` (``randn(x.shape, x, generator)``), which takes
+      all three and draws row ``i`` from ``generators[i]``; ``torch.randn(..., generator=generators)`` fails;
+    - ``options`` are the fields of the sampler's config beyond ``name``, ``steps`` and ``spacing``
+      (``eta`` of :class:`~mmldm.diffusion.config.DDIMConfig`): the config must derive from
+      :class:`~mmldm.diffusion.config.SamplerConfig`, and each extra field reaches the sampler as a keyword
+      argument of the same name (:func:`~mmldm.diffusion.sampling.sampler_settings`).
 
     The model is the exact denoiser of Gaussian data ``N(0, data_std^2)``,
     ``D(x, sigma) = x data_std^2 / (data_std^2 + sigma^2)``: a correct sampler
     turns noise into samples with that standard deviation.
+
+    Attributes:
+        config (`SamplerConfig`, *optional*): the sampler's config, an instance of the class it is registered
+            with (``DDIMConfig(eta=1.0)``); its fields beyond ``name``, ``steps`` and ``spacing`` reach the
+            sampler as keyword arguments, as in a run. None (the default) passes none.
+        data_std (`float`): standard deviation of the Gaussian data.
+        steps (`int`): sampler steps of the checks (Karras et al. 2022 sigmas from 80 to 0.002, then 0).
+        tolerance (`float`): relative error allowed on the samples' standard deviation.
     """
 
     data_std = 0.5
     steps = 50
     tolerance = 0.2  #: relative error allowed on the sample std (DDPM's fixed-small variance is ~12% low at 50 steps)
+    config: Any = None  #: the sampler's config; its fields beyond name, steps and spacing are the sampler's options
 
     def build(self):  # type: ignore[no-untyped-def]
-        """The sampler function ``(model, x, sigmas, extra_args, callback, disable, generator, **opts)``."""
+        """The sampler function ``(model, x, sigmas, extra_args, callback, disable, generator, **options)``."""
         raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options a run passes the sampler: :attr:`config`'s fields beyond ``name``, ``steps`` and
+        ``spacing``, through :func:`~mmldm.diffusion.sampling.sampler_settings` as the pipeline takes them."""
+        if self.config is None:
+            return {}
+        from mmldm.diffusion.sampling import sampler_settings
+
+        settings = sampler_settings(dataclasses.asdict(self.config))
+        return {k: v for k, v in settings.items() if k not in ("sampler", "steps", "spacing")}
+
+    def sample(self, model, x: torch.Tensor, sigmas: torch.Tensor, generator=None,  # type: ignore[no-untyped-def]
+               **kwargs) -> torch.Tensor:
+        """Call the sampler as :func:`~mmldm.diffusion.sampling.sample_latents` does (``kwargs``:
+        ``extra_args``, ``callback``), with :meth:`options`."""
+        try:
+            return self.build()(model, x, sigmas, generator=generator, disable=True, **self.options(), **kwargs)
+        except TypeError as e:
+            if not isinstance(generator, list) or "generator" not in str(e):
+                raise
+            raise AssertionError(
+                "the sampler fails with a list of generators, one per sample, which is what a run passes: draw "
+                "noise with mmldm.diffusion.samplers.randn(x.shape, x, generator), which takes a list, one "
+                f"generator or None ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
     def sigmas(self) -> torch.Tensor:
         """Karras et al. 2022 spacing from 80 to 0.002, then 0."""
@@ -458,36 +587,85 @@ class SamplerContract(DimsContract):
         var = self.data_std**2
         return x * (var / (var + sigma**2)).reshape(-1, *([1] * (x.ndim - 1)))
 
-    def draw(self, dims: int, seed: int = 0, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        gen = torch.Generator().manual_seed(seed)
+    def generators(self, seed: int, n: int) -> list[torch.Generator]:
+        """One generator per sample, seeded from ``(seed, i)`` as ``LatentDiffusion.sample(seed=...)`` seeds them."""
+        from mmldm.diffusion.sampling import sample_generators
+
+        return sample_generators(seed, n)
+
+    def draw(self, dims: int, seed: int = 0, n: int = 256, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Samples ``[len(rows), 2, *([4] * dims)]`` of :meth:`gaussian`, sample ``j`` drawn with the generator of
+        sample ``rows[j]`` of ``n`` (all ``n`` in order by default): starting noise, then the sampler, as a run."""
+        from mmldm.diffusion.sampling import initial_noise
+
+        generators = self.generators(seed, n)
+        generators = generators if rows is None else [generators[i] for i in rows]
         sigmas = self.sigmas()
-        x = torch.randn(256, 2, *([4] * dims), generator=gen) * sigmas[0]
-        return self.build()(self.gaussian, x, sigmas, disable=True, generator=gen, **kwargs)
+        x = initial_noise((len(generators), 2, *([4] * dims)), generators, sigmas.device, sigmas.dtype) * sigmas[0]
+        return self.sample(self.gaussian, x, sigmas, generators)
+
+    def test_config_is_a_sampler_config(self):
+        """A sampler config derives from ``SamplerConfig``: else ``sampler.steps`` is not a key of it."""
+        from mmldm.diffusion.config import SamplerConfig
+
+        assert self.config is None or isinstance(self.config, SamplerConfig), (
+            f"{type(self.config).__name__} does not derive from mmldm.diffusion.config.SamplerConfig: "
+            "`sampler.steps` and `sampler.spacing` would be unknown keys of a run with this sampler")
 
     def test_gaussian_data_gets_its_standard_deviation(self, dims):
         out = self.draw(dims)
-        assert out.shape == (256, 2, *([4] * dims)) and torch.isfinite(out).all()
-        assert abs(float(out.std()) / self.data_std - 1) < self.tolerance
-        assert abs(float(out.mean())) < self.tolerance * self.data_std
+        assert out.shape == (256, 2, *([4] * dims)), f"the sampler returned shape {tuple(out.shape)}"
+        assert torch.isfinite(out).all(), "the sampler returned NaN or Inf"
+        std, mean = float(out.std()), float(out.mean())
+        assert abs(std / self.data_std - 1) < self.tolerance, (
+            f"samples of N(0, {self.data_std}^2) have std {std:.4f}, off by more than {self.tolerance:.0%}")
+        assert abs(mean) < self.tolerance * self.data_std, f"samples of N(0, {self.data_std}^2) have mean {mean:.4f}"
 
     def test_a_point_mass_is_reached_exactly(self, dims):
         target = torch.full((2, 1, *([4] * dims)), 0.3)
+        generators = self.generators(0, 2)
         x = torch.randn(target.shape, generator=torch.Generator().manual_seed(0)) * 80
-        out = self.build()(lambda x, sigma: target, x, self.sigmas(), disable=True)
-        torch.testing.assert_close(out, target, rtol=0, atol=1e-4)
+        out = self.sample(lambda x, sigma: target, x, self.sigmas(), generators)
+        error = float((out - target).abs().max())
+        assert error <= 1e-4, f"a model that always predicts 0.3 gave samples up to {error:.3g} away from it"
 
-    def test_seeded_runs_repeat_and_extra_args_reach_the_model(self, dims):
+    def test_each_sample_is_reproducible_from_its_own_generator(self, dims):
+        """Sample ``i`` of a seeded call depends on its own generator only, as the pipeline promises
+        (``LatentDiffusion.sample(n, seed=s)``: sample ``i`` is the same for any ``n > i``): the same
+        generators give the same samples in another batch, in another order, whatever the global RNG."""
+        torch.manual_seed(100)
+        full = self.draw(dims, seed=3, n=6)
+        torch.manual_seed(200)  # a sampler drawing from torch's global RNG differs here
+        again = self.draw(dims, seed=3, n=6)
+        part = self.draw(dims, seed=3, n=6, rows=[4, 1])
+        same = torch.equal(full, again)
+        assert same, "two calls with the same generators differ: noise drawn from the global RNG, not `generator`?"
+        diff = float((part - full[[4, 1]]).abs().max())
+        assert diff <= 1e-5, (
+            f"samples 4 and 1 drawn alone differ from the same samples in a batch of 6 by {diff:.3g}: draw the "
+            "noise of row i from generator[i] (mmldm.diffusion.samplers.randn does)")
+
+    def test_no_generator_or_one_generator_also_work(self, dims):
+        """``generator=None`` (a call without a seed) and one ``torch.Generator`` (``DiffusionModule.sample``)."""
+        sigmas = self.sigmas()[-6:]  # a few small steps
+        x = torch.randn(3, 1, *([4] * dims), generator=torch.Generator().manual_seed(0)) * sigmas[0]
+        for generator in (None, torch.Generator().manual_seed(1)):
+            out = self.sample(self.gaussian, x.clone(), sigmas, generator)
+            assert out.shape == x.shape and torch.isfinite(out).all(), f"generator={generator!r}: bad samples"
+
+    def test_extra_args_reach_the_model(self, dims):
         seen: list[dict] = []
-        torch.testing.assert_close(self.draw(dims, seed=3), self.draw(dims, seed=3), rtol=0, atol=0)
-        self.build()(lambda x, sigma, **extra: seen.append(extra) or x * 0, torch.randn(1, 1, *([4] * dims)),
-                     self.sigmas(), extra_args={"conditioning": "c"}, disable=True)
-        assert seen and all(e == {"conditioning": "c"} for e in seen)
+        self.sample(lambda x, sigma, **extra: seen.append(extra) or x * 0, torch.randn(1, 1, *([4] * dims)),
+                    self.sigmas(), self.generators(0, 1), extra_args={"conditioning": "c"})
+        assert seen, "the sampler never called the model"
+        wrong = [e for e in seen if e != {"conditioning": "c"}]
+        assert not wrong, f"the model got keyword arguments {wrong[0]}, not extra_args {{'conditioning': 'c'}}"
 
     def test_callback_sees_every_step(self, dims):
         steps: list[int] = []
-        self.build()(self.gaussian, torch.randn(2, 1, *([4] * dims)) * 80, self.sigmas(),
-                     callback=lambda info: steps.append(info["i"]), disable=True)
-        assert steps == list(range(self.steps))
+        self.sample(self.gaussian, torch.randn(2, 1, *([4] * dims)) * 80, self.sigmas(), self.generators(0, 2),
+                    callback=lambda info: steps.append(info["i"]))
+        assert steps == list(range(self.steps)), f"the callback saw steps {steps}, not 0..{self.steps - 1}"
 
 
 class ProcessContract(DimsContract):
@@ -499,6 +677,10 @@ class ProcessContract(DimsContract):
     (``c_skip x_t / c_in + c_out target == z0``, with the same ``c_noise``), so a network that learned the
     target is the denoiser the samplers need. Sigma grids descend to 0 and stay finite; the loss is the
     weighted MSE of the draw; the generator alone decides the draw.
+
+    Attributes:
+        exact_below (`float`): noise levels above this are where a process may only approximate ``z0``
+            (a zero-terminal-SNR step).
     """
 
     #: noise levels above this are where a process may only approximate z0 (a zero-terminal-SNR step)
@@ -512,9 +694,12 @@ class ProcessContract(DimsContract):
         process = self.build()
         z0 = torch.randn(64, 2, *[3] * dims, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         noised = process.noise(z0, torch.Generator().manual_seed(1))
-        assert noised.x_t.shape == noised.target.shape == z0.shape
-        assert noised.c_noise.shape == noised.weight.shape == noised.sigma.shape == (64,)
-        assert all(torch.isfinite(v).all() for v in noised) and (noised.weight >= 0).all() and (noised.sigma >= 0).all()
+        assert noised.x_t.shape == noised.target.shape == z0.shape, (
+            f"x_t {tuple(noised.x_t.shape)} and target {tuple(noised.target.shape)}, not z0's {tuple(z0.shape)}")
+        per_sample = {k: tuple(getattr(noised, k).shape) for k in ("c_noise", "weight", "sigma")}
+        assert set(per_sample.values()) == {(64,)}, f"shapes {per_sample}, not one value per sample (64,)"
+        assert all(torch.isfinite(v).all() for v in noised), "the draw has NaN or Inf"
+        assert (noised.weight >= 0).all() and (noised.sigma >= 0).all(), "negative weight or sigma"
         c_skip, c_out, c_in, c_noise = process.precondition(noised.sigma)
         view = lambda c: c.reshape(-1, *[1] * (z0.ndim - 1))  # noqa: E731
         rebuilt = view(c_skip) * noised.x_t / view(c_in) + view(c_out) * noised.target
@@ -532,7 +717,9 @@ class ProcessContract(DimsContract):
         for spacing in ("auto", *process.spacings):
             for steps in (1, 2, 7, 50):
                 sigmas = process.sigmas(steps, spacing)
-                assert sigmas.shape == (steps + 1,) and sigmas.dtype == torch.float64 and sigmas[-1] == 0
+                assert sigmas.shape == (steps + 1,) and sigmas.dtype == torch.float64 and sigmas[-1] == 0, (
+                    f"sigmas({steps}, {spacing!r}): {tuple(sigmas.shape)} {sigmas.dtype}, last {float(sigmas[-1])}; "
+                    f"want ({steps + 1},) float64 ending in 0")
                 assert torch.isfinite(sigmas).all() and (sigmas.diff() < 0).all(), (spacing, steps, sigmas)
                 assert sigmas[0] < 1e4, "x = noise * sigmas[0] must stay finite in float16"
         torch.testing.assert_close(process.sigmas(9), process.sigmas(9, process.spacings[0]))
@@ -549,4 +736,4 @@ class ProcessContract(DimsContract):
         axes = tuple(range(1, z0.ndim))
         torch.testing.assert_close(loss, ((0.5 * noised.x_t - noised.target) ** 2).mean(dim=axes) * noised.weight)
         oracle = diffusion_loss(lambda x_t, c: noised.target, z0, process, torch.Generator().manual_seed(4))
-        assert oracle.abs().max() == 0
+        assert oracle.abs().max() == 0, f"predicting the target exactly gives loss {oracle.tolist()}, not 0"

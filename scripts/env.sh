@@ -34,7 +34,12 @@ stamp=.venv/.mmldm-installed
 want="$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[env] installing mmldm and its dependencies into .venv (first time: a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[dev,docs]"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true  # an older pip still works
+  # pip's and the build backend's messages go to a log that is shown only when the install fails
+  if ! .venv/bin/python -m pip install -q -e ".[dev,docs]" > .venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    echo "[env] installing mmldm failed (log above, also in .venv/install.log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi

@@ -134,3 +134,41 @@ def test_entries_of_a_conditioner_list_are_checked_before_training():
         validate(["modality=image", "conditioner=class_text", "+conditioner.1.max_lenght=16"])
     with pytest.raises(ConfigProblem, match=r"'conditioner.0.name': no conditioner named 'klass'"):
         validate(["modality=image", "conditioner=class_text", "conditioner.0.name=klass"])
+
+
+def test_sample_help_names_the_sampler_options():
+    out = run_cli("sample", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "sampler options: any other key=value is an option of the sampler" in out.stdout
+    assert "eta=0.5           ddim: noise of each step, >= 0" in out.stdout and "spacing=karras" in out.stdout
+
+
+LAZY = {  # a plugin whose module imports, but whose modality's module does not
+    "lazy_pkg/__init__.py": '''
+        from dataclasses import dataclass
+        from mmldm import hookimpl
+        from mmldm.config import ComponentConfig
+
+        @dataclass
+        class LazyConfig(ComponentConfig):
+            size: int = 8
+
+        @hookimpl
+        def mmldm_register_components(registry):
+            registry.add("modality", "lazy", "lazy_pkg.modality:build", config=LazyConfig)
+    ''',
+    "lazy_pkg/modality.py": "import libfoo_not_there\n",
+}
+
+
+def test_train_names_a_component_whose_module_does_not_import_in_one_line(tmp_path):
+    """Before: a RegistryError traceback once the run started."""
+    from .conftest import make_plugin_package
+
+    site = make_plugin_package(tmp_path / "site", "lazy", LAZY, {"lazy": "lazy_pkg"})
+    out = run_cli("train", "modality=lazy", "denoiser=dit", "trainer=quick", f"hydra.run.dir={tmp_path / 'run'}",
+                  env_extra={"PYTHONPATH": str(site)}, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines() == [
+        "mmldm train: error: modality 'lazy' from plugin 'lazy': cannot import its factory 'lazy_pkg.modality:build': "
+        "No module named 'libfoo_not_there'"]

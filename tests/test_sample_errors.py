@@ -76,6 +76,85 @@ def test_settings_the_model_cannot_take_are_refused(capsys, export):
     assert code == 2 and "invalid value 'nope' for 'sampler': expected one of: ddim, ddpm" in _one_line(err)
 
 
+SETTINGS = "n, steps, sampler, guidance, class, text, seed, out"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eta=0.5"], "unknown setting 'eta=0.5': sampler 'dpmpp_2m' has no option 'eta' (its options: spacing); "
+                  f"the settings of mmldm sample are {SETTINGS}"),  # the export's sampler
+    (["sampler=euler", "etta=1"], "unknown setting 'etta=1': sampler 'euler' has no option 'etta' (its options: "
+                                  f"spacing); the settings of mmldm sample are {SETTINGS}"),
+    (["sampler=ddim", "etta=1"], "unknown setting 'etta=1': sampler 'ddim' has no option 'etta' (its options: "
+                                 f"spacing, eta); the settings of mmldm sample are {SETTINGS}"),
+    (["sampler=ddim", "eta=-1"], "invalid value '-1' for 'eta' (option of sampler 'ddim'): expected >= 0"),
+    (["sampler=ddim", "eta=abc"], "invalid value 'abc' for 'eta' (option of sampler 'ddim'): expected a number"),
+    (["sampler=ddim", "eta=nan"], "invalid value 'nan' for 'eta' (option of sampler 'ddim'): expected a finite "
+                                  "number >= 0"),
+    (["spacing=sideways"], "invalid value 'sideways' for 'spacing' (option of sampler 'dpmpp_2m'): expected one of: "
+                           "auto, leading, trailing, linspace, karras"),
+    (["steps"], f"unknown setting 'steps'; valid keys: {SETTINGS} or an option of the sampler (as key=value)"),
+])
+def test_sampler_options_the_sampler_does_not_take_are_refused_naming_them(capsys, export, args, message):
+    code, err = _sample(capsys, export, *args)
+    assert code == 2 and _one_line(err) == f"mmldm sample: error: {message}\n"
+
+
+def test_sampler_options_reach_the_sampler(capsys, export, tmp_path, monkeypatch):
+    """Before: `mmldm sample <export> eta=0.5` was refused as an unknown setting."""
+    from mmldm.diffusion import samplers
+
+    seen = []
+    ddim = samplers.sample_ddim
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("eta"))
+        return ddim(*args, **kwargs)
+
+    monkeypatch.setattr(samplers, "sample_ddim", spy)
+    code, err = _sample(capsys, export, "n=1", "steps=2", "sampler=ddim", "eta=0.5", "spacing=linspace",
+                        f"out={tmp_path}")
+    assert code == 0, err
+    assert seen == [0.5] and len(list(tmp_path.glob("sample_0*.png"))) == 1
+
+
+def test_an_export_recording_a_sampler_that_is_not_installed_says_so(capsys, export, tmp_path):
+    from omegaconf import OmegaConf
+
+    other = tmp_path / "other"
+    shutil.copytree(export, other)
+    cfg = OmegaConf.load(other / "config.yaml")
+    cfg.sampler.name = "unipc"
+    OmegaConf.save(cfg, other / "config.yaml")
+    code, err = _sample(capsys, other, "n=1")  # was: a RegistryError traceback from the sampling call
+    assert code == 2 and _one_line(err) == (
+        f"mmldm sample: error: {other / 'config.yaml'} records sampler 'unipc', which is not installed; choose one "
+        "of ddim, ddpm, dpmpp_2m, euler, heun with sampler=\n")
+
+
+def test_an_export_of_a_plugin_that_does_not_import_is_one_line_naming_the_plugin(export, tmp_path):
+    from omegaconf import OmegaConf
+
+    from .conftest import make_plugin_package
+
+    site = make_plugin_package(tmp_path / "site", "acme", {"acme_pkg/__init__.py": "import libfoo_not_there\n"},
+                               {"acme": "acme_pkg"})
+    other = tmp_path / "other"
+    shutil.copytree(export, other)
+    cfg = OmegaConf.load(other / "config.yaml")
+    cfg.denoiser = {"name": "acme_net"}
+    OmegaConf.save(cfg, other / "config.yaml")
+    out = run_cli("sample", str(other), "n=1", env_extra={"PYTHONPATH": str(site)})
+    skipped = ("plugin 'acme' (entry point acme = acme_pkg) skipped: it failed to import: ModuleNotFoundError: No "
+               "module named 'libfoo_not_there'")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    warning, error = out.stderr.splitlines()
+    assert warning == f"mmldm: {skipped}; update or uninstall it, or set MMLDM_DISABLED_PLUGINS=acme"
+    assert error.startswith(f"mmldm sample: error: {other / 'config.yaml'} does not describe a model the installed "
+                            "plugins can build: RegistryError: no denoiser named 'acme_net'; valid choices: dit, unet")
+    assert error.endswith("; skipped plugin(s) that may provide it: 'acme' (entry point acme = acme_pkg): it failed to "
+                          "import: ModuleNotFoundError: No module named 'libfoo_not_there'")
+
+
 def test_valid_settings_still_sample(capsys, export, tmp_path):
     code, err = _sample(capsys, export, "n=2", "steps=1", "class=0,2", "seed=3", "guidance=2", f"out={tmp_path}")
     assert code == 0, err
@@ -182,3 +261,60 @@ def test_non_finite_weights_are_refused_at_load_naming_file_and_tensor(capsys, e
         LatentDiffusion.from_pretrained(broken)
     code, err = _sample(capsys, broken, "n=1", "steps=1")
     assert code == 2 and f"tensor '{name}'" in _one_line(err)
+
+
+# ---------------------------------------------------------------------------- encode / evaluate
+def _edited(export, where, **changes):
+    """A copy of ``export`` at ``where`` whose config.yaml has ``changes`` (dotted keys) applied."""
+    from omegaconf import OmegaConf
+
+    shutil.copytree(export, where)
+    cfg = OmegaConf.load(where / "config.yaml")
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.save(cfg, where / "config.yaml")
+    return where
+
+
+def _hydra_verb(verb, tmp_path, *args, env=None):
+    out = run_cli(verb, "modality=image", f"hydra.run.dir={tmp_path / 'run'}", *args, env_extra=env, cwd=tmp_path)
+    lines = out.stderr.splitlines()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    return lines
+
+
+def test_evaluate_of_an_export_recording_an_uninstalled_sampler_is_one_line(export, tmp_path):
+    """Before: a RegistryError traceback from the sampling call, after the autoencoder was measured."""
+    other = _edited(export, tmp_path / "other", **{"sampler.name": "unipc"})
+    lines = _hydra_verb("evaluate", tmp_path, f"phase1.checkpoint={other}", "sample.num_samples=2")
+    assert lines == ["mmldm evaluate: error: no sampler named 'unipc'; valid choices: ddim, ddpm, dpmpp_2m, euler, heun"]
+
+
+def test_encode_and_evaluate_name_a_plugin_that_does_not_import(export, tmp_path):
+    from .conftest import make_plugin_package
+
+    site = make_plugin_package(tmp_path / "site", "acme", {"acme_pkg/__init__.py": "import libfoo_not_there\n"},
+                               {"acme": "acme_pkg"})
+    other = _edited(export, tmp_path / "other", **{"modality.name": "acme_modality"})
+    for verb in ("encode", "evaluate"):
+        warning, error = _hydra_verb(verb, tmp_path, f"phase1.checkpoint={other}", env={"PYTHONPATH": str(site)})
+        assert warning == ("mmldm: plugin 'acme' (entry point acme = acme_pkg) skipped: it failed to import: "
+                           "ModuleNotFoundError: No module named 'libfoo_not_there'; update or uninstall it, or set "
+                           "MMLDM_DISABLED_PLUGINS=acme")
+        assert error == (
+            f"mmldm {verb}: error: {other / 'config.yaml'} does not describe a model the installed plugins can build: "
+            "RegistryError: no modality named 'acme_modality'; valid choices: audio, image, voxel; skipped plugin(s) "
+            "that may provide it: 'acme' (entry point acme = acme_pkg): it failed to import: ModuleNotFoundError: No "
+            "module named 'libfoo_not_there'")
+
+
+def test_encode_and_evaluate_name_a_missing_or_damaged_export(export, tmp_path):
+    lines = _hydra_verb("encode", tmp_path, f"phase1.checkpoint={tmp_path / 'nowhere'}")
+    assert lines == [f"mmldm encode: error: {tmp_path / 'nowhere' / 'config.yaml'} not found: expected an exported mmldm "
+                     "folder (config.yaml + *.safetensors)"]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(export, damaged)
+    (damaged / "autoencoder.safetensors").write_bytes(b"not safetensors")
+    lines = _hydra_verb("evaluate", tmp_path, f"phase1.checkpoint={damaged}")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"mmldm evaluate: error: cannot read weights file {damaged / 'autoencoder.safetensors'} (corrupted or truncated?)")

@@ -26,7 +26,17 @@ SPACINGS = ("auto", "leading", "trailing", "linspace", "karras")
 
 @dataclass
 class SamplerConfig(ComponentConfig):
-    """How to sample with a registered sampler.
+    """How to sample with a registered sampler; the base of every sampler's config, a plugin's too.
+
+    A sampler registered with a config class that does not derive from this one has no ``steps`` and
+    ``spacing`` keys (``sampler.steps=25`` is refused as an unknown key, and the sampler gets the default
+    number of steps). Fields a subclass adds are the sampler function's own options: a run passes each
+    to the function as a keyword argument of the same name (``sampler.eta=0.5`` gives ``eta=0.5``, see
+    :func:`~mmldm.diffusion.sampling.sampler_settings` and :func:`sampler_options`)::
+
+        @dataclass
+        class EulerAncestralConfig(SamplerConfig):
+            eta: float = 1.0  # sample_euler_ancestral(..., eta=1.0)
 
     Args:
         steps (`int`): number of sigma steps (Heun evaluates the model ``2 * steps - 1`` times).
@@ -51,13 +61,19 @@ class SamplerConfig(ComponentConfig):
 
 @dataclass
 class DDIMConfig(SamplerConfig):
-    """DDIM: ``eta`` 0 is deterministic, 1 matches DDPM's posterior noise."""
+    """DDIM: ``eta`` 0 is deterministic, 1 matches DDPM's posterior noise.
+
+    Args:
+        eta (`float`, defaults to 0): the share of each step's noise drawn afresh (>= 0), passed to
+            :func:`~mmldm.diffusion.samplers.sample_ddim` as ``eta``.
+    """
 
     eta: float = checked(0.0, ge=0)
 
 
 def sampler_options(cfg: SamplerConfig) -> dict[str, Any]:
-    """The keyword options a sampler function takes from ``cfg`` (fields beyond name, steps, spacing)."""
+    """The keyword options a sampler function takes from ``cfg``: its fields beyond ``name``, ``steps`` and
+    ``spacing`` (``{"eta": 0.0}`` for a :class:`DDIMConfig`), what a run passes it by name."""
     base = {f.name for f in dataclasses.fields(SamplerConfig)}
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in base}
 

@@ -11,7 +11,25 @@ Every sampler has one contract::
 - ``x`` is the initial noise already scaled by ``sigmas[0]``;
 - ``sigmas`` is descending and ends with 0 (:meth:`mmldm.diffusion.process.Process.sigmas`);
 - ``callback`` receives ``{"x", "i", "sigma", "sigma_next", "denoised"}`` after each step;
-- ``disable`` turns the tqdm progress bar off; ``generator`` seeds stochastic samplers.
+- ``disable`` turns the tqdm progress bar off;
+- ``generator`` is the noise source of stochastic samplers. A run and :meth:`mmldm.LatentDiffusion.sample`
+  pass a *list* with one ``torch.Generator`` per sample
+  (:func:`~mmldm.diffusion.sampling.sample_generators`, which also drew the starting noise ``x``), or
+  ``None`` without a seed; ``DiffusionModule.sample`` may pass one generator. Draw noise with
+  :func:`randn` (``randn(x.shape, x, generator)``): it takes all three and draws row ``i`` from
+  ``generator[i]``, so sample ``i`` depends on its own generator only, in any batch;
+- ``**opts`` are the sampler's own options: the fields of its config (a dataclass derived from
+  :class:`~mmldm.diffusion.config.SamplerConfig`, or ``sampler.steps`` is no key of it) beyond
+  ``name``, ``steps`` and ``spacing``, passed by name (``sampler.eta=0.5`` gives ``eta=0.5``;
+  :func:`~mmldm.diffusion.sampling.sampler_settings`).
+
+A run calls ``sampler(model, x, sigmas, generator=..., disable=..., **opts)``
+(:func:`~mmldm.diffusion.sampling.sample_latents`): guidance and conditioning live inside ``model``.
+:class:`mmldm.testing.SamplerContract` calls a sampler the same way and checks it.
+
+Helpers for writing one: :func:`randn` (noise, one generator per sample), :func:`append_dims`
+(``sigma [B]`` to ``[B, 1, ..., 1]``), :func:`ancestral_step` (the deterministic and the fresh-noise part
+of a stochastic step); :func:`get_sampler` finds a registered sampler by name.
 
 In this space ``x = z_0 + sigma eps``: the VP latent ``z_t`` divided by ``sqrt(a_t)`` (so DDPM and
 DDIM steps are exact rewrites of their VP updates), the flow latent divided by ``1 - t``, EDM's
@@ -27,6 +45,11 @@ from torch import Tensor
 from tqdm.auto import trange
 
 from .utils import append_dims, randn
+
+__all__ = [
+    "ancestral_step", "append_dims", "get_sampler", "randn", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
+    "sample_euler", "sample_heun",
+]
 
 Model = Callable[..., Tensor]
 

@@ -47,7 +47,9 @@ class AttentionBlock(nn.Module):
     """Residual self-attention over all positions of ``[B, C, *spatial]`` (the VAE mid-block).
 
     Args:
-        dims (`int`), channels (`int`), heads (`int`, defaults to 1: one head of all channels).
+        dims (`int`): spatial dimensions of ``x`` (1, 2 or 3).
+        channels (`int`): ``C`` of ``x``.
+        heads (`int`, defaults to 1): attention heads (1: one head of all channels).
         groups (`int`, defaults to 32): of the GroupNorm before attention (see :func:`group_norm`).
         qkv_bias (`bool`, defaults to False): biases on the query/key/value projections.
     """

@@ -139,6 +139,13 @@ class DiffusionModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss
 
+    def train(self, mode: bool = True) -> "DiffusionModule":
+        """Train mode for the trained weights; the EMA copy stays in eval mode (it is only ever sampled)."""
+        super().train(mode)
+        if self.ema is not None:
+            self.ema.eval()
+        return self
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the EMA update: both happen before ``on_train_batch_end``, where
         the checkpoint of that step is written (so a resumed run has the same EMA)."""

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -123,6 +123,9 @@ def check_resumable(root: Path, identity: dict[str, Any]) -> str | None:
 def _fit(trainer: Any, module: Any, *loaders: Any, ckpt_path: str | None, phase: str) -> None:
     """``trainer.fit``, then :class:`Preempted` when SIGTERM/SIGINT stopped it. A checkpoint from an older
     mmldm that does not fit the model (no identity record to check first) fails in one line naming it."""
+    from .console import describe_model
+
+    log.info("%s: %s", phase, describe_model(module))
     try:
         trainer.fit(module, *loaders, ckpt_path=ckpt_path, weights_only=True)
     except RuntimeError as e:
@@ -206,7 +209,8 @@ def _skipped(trainer: Any) -> int:
 
 
 def _log_fit(phase: str, trainer: Any) -> None:
-    log.info("%s: %d steps on rank %d of %d process(es), precision %s", phase, trainer.global_step,
+    log.info("%s: %d steps on %s, rank %d of %d process(es), precision %s", phase, trainer.global_step,
+             type(trainer.accelerator).__name__.removesuffix("Accelerator").lower() or "cpu",
              trainer.global_rank, trainer.world_size, trainer.precision)
 
 
@@ -349,8 +353,10 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> LatentDiffusion:
-    """Phase 2: fit the denoiser on normalized latents, export, sample, measure."""
+def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path,
+                    callbacks: Sequence[Any] = ()) -> LatentDiffusion:
+    """Phase 2: fit the denoiser on normalized latents, export, sample, measure. ``callbacks``: extra
+    Lightning callbacks of the phase-2 trainer (e.g. :class:`~mmldm.training.callbacks.WeightSnapshots`)."""
     from .phase2 import DiffusionModule
 
     import lightning as L
@@ -371,6 +377,7 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
                          drop_last=True, seed=cfg.seed, distributed=True,
                          key="diffusion.batch_size" if cfg.diffusion.batch_size else "data.batch_size")
     steps, budget = _budget(cfg.diffusion, cfg)
+    budget["callbacks"] = [*budget.get("callbacks", []), *callbacks]
     trainer = make_trainer(cfg.trainer, root, steps, loader=loader, limit_val_batches=0,
                            dims=len(phase1.latent_shape) - 1, identity=identity, **budget)
     start = time.perf_counter()
@@ -398,12 +405,15 @@ def train_diffusion(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path) -> 
 
 def sample_and_measure(pipe: LatentDiffusion, cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Sample ``cfg.sample.num_samples`` (see :func:`sample_conditions`), save them with their conditions
-    (``conditions.json``: classes and captions), and measure them against held-out data."""
+    (``conditions.json``: classes and captions; the preview grid titled with them), and measure them
+    against held-out data."""
+    from ..preview import save_samples
+
     n = cfg.sample.num_samples
     val = pipe.modality.dataset("val")
     cond = sample_conditions(pipe, val, n)
     samples = pipe.sample(n, cond=cond, guidance=cfg.sample.guidance, seed=cfg.sample.seed)
-    pipe.modality.save(samples, out, prefix="sample")
+    save_samples(pipe.modality, samples, out, cond=cond)  # the grid titled with each sample's condition
     if cond:
         readable = {k: v.tolist() if k == "class" else v for k, v in cond.items() if k in ("class", "text")}
         (Path(out) / "conditions.json").write_text(json.dumps(readable, indent=1))
@@ -468,8 +478,9 @@ def _update_metrics(run_dir: Path, new: dict[str, Any]) -> Path:
 
 
 # ---------------------------------------------------------------------------- verbs
-def train(cfg: DictConfig, run_dir: Path) -> None:
-    """Both phases (or the one ``stage`` selects)."""
+def train(cfg: DictConfig, run_dir: Path, diffusion_callbacks: Sequence[Any] = ()) -> None:
+    """Both phases (or the one ``stage`` selects); ``diffusion_callbacks``: extra Lightning callbacks of
+    phase 2 (:func:`train_diffusion`)."""
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -482,7 +493,7 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     else:
         phase1 = train_autoencoder(cfg, modality, run_dir)
     if cfg.stage.diffusion:
-        train_diffusion(cfg, phase1, run_dir)
+        train_diffusion(cfg, phase1, run_dir, diffusion_callbacks)
     if _is_rank_zero():
         log.info("run directory: %s", run_dir)
         print(f"mmldm: done; results in {run_dir} (metrics.json, export/, samples/)")
@@ -538,8 +549,10 @@ def run(verb: str, cfg: DictConfig, run_dir: str | Path) -> None:
             or SIGINT interrupted other work (130); 2 when another process holds the directory, a checkpoint or
             export does not fit the run, or the config does not fit together (one line on stderr and in the log).
     """
+    from .console import quiet_console
     from .rundir import RunDirectoryBusy
 
+    quiet_console()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir, " ".join(["mmldm", verb, *sys.argv[1:]])) if is_launcher_rank_zero() else None

@@ -169,6 +169,8 @@ def trainer_kwargs(cfg: Any, max_steps: int | None = None, dims: int | None = No
         "limit_val_batches": t["limit_val_batches"],
         "gradient_clip_val": t["gradient_clip_val"],
         "enable_progress_bar": t["enable_progress_bar"],
+        # the run logs a one-line model summary (console.describe_model) instead of Lightning's table
+        "enable_model_summary": False,
         "deterministic": t["deterministic"],
     }
 
@@ -214,6 +216,10 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
     if identity is not None:
         guards.append(RunIdentity(identity))
     kwargs.update(overrides)
+    if kwargs.get("enable_progress_bar"):
+        from .console import StepProgressBar
+
+        callbacks = [*(callbacks or []), StepProgressBar(root.name)]
     return L.Trainer(
         default_root_dir=str(root),
         logger=CSVLogger(str(root), name="logs", version=""),

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import soundfile as sf
 import torch
-from einops import rearrange
 from matplotlib import colormaps
 from PIL import Image
 from torch import Tensor
@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from mmldm.data import check_split, split_indices
 from mmldm.interfaces import Modality
+from mmldm.preview import tile
 
 from . import metrics, sources
 from .config import AUDIO_LAYOUTS, AUDIO_SOURCES, AudioConfig, GriffinLimConfig
@@ -127,6 +128,10 @@ class AudioModality(Modality):
     def num_classes(self) -> int:  # type: ignore[override]
         return len(self.waveforms("train").class_names)
 
+    @property
+    def class_names(self) -> list[str]:  # type: ignore[override]
+        return list(self.waveforms("train").class_names)
+
     def waveforms(self, split: str) -> sources.AudioSet:
         """The raw clips of ``split`` (cached): synth clips ``[length]``, folder clips of any length."""
         check_split(split)
@@ -198,8 +203,10 @@ class AudioModality(Modality):
             self._vocoder = GriffinLimVocoder(GriffinLimConfig(name="griffinlim"), modality=self)
         return self._vocoder
 
-    def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
-        """Per sample ``{prefix}_{i:04d}.wav`` (Griffin-Lim) and ``.png`` (spectrogram), plus ``{prefix}_grid.png``."""
+    def save(self, samples: Tensor, directory: Path, prefix: str = "sample",
+             titles: Sequence[str] | None = None) -> list[Path]:
+        """Per sample ``{prefix}_{i:04d}.wav`` (Griffin-Lim) and ``.png`` (spectrogram), plus ``{prefix}_grid.png``
+        (tiles titled with ``titles``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         waves = self.vocoder()(samples.detach().cpu())
@@ -211,7 +218,7 @@ class AudioModality(Modality):
             paths.append(directory / f"{prefix}_{i:04d}.png")
             Image.fromarray(picture).save(paths[-1])
         paths.append(directory / f"{prefix}_grid.png")
-        Image.fromarray(tile(pictures)).save(paths[-1])
+        Image.fromarray(tile(pictures, titles=titles)).save(paths[-1])
         return paths
 
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
@@ -236,11 +243,3 @@ def spectrogram_pictures(logmel: Tensor, vmin: float, scale: int = 3) -> np.ndar
     return (rgb * 255).round().astype(np.uint8)
 
 
-def tile(pictures: np.ndarray, pad: int = 2) -> np.ndarray:
-    """uint8 ``[B, H, W, 3]`` -> one grid picture, ``ceil(sqrt(B))`` per row, white gaps."""
-    b = len(pictures)
-    ncol = math.ceil(math.sqrt(b))
-    nrow = math.ceil(b / ncol)
-    padded = np.pad(pictures, ((0, nrow * ncol - b), (pad, 0), (pad, 0), (0, 0)), constant_values=255)
-    out = rearrange(padded, "(r c) h w ch -> (r h) (c w) ch", r=nrow, c=ncol)
-    return np.pad(out, ((0, pad), (0, pad), (0, 0)), constant_values=255)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -161,9 +162,10 @@ class ImageModality(Modality):
         )
         return ImageDataset(subset, flip=self.cfg.flip and split == "train", crop=self.cfg.crop if split == "train" else 0)
 
-    def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
-        """PNG per sample of ``[B, C, H, W]`` plus ``{prefix}_grid.png``."""
-        return save_pngs(samples, Path(directory), prefix)
+    def save(self, samples: Tensor, directory: Path, prefix: str = "sample",
+             titles: Sequence[str] | None = None) -> list[Path]:
+        """PNG per sample of ``[B, C, H, W]`` plus ``{prefix}_grid.png`` (tiles titled with ``titles``)."""
+        return save_pngs(samples, Path(directory), prefix, titles)
 
     def save_reconstructions(self, x: Tensor, x_rec: Tensor, directory: Path) -> list[Path]:
         """Inputs and reconstructions as PNGs, plus ``comparison.png``: inputs in the top row, their

@@ -10,6 +10,7 @@ point clouds, binvox files or arrays instead (:mod:`.readers`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -149,15 +150,17 @@ class VoxelModality(Modality):
         grids = self.grids(x)
         return grids > 0.5 if self.cfg.representation == "occupancy" else grids < 0.0
 
-    def save(self, samples: Tensor, directory: Path, prefix: str = "sample") -> list[Path]:
+    def save(self, samples: Tensor, directory: Path, prefix: str = "sample",
+             titles: Sequence[str] | None = None) -> list[Path]:
         """Per sample of ``samples`` (data space, ``[B, 1, R, R, R]`` or folded ``[B, R, R, R]``) its grid
         (``.npz``, key ``grid``, readable as data again), a marching-cubes mesh (``mesh_format``: PLY or
-        OBJ) and a PNG render, plus ``{prefix}_grid.png``; returns the written paths."""
+        OBJ) and a PNG render, plus ``{prefix}_grid.png`` (renders titled with ``titles``, else their index);
+        returns the written paths."""
         grids = self.grids(samples)
         occupancy = self.cfg.representation == "occupancy"
         level, outside = (0.5, 0.0) if occupancy else (0.0, 1.0)
         return save_grids(grids, Path(directory), prefix, level=level, outside=outside,
-                          mesh_format=self.cfg.mesh_format)
+                          mesh_format=self.cfg.mesh_format, titles=titles)
 
     # ---- metrics ------------------------------------------------------------
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:

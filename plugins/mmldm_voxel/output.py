@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -83,7 +84,7 @@ def render_png(meshes: list[tuple[np.ndarray, np.ndarray]], path: Path, titles: 
 
 
 def save_grids(grids: np.ndarray, directory: Path, prefix: str, level: float, outside: float,
-               mesh_format: str = "ply") -> list[Path]:
+               mesh_format: str = "ply", titles: Sequence[str] | None = None) -> list[Path]:
     """For each grid of ``grids [B, R, R, R]`` write ``{prefix}_{i:03d}.npz`` (the grid, key ``grid``),
     ``.{mesh_format}`` (its surface at ``level``) and ``.png``, plus ``{prefix}_grid.png`` showing all of
     them. Empty grids get no mesh (with a warning)."""
@@ -103,5 +104,5 @@ def save_grids(grids: np.ndarray, directory: Path, prefix: str, level: float, ou
         render_png([(v, f)], stem.with_suffix(".png"))
         written.append(stem.with_suffix(".png"))
     grid_png = directory / f"{prefix}_grid.png"
-    render_png(meshes, grid_png, titles=[str(i) for i in range(len(meshes))])
+    render_png(meshes, grid_png, titles=list(titles) if titles is not None else [str(i) for i in range(len(meshes))])
     return written + [grid_png]
