@@ -49,6 +49,9 @@ _QUICK_STEPS = [*(o for o in _QUICK if "max_minutes" not in o and "max_steps" no
                 "phase1.max_steps=120", "diffusion.max_steps=1600"]
 _FULL = ["phase1.max_steps=20000", "diffusion.max_steps=50000", "sample.num_samples=50"]
 _COMMON = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=50"]
+#: How every variant's samples are drawn for judging: DPM-Solver++(2M) (the default sampler) with these
+#: steps and classifier-free guidance.
+JUDGE_STEPS, JUDGE_GUIDANCE = 25, 3.0
 
 
 @dataclass
@@ -143,8 +146,9 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
 
 
 # ---------------------------------------------------------------------------- one variant
-def train_variant(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """Both phases through :func:`mmldm.training.run.train` (a fresh run); its metrics and wall time."""
+def train_variant(cfg: Any, run_dir: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Both phases through :func:`mmldm.training.run.train` (a fresh run); its metrics, wall time and
+    wall-clock start (``time.time()``). ``callbacks``: extra phase-2 callbacks."""
     import shutil
 
     from .training.run import train
@@ -152,9 +156,9 @@ def train_variant(cfg: Any, run_dir: Path) -> dict[str, Any]:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    start = time.perf_counter()
-    train(cfg, run_dir)
-    return {"train_seconds": round(time.perf_counter() - start, 1),
+    started, start = time.time(), time.perf_counter()
+    train(cfg, run_dir, diffusion_callbacks=callbacks)
+    return {"train_seconds": round(time.perf_counter() - start, 1), "started": started,
             "metrics": json.loads((run_dir / "metrics.json").read_text())}
 
 
@@ -186,42 +190,96 @@ class Judges:
         return self._cache[key]
 
 
+def _judged(judged: dict[str, Any]) -> dict[str, Any]:
+    return {k: judged[k] for k in ("class_accuracy", "class_accuracy_n", "class_accuracy_ci", "frechet_distance",
+                                   "sampling_seconds")}
+
+
+def judge_curve(pipe: Any, snapshots: Any, started: float, judge: Any) -> list[dict[str, Any]]:
+    """Judge every weight snapshot of a run (:class:`~mmldm.training.callbacks.WeightSnapshots`) with
+    ``judge(pipe) -> metrics``; rows with the wall-clock minutes from the start of the run (both phases,
+    everything before phase 2 included) to the snapshot. Leaves ``pipe`` with its exported weights."""
+    import torch
+    from torch import nn
+
+    model = nn.ModuleDict({"denoiser": pipe.denoiser, "conditioners": nn.ModuleList(pipe.conditioners)})
+    exported = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = []
+    try:
+        for row in snapshots.rows:
+            model.load_state_dict(torch.load(snapshots.out / row["file"], weights_only=True))
+            rows.append({"step": row["step"], "phase2_seconds": row["seconds"],
+                         "minutes": round((row["time"] - started) / 60, 5), **_judged(judge(pipe))})
+    finally:
+        model.load_state_dict(exported)
+    return rows
+
+
+def minutes_to(curve: Sequence[dict[str, Any]], target: float) -> float | None:
+    """Wall-clock minutes of the first snapshot whose class accuracy reaches ``target`` (None: never)."""
+    return next((r["minutes"] for r in curve if r["class_accuracy"] >= target), None)
+
+
 def run_variant(study: Study, form: str, name: str, extra: Sequence[str], out: Path, judges: Judges,
-                seed: int, per_class: int) -> dict[str, Any]:
-    """Train, then judge one variant; the row of the report."""
+                seed: int, per_class: int, curve_every: float | None = None,
+                sweep_steps: Sequence[int] = ()) -> dict[str, Any]:
+    """Train, then judge one variant; the row of the report.
+
+    ``curve_every``: also save the phase-2 weights every that many seconds of training and judge each
+    snapshot (the ``curve``: accuracy against wall-clock minutes of both phases). ``sweep_steps``: also
+    judge the final model with each of these sampler step counts.
+    """
     from .configuration import compose
     from .evaluation.generation import judge_samples
     from .pipeline import LatentDiffusion
+    from .preview import save_samples
+    from .training.callbacks import WeightSnapshots
 
     overrides = study.overrides(form, name, extra)
     cfg = compose([*overrides, f"seed={seed}"])
-    trained = train_variant(cfg, out / name)
+    steps, guidance = JUDGE_STEPS, JUDGE_GUIDANCE
+    snapshots = WeightSnapshots(curve_every, out / name / "snapshots") if curve_every else None
+    trained = train_variant(cfg, out / name, [snapshots] if snapshots else ())
     classifier, clf_report, real = judges.get(cfg.modality)
     pipe = LatentDiffusion.from_pretrained(out / name / "export")
-    judged, samples, _ = judge_samples(pipe, classifier, real, per_class, seed=seed)
-    pipe.modality.save(samples[:: max(1, per_class // 2)], out / name / "judged", prefix="sample")
+
+    def judge(pipe: Any, steps: int = steps) -> dict[str, Any]:
+        return judge_samples(pipe, classifier, real, per_class, steps=steps, guidance=guidance, seed=seed)[0]
+
+    judged, samples, labels = judge_samples(pipe, classifier, real, per_class, steps=steps, guidance=guidance,
+                                            seed=seed)
+    every = max(1, per_class // 2)
+    save_samples(pipe.modality, samples[::every], out / name / "judged", cond={"class": labels[::every]})
     ae = trained["metrics"].get("autoencoder", {})
-    return {
+    row = {
         "status": "ok", "overrides": overrides, "train_seconds": trained["train_seconds"],
         "diffusion_steps": trained["metrics"].get("diffusion", {}).get("steps"),
         "reconstruction": ae.get("reconstruction", {}),
         "latent": {k: ae.get("latent", {}).get(k) for k in ("shape", "channel_std", "kl_per_element")},
         "robustness": ae.get("robustness", {}),
-        "generation": {k: judged[k] for k in ("class_accuracy", "class_accuracy_n", "class_accuracy_ci",
-                                              "frechet_distance", "sampling_seconds")},
+        "generation": {**_judged(judged), "steps": steps, "guidance": guidance},
         "modality_generation": judged["modality"],
         "modality_sets": judged["modality_sets"],
         **{f"classifier_{k}": clf_report[k] for k in ("val_accuracy", "val_accuracy_n", "val_accuracy_ci")},
     }
+    if snapshots is not None:
+        row["curve"] = judge_curve(pipe, snapshots, trained["started"], judge)
+    if sweep_steps:
+        row["steps_sweep"] = {str(n): _judged(judge(pipe, n)) for n in sweep_steps}
+    return row
 
 
 # ---------------------------------------------------------------------------- a study
 def run_study(study: Study, form: str = "quick", out: str | Path = "ablations", variants: Sequence[str] | None = None,
               extra: Sequence[str] = (), seed: int = 0, per_class: int | None = None,
-              classifier_epochs: int | None = None) -> dict[str, Any]:
+              classifier_epochs: int | None = None, curve_every: float | None = None, target: float = 0.97,
+              sweep_steps: Sequence[int] = ()) -> dict[str, Any]:
     """Every variant in turn (same seed and budget); writes and returns the report.
 
     ``per_class`` (samples judged per class) and ``classifier_epochs`` default to the study's.
+    ``curve_every`` (seconds): judge phase-2 snapshots taken that often, and report the wall-clock minutes
+    (both phases) each variant needs to reach class accuracy ``target``. ``sweep_steps``: judge each final
+    model with these sampler step counts too.
     """
     from tqdm.auto import tqdm
 
@@ -232,6 +290,12 @@ def run_study(study: Study, form: str = "quick", out: str | Path = "ablations", 
     unknown = [v for v in chosen if v not in table]
     if unknown:
         raise ValueError(f"study '{study.name}' has no variant {unknown}; its variants: {', '.join(table)}")
+    if curve_every is not None and not curve_every > 0:
+        raise ValueError(f"--curve-every must be > 0 seconds, got {curve_every}")
+    if not 0 < target <= 1:
+        raise ValueError(f"--target is a class accuracy in (0, 1], got {target}")
+    if any(n < 1 for n in sweep_steps):
+        raise ValueError(f"--sweep-steps must be >= 1, got {list(sweep_steps)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     judges, rows, start = Judges(study, form, seed, classifier_epochs), {}, time.perf_counter()
@@ -240,7 +304,8 @@ def run_study(study: Study, form: str = "quick", out: str | Path = "ablations", 
         t0 = time.perf_counter()
         print(f"[ablate {study.name}] {name}: training and judging ...", flush=True)
         try:
-            rows[name] = run_variant(study, form, name, extra, out, judges, seed, per_class)
+            rows[name] = run_variant(study, form, name, extra, out, judges, seed, per_class, curve_every,
+                                     sweep_steps)
         except Exception as e:  # noqa: BLE001 - one failing variant is reported, the others still run
             log.error("variant %s failed:\n%s", name, traceback.format_exc())
             rows[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
@@ -249,7 +314,9 @@ def run_study(study: Study, form: str = "quick", out: str | Path = "ablations", 
     report = {"study": study.name, "question": study.question, "form": form, "seed": seed, "per_class": per_class,
               "extra": list(extra),
               "budget": [o for o in getattr(study, form) if "max_minutes" in o or "max_steps" in o],
-              "wall_seconds": round(time.perf_counter() - start, 1), "variants": rows}
+              "wall_seconds": round(time.perf_counter() - start, 1), "variants": rows,
+              "judge": {"sampler": "dpmpp_2m", "steps": JUDGE_STEPS, "guidance": JUDGE_GUIDANCE},
+              **({"curve_every": curve_every, "target": target} if curve_every else {})}
     write_report(report, out)
     return report
 
@@ -336,10 +403,83 @@ def markdown(report: dict[str, Any]) -> str:
                  else "Step budgets give every variant the same compute (and, with one seed, the same phase 1 "
                  "when phase-1 settings do not differ)."),
               *_set_note(report), *(["", report["counts_note"]] if report.get("counts_note") else []),
+              *[line for note in report.get("notes", []) for line in ("", note)],
               "", "![reconstruction vs generation](report.png)", ""]
+    lines += _curve_section(report) + _sweep_section(report)
     if report["extra"]:
         lines.insert(4, f"Extra overrides: `{' '.join(report['extra'])}`")
     return "\n".join(lines)
+
+
+def _curve_section(report: dict[str, Any]) -> list[str]:
+    """Time to quality: per variant, the minutes (both phases) to the target accuracy and the curve."""
+    curves = {n: r["curve"] for n, r in report["variants"].items() if r["status"] == "ok" and r.get("curve")}
+    if not curves:
+        return []
+    target = report.get("target", 0.97)
+    lines = ["## Time to quality", "",
+             f"Phase-2 weights saved every {report['curve_every']:g} s of training and judged like the final model "
+             f"({report['per_class']} samples per class). Minutes are wall clock from the start of the run: phase 1, "
+             "its diagnostics and export, the latent cache and phase 2 up to the snapshot (judging excluded).", "",
+             f"| variant | minutes to >= {target:.0%} | accuracy there (n, 95% CI) | best (minutes) | curve: minutes "
+             "accuracy |", "| --- | --- | --- | --- | --- |"]
+    for name, curve in curves.items():
+        hit = next((r for r in curve if r["class_accuracy"] >= target), None)
+        best = max(curve, key=lambda r: r["class_accuracy"])
+        last = curve[-1]["minutes"]
+        reached = f"{hit['minutes']:.1f}" if hit else f"not reached in {last:.1f}"
+        there = _share(hit["class_accuracy"], hit.get("class_accuracy_n")) if hit else ""
+        points = ", ".join(f"{r['minutes']:.1f} {r['class_accuracy']:.1%}" for r in curve)
+        lines.append(f"| {name} | {reached} | {there} | {best['class_accuracy']:.1%} ({best['minutes']:.1f}) | "
+                     f"{points} |")
+    return lines + ["", "![class accuracy against minutes](curve.png)", ""]
+
+
+def _sweep_section(report: dict[str, Any]) -> list[str]:
+    """Quality against sampler steps: class accuracy and Frechet of each final model per step count."""
+    sweeps = {n: r["steps_sweep"] for n, r in report["variants"].items() if r["status"] == "ok" and r.get("steps_sweep")}
+    if not sweeps:
+        return []
+    counts = sorted({int(k) for s in sweeps.values() for k in s})
+    judge = report.get("judge", {})
+    lines = ["## Quality against sampler steps", "",
+             f"The final model of each variant, sampled with {judge.get('sampler', 'dpmpp_2m')} at guidance "
+             f"{judge.get('guidance', 3):g}: class accuracy (n, 95% CI) / Frechet.", "",
+             "| variant | " + " | ".join(f"{n} steps" for n in counts) + " |", "|" + " --- |" * (len(counts) + 1)]
+    for name, sweep in sweeps.items():
+        cells = [(f"{_share(g['class_accuracy'], g.get('class_accuracy_n'))} / {_fmt(g['frechet_distance'])}"
+                  if (g := sweep.get(str(n))) else "") for n in counts]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> Path | None:
+    """Class accuracy (with Wilson 95% intervals) against wall-clock minutes, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {n: r["curve"] for n, r in report["variants"].items() if r["status"] == "ok" and r.get("curve")}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, curve in curves.items():
+        x = [r["minutes"] for r in curve]
+        y = [r["class_accuracy"] for r in curve]
+        err = [[r["class_accuracy"] - r["class_accuracy_ci"][0] for r in curve],
+               [r["class_accuracy_ci"][1] - r["class_accuracy"] for r in curve]]
+        ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=name, linestyle="--" if "dit" in name else "-")
+    ax.axhline(report.get("target", 0.97), color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("wall-clock minutes from the start of the run (both phases)")
+    ax.set_ylabel("class accuracy, 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"ablation '{report['study']}' ({report['form']}): time to quality", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
@@ -374,6 +514,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
 def write_report(report: dict[str, Any], out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     plot(report, out / "report.png")
+    plot_curves(report, out / "curve.png")
     (out / "report.md").write_text(markdown(report))
 
 
@@ -447,6 +588,7 @@ def main(argv: Sequence[str]) -> int:
         epilog="studies:\n" + study_help() + "\n\nexamples:\n  mmldm ablate regularizer --quick\n"
                "  mmldm ablate kl_weight --full modality.source=mnist modality.root=/data/mnist\n"
                "  mmldm ablate voxel_latent --quick --out ablations/voxel\n"
+               "  mmldm ablate process --curve-every 30 --sweep-steps 5 10 25 50\n"
                "  mmldm ablate --report-from ablations/regularizer_quick")
     parser.add_argument("study", nargs="?", help="one of: " + ", ".join(STUDIES))
     parser.add_argument("--report-from", type=Path, metavar="DIR",
@@ -461,6 +603,13 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-class", type=int, help="samples judged per class (default: quick 20, full 100; voxels 10/50)")
     parser.add_argument("--classifier-epochs", type=int, help="epochs of the independent classifier (default 8)")
+    parser.add_argument("--curve-every", type=float, metavar="SECONDS",
+                        help="save the phase-2 weights every SECONDS of training and judge each snapshot: the "
+                             "report gains a time-to-quality table (minutes of both phases to --target) and curve.png")
+    parser.add_argument("--target", type=float, default=0.97,
+                        help="class accuracy the time-to-quality table measures the minutes to (default 0.97)")
+    parser.add_argument("--sweep-steps", type=int, nargs="+", default=[], metavar="N",
+                        help="also judge each final model with these sampler step counts (e.g. 5 10 25 50)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides applied to every variant")
     args = parser.parse_intermixed_args(argv)
     if args.report_from:
@@ -481,7 +630,7 @@ def main(argv: Sequence[str]) -> int:
     out = args.out or Path("ablations") / f"{study.name}_{form_name}"
     try:
         report = run_study(study, form_name, out, args.variants, args.overrides, args.seed, args.per_class,
-                           args.classifier_epochs)
+                           args.classifier_epochs, args.curve_every, args.target, args.sweep_steps)
     except ValueError as e:
         print(f"mmldm ablate: error: {e}", file=sys.stderr)
         return 2

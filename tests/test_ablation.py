@@ -145,3 +145,52 @@ def test_the_process_study_composes_every_process_with_both_denoisers():
         assert (cfg.sampler.steps, cfg.sample.guidance, cfg.phase1.max_steps, cfg.diffusion.max_minutes) == (25, 3.0, 120, 2.0)
     assert seen == {(p, pred, d) for d in ("unet2d", "dit")
                     for p, pred in (("vp", "eps"), ("vp", "v"), ("flow", None), ("edm", None))}
+
+
+def test_time_to_quality_judges_each_phase2_snapshot_and_the_last_is_the_export(tmp_path):
+    # a snapshot after every step (3 steps): the curve's last point is the exported model, judged the same way
+    report = run_study(STUDIES["process"], "quick", tmp_path, ["flow_unet"], TINY, per_class=2, classifier_epochs=1,
+                       curve_every=1e-9, target=0.5, sweep_steps=[2, 5])
+    row = report["variants"]["flow_unet"]
+    assert row["status"] == "ok", row
+    curve = row["curve"]
+    assert [r["step"] for r in curve] == [1, 2, 3] and row["diffusion_steps"] == 3
+    minutes = [r["minutes"] for r in curve]
+    assert 0 < minutes[0] <= minutes[1] <= minutes[2] < row["train_seconds"] / 60 and minutes[0] < minutes[2]
+    assert all(r["class_accuracy_n"] == 20 and 0 <= r["class_accuracy"] <= 1 for r in curve)
+    for key in ("class_accuracy", "frechet_distance"):
+        assert curve[-1][key] == pytest.approx(row["generation"][key], abs=1e-9)
+    index = json.loads((tmp_path / "flow_unet" / "snapshots" / "index.json").read_text())
+    assert [r["file"] for r in index] == ["step_1.pt", "step_2.pt", "step_3.pt"]
+    from mmldm.pipeline import LatentDiffusion
+
+    exported = LatentDiffusion.from_pretrained(tmp_path / "flow_unet" / "export").denoiser.state_dict()
+    last = torch.load(tmp_path / "flow_unet" / "snapshots" / "step_3.pt", weights_only=True)
+    assert all(torch.equal(last[f"denoiser.{k}"], v) for k, v in exported.items())
+    first = torch.load(tmp_path / "flow_unet" / "snapshots" / "step_1.pt", weights_only=True)
+    assert any(not torch.equal(first[f"denoiser.{k}"], v) for k, v in exported.items())
+    assert set(row["steps_sweep"]) == {"2", "5"} and row["steps_sweep"]["2"]["class_accuracy_n"] == 20
+    table = (tmp_path / "report.md").read_text()
+    assert "## Time to quality" in table and "| variant | minutes to >= 50% |" in table
+    assert "## Quality against sampler steps" in table and "| variant | 2 steps | 5 steps |" in table
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    assert report["judge"] == {"sampler": "dpmpp_2m", "steps": 25, "guidance": 3.0}
+
+
+def test_minutes_to_a_target_is_the_first_snapshot_that_reaches_it():
+    from mmldm.ablation import minutes_to
+
+    curve = [{"minutes": 1.0, "class_accuracy": 0.5}, {"minutes": 2.0, "class_accuracy": 0.97},
+             {"minutes": 3.0, "class_accuracy": 0.96}, {"minutes": 4.0, "class_accuracy": 0.99}]
+    assert minutes_to(curve, 0.97) == 2.0 and minutes_to(curve, 0.98) == 4.0 and minutes_to(curve, 1.0) is None
+
+
+def test_cli_refuses_bad_curve_settings(tmp_path):
+    bad = run_cli("ablate", "process", "--curve-every", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "--curve-every must be > 0 seconds, got 0.0" in bad.stderr
+    bad = run_cli("ablate", "process", "--target", "97", cwd=tmp_path)
+    assert bad.returncode == 2 and "--target is a class accuracy in (0, 1], got 97" in bad.stderr
+    from mmldm.training.callbacks import WeightSnapshots
+
+    with pytest.raises(ValueError, match="every must be > 0 seconds, got -1"):
+        WeightSnapshots(-1, tmp_path)

@@ -330,3 +330,60 @@ class RunIdentity(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[self.KEY] = self.identity
+
+
+class WeightSnapshots(L.Callback):
+    """Save the weights a phase would export every ``every`` seconds of training, to follow quality over time.
+
+    Phase 2 exports the EMA copy of denoiser and conditioners
+    (:meth:`~mmldm.training.phase2.DiffusionModule.sampling_model`); this saves its
+    ``state_dict`` to ``out/step_<N>.pt`` at the first step after each multiple of
+    ``every`` seconds since training started, and once more when training ends.
+    :attr:`rows` (also ``out/index.json``) lists ``{"step", "seconds", "time", "file"}``:
+    ``seconds`` since the start of training, ``time`` the wall clock (``time.time()``)
+    so a caller can add what ran before training (phase 1, the latent cache). With
+    constant learning rate (phase 2's), the snapshot at step N equals the export
+    of a run stopped at step N. Written on rank zero only.
+
+    Args:
+        every (`float`): seconds of training between snapshots (> 0).
+        out (`Path`): the folder the snapshots go to.
+        weights (`Callable`, *optional*): ``pl_module -> nn.Module`` whose state is saved
+            (default: ``pl_module.sampling_model()``).
+    """
+
+    def __init__(self, every: float, out: str | Path, weights: Any = None) -> None:
+        if not every > 0:
+            raise ValueError(f"WeightSnapshots: every must be > 0 seconds, got {every}")
+        self.every, self.out = float(every), Path(out)
+        self.weights = weights or (lambda module: module.sampling_model())
+        self.rows: list[dict[str, Any]] = []
+        self.start = self.next = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+        self.next = self.start + self.every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        now = time.perf_counter()
+        if now >= self.next:
+            self._save(trainer, pl_module, now)
+            # the next multiple of `every` after now (snapshots are skipped, not queued, when steps are slower)
+            self.next = self.start + self.every * (math.floor((now - self.start) / self.every) + 1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.rows or self.rows[-1]["step"] != trainer.global_step:
+            self._save(trainer, pl_module, time.perf_counter())
+
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> None:
+        if not trainer.is_global_zero:
+            return
+        import json
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        name = f"step_{trainer.global_step}.pt"
+        state = {k: v.detach().cpu().clone() for k, v in self.weights(pl_module).state_dict().items()}
+        torch.save(state, self.out / name)
+        self.rows.append({"step": int(trainer.global_step), "seconds": round(now - self.start, 3),
+                          "time": time.time(), "file": name})
+        (self.out / "index.json").write_text(json.dumps(self.rows, indent=1))
