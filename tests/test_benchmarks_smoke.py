@@ -239,3 +239,22 @@ def test_demo_report_puts_each_set_metric_beside_its_real_vs_real_null():
     text = demo.report(result)
     assert "130 s wall clock, both phases (1500 diffusion steps). Autoencoder held-out IoU 0.920." in text
     assert "| 1nna_cd | 0.62 +- 0.05 | 0.48 +- 0.11 |" in text
+
+
+@pytest.mark.slow
+def test_voxel_budget_shares_phase1_and_keeps_every_setting_within_the_budget(tmp_path):
+    # about 4 minutes on a 2-core CPU: 16^3 shapes, a 2.5-minute budget, two processes, one judge
+    from benchmarks import voxel_budget
+
+    summary = voxel_budget.main(["--budget", "2.5", "--phase1-minutes", "0.4", "--margin", "0.6", "--quick",
+                                 "--settings", "flow", "vp_eps", "--out", str(tmp_path)])
+    assert set(summary["settings"]) == {"flow", "vp_eps"}
+    for name, s in summary["settings"].items():
+        assert s["total_minutes"] <= 2.5 and s["phase2_steps"] > 0 and s["class_accuracy_n"] == 2 * 6
+        assert (tmp_path / name / "results.md").is_file()
+        exported = json.loads((tmp_path / "runs" / name / "training.json").read_text())
+        assert exported["phase1_seconds"] == summary["phase1_seconds"] or \
+            round(exported["phase1_seconds"], 1) == summary["phase1_seconds"]
+    # one judge: the second setting reuses the first one's classifier file
+    assert (tmp_path / "vp_eps" / "classifier.pt").read_bytes() == (tmp_path / "flow" / "classifier.pt").read_bytes()
+    assert "| flow | `process=flow` |" in (tmp_path / "summary.md").read_text()
