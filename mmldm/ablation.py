@@ -215,9 +215,10 @@ def judge_curve(pipe: Any, snapshots: Any, started: float, judge: Any) -> list[d
     return rows
 
 
-def minutes_to(curve: Sequence[dict[str, Any]], target: float) -> float | None:
-    """Wall-clock minutes of the first snapshot whose class accuracy reaches ``target`` (None: never)."""
-    return next((r["minutes"] for r in curve if r["class_accuracy"] >= target), None)
+def first_reaching(curve: Sequence[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """The first snapshot row of ``curve`` whose class accuracy reaches ``target`` (None: none does); its
+    ``minutes`` are the time to quality."""
+    return next((r for r in curve if r["class_accuracy"] >= target), None)
 
 
 def run_variant(study: Study, form: str, name: str, extra: Sequence[str], out: Path, judges: Judges,
@@ -424,7 +425,7 @@ def _curve_section(report: dict[str, Any]) -> list[str]:
              f"| variant | minutes to >= {target:.0%} | accuracy there (n, 95% CI) | best (minutes) | curve: minutes "
              "accuracy |", "| --- | --- | --- | --- | --- |"]
     for name, curve in curves.items():
-        hit = next((r for r in curve if r["class_accuracy"] >= target), None)
+        hit = first_reaching(curve, target)
         best = max(curve, key=lambda r: r["class_accuracy"])
         last = curve[-1]["minutes"]
         reached = f"{hit['minutes']:.1f}" if hit else f"not reached in {last:.1f}"

@@ -177,12 +177,21 @@ def test_time_to_quality_judges_each_phase2_snapshot_and_the_last_is_the_export(
     assert report["judge"] == {"sampler": "dpmpp_2m", "steps": 25, "guidance": 3.0}
 
 
-def test_minutes_to_a_target_is_the_first_snapshot_that_reaches_it():
-    from mmldm.ablation import minutes_to
+def test_time_to_a_target_is_the_first_snapshot_that_reaches_it():
+    from mmldm.ablation import first_reaching, markdown
 
     curve = [{"minutes": 1.0, "class_accuracy": 0.5}, {"minutes": 2.0, "class_accuracy": 0.97},
              {"minutes": 3.0, "class_accuracy": 0.96}, {"minutes": 4.0, "class_accuracy": 0.99}]
-    assert minutes_to(curve, 0.97) == 2.0 and minutes_to(curve, 0.98) == 4.0 and minutes_to(curve, 1.0) is None
+    assert first_reaching(curve, 0.97)["minutes"] == 2.0 and first_reaching(curve, 0.98)["minutes"] == 4.0
+    assert first_reaching(curve, 1.0) is None
+    report = {"study": "process", "question": "q", "form": "quick", "seed": 0, "budget": [], "wall_seconds": 60,
+              "extra": [], "per_class": 20, "curve_every": 30, "target": 0.98,
+              "variants": {"a": {"status": "ok", "reconstruction": {}, "latent": {"shape": [4], "channel_std": [1.0]},
+                                 "generation": {"class_accuracy": 0.99, "frechet_distance": 1.0},
+                                 "modality_generation": {}, "diffusion_steps": 10, "train_seconds": 1.0,
+                                 "curve": curve}}}
+    text = markdown(report)  # the table reads the first snapshot at >= 98%: minute 4, not the earlier 97% one
+    assert "| a | 4.0 |" in text and "| 99.0% (4.0) |" in text
 
 
 def test_cli_refuses_bad_curve_settings(tmp_path):
