@@ -62,7 +62,7 @@ VOXEL = ["modality=voxel", "trainer=cpu", "trainer.enable_progress_bar=false", "
 
 #: Spoken digits (FSDD): train on four speakers, hold out "theo" and, as an in-distribution reference, the
 #: clips 40-49 of every digit of the four training speakers (held out from the generator and the judge alike:
-#: 400 clips); log-mel in the 1D layout.
+#: 400 clips); log-mel in the preset's 2D layout (latents [4, 16, 16]).
 FSDD_REFERENCES = {"unseen speaker (theo)": "_theo_",
                    "training speakers' held-out clips (indices 40-49)": "^[0-9]+_(?!theo_)[a-z]+_4[0-9][.]wav$"}
 FSDD = ["modality=audio", "preset=audio_fsdd", "modality.val_pattern='_theo_|_4[0-9][.]wav$'",

@@ -97,6 +97,18 @@ _PROCESSES = {
 }
 
 
+#: The audio_latent study's variants: the 2D layout of the preset and the 1D layout (mel bins as channels) at
+#: the same latent size, 1,024 numbers (4x compression of the 64x64 log-mel) and 256 (16x).
+_AUDIO_1D = ["modality.layout=1d", "autoencoder=conv_audio_1d", "denoiser=unet1d"]  # what preset=audio_1d selects
+_AUDIO_LATENT = {
+    "2d_f4_c4": [],  # [4, 16, 16], the preset
+    "1d_f4_c64": [*_AUDIO_1D, "autoencoder.latent_channels=64"],  # [64, 16]
+    "2d_f8_c4": ["autoencoder.channel_mult=[1,2,4,4]", "denoiser.channel_mult=[1,2]",
+                 "denoiser.attention_levels=[1]"],  # [4, 8, 8]
+    "1d_f4_c16": [*_AUDIO_1D, "autoencoder.latent_channels=16"],  # [16, 16]
+}
+
+
 def _compression_unet(levels: int) -> list[str]:
     return [f"denoiser.channel_mult={[1, 2][:levels]}".replace(" ", ""), f"denoiser.attention_levels=[{levels - 1}]"]
 
@@ -142,6 +154,12 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
                                            "denoiser.attention_levels=[1]", "autoencoder.channels=32",
                                            "autoencoder.latent_channels=16"]},
           per_class={"quick": 10, "full": 50}, classifier={"width": 8}),
+    Study("audio_latent", "Should a log-mel spectrogram get a 2D latent (mel bins a spatial axis, filters shared "
+          "across frequency: AudioLDM) or a 1D one (mel bins as channels), at an equal latent size; and how much "
+          "compression, 4x or 16x?", ["modality=audio"], _AUDIO_LATENT,
+          quick=["trainer=cpu", "phase1.max_minutes=2", "diffusion.max_minutes=3", "phase1.max_steps=1000000",
+                 "diffusion.max_steps=1000000", "sample.num_samples=10"],
+          per_class={"quick": 20, "full": 50}),
 ]}
 
 
@@ -249,6 +267,7 @@ def run_variant(study: Study, form: str, name: str, extra: Sequence[str], out: P
 
     judged, samples, labels = judge_samples(pipe, classifier, real, per_class, steps=steps, guidance=guidance,
                                             seed=seed)
+    frechet_sets = frechet_beside_null(pipe, classifier, real, samples, seed)
     every = max(1, per_class // 2)
     save_samples(pipe.modality, samples[::every], out / name / "judged", cond={"class": labels[::every]})
     ae = trained["metrics"].get("autoencoder", {})
@@ -261,6 +280,7 @@ def run_variant(study: Study, form: str, name: str, extra: Sequence[str], out: P
         "generation": {**_judged(judged), "steps": steps, "guidance": guidance},
         "modality_generation": judged["modality"],
         "modality_sets": judged["modality_sets"],
+        "frechet_sets": frechet_sets,
         **{f"classifier_{k}": clf_report[k] for k in ("val_accuracy", "val_accuracy_n", "val_accuracy_ci")},
     }
     if snapshots is not None:
@@ -268,6 +288,21 @@ def run_variant(study: Study, form: str, name: str, extra: Sequence[str], out: P
     if sweep_steps:
         row["steps_sweep"] = {str(n): _judged(judge(pipe, n)) for n in sweep_steps}
     return row
+
+
+def frechet_beside_null(pipe: Any, classifier: Any, real: Any, samples: Any, seed: int) -> dict[str, Any]:
+    """The Frechet distance in the judge's features at equal set sizes over 5 random subsets, beside its
+    real-vs-real null (two disjoint held-out subsets of the same size: the floor a perfect generator
+    scores, which is not 0 at these sizes)."""
+    from .evaluation.classifier import predict
+    from .evaluation.frechet import frechet_distance
+    from .evaluation.stats import equal_set_size, repeated_set_metrics
+
+    final = pipe.modality.finalize
+    real_feats, sample_feats = predict(classifier, final(real))[1], predict(classifier, final(samples))[1]
+    size = equal_set_size(len(sample_feats), len(real_feats))
+    return repeated_set_metrics(lambda a, b: {"frechet_distance": frechet_distance(a, b)}, real_feats,
+                                sample_feats, size, seed=seed)
 
 
 # ---------------------------------------------------------------------------- a study
@@ -350,6 +385,17 @@ def _set_cell(r: dict[str, Any], key: str) -> str:
     return f"{format_mean_sd(sets['generated'][key])} (null {format_mean_sd(sets['null'].get(key))})"
 
 
+def _frechet_cell(r: dict[str, Any]) -> str:
+    """The Frechet distance at equal sizes beside its null (the whole-set value for an older report)."""
+    from .evaluation.stats import format_mean_sd
+
+    sets = r.get("frechet_sets")
+    if not sets:
+        return _fmt(r["generation"]["frechet_distance"])
+    return (f"{format_mean_sd(sets['generated']['frechet_distance'])} "
+            f"(null {format_mean_sd(sets['null']['frechet_distance'])}, n={sets['size']})")
+
+
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the Markdown table: one row per variant, failures included."""
     ok = [r for r in report["variants"].values() if r["status"] == "ok"]
@@ -365,7 +411,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         gen = r["generation"]
         rows.append([name, *[_fmt(r["reconstruction"].get(k)) for k in rec], "x".join(map(str, r["latent"]["shape"] or [])),
                      _fmt(r["latent"]["channel_std"]), _share(gen["class_accuracy"], gen.get("class_accuracy_n")),
-                     _fmt(gen["frechet_distance"]), *[_set_cell(r, k) for k in own],
+                     _frechet_cell(r), *[_set_cell(r, k) for k in own],
                      _fmt(r["diffusion_steps"]), _fmt(r["train_seconds"]), "ok"])
     return header, rows
 
@@ -398,7 +444,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Class accuracy: the share of class-conditional samples an independent classifier labels as "
               f"their class, with the samples judged and the Wilson 95% interval (the classifier's own held-out "
               f"accuracy on real data: {'; '.join(sorted(judges))}); "
-              "Frechet: the distance of their features to the held-out data's. Reconstruction: held-out data. "
+              "Frechet: the distance of their features to the held-out data's, mean ± sd over 5 random subsets of n "
+              "samples and n held-out items, beside the null (two disjoint held-out subsets of n: what a perfect "
+              "generator scores). Reconstruction: held-out data. "
               + ("Budgets in minutes give every variant the same wall clock; the phase-2 steps show the compute "
                  "each got (fewer when the machine was busier)." if any("max_minutes" in b for b in report["budget"])
                  else "Step budgets give every variant the same compute (and, with one seed, the same phase 1 "

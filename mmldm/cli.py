@@ -29,7 +29,9 @@ commands:
   encode     encode a dataset into a latent cache with a trained autoencoder
   evaluate   measure a trained autoencoder or model on held-out data
   ablate     train the variants of a study (regularizer, kl_weight, latent_scale, compression,
-             voxel_latent) with one budget and compare reconstruction and generation
+             voxel_latent, audio_latent) with one budget and compare reconstruction and generation
+  train-vocoder
+             train a neural vocoder for a modality's features (audio: modality.vocoder=vocos uses it)
   plugins    list installed plugins, their versions and components
 
 Run `{PROG} <command> --help` for the options of one command.
@@ -40,6 +42,7 @@ examples:
   {PROG} train -m regularizer=kl,vq,ae trainer=quick
   {PROG} sample outputs/voxel/<run>/export n=16 guidance=3
   {PROG} ablate regularizer --quick
+  {PROG} train-vocoder modality=audio vocoder.max_minutes=30 hydra.run.dir=runs/vocoder
 """
 
 HYDRA_VERB_HELP = {
@@ -138,14 +141,12 @@ def _run_hydra_verb(verb: str, args: Sequence[str]) -> int:
     except ValueError as e:
         return _fail(verb, str(e))
 
-    from .configuration import ConfigProblem, config_dir, validate
+    from .configuration import ConfigProblem, validate
 
     try:
         final = validate(overrides).overrides
     except ConfigProblem as e:
         return _fail(verb, str(e))
-
-    import hydra
 
     def task(cfg) -> None:  # noqa: ANN001
         from hydra.core.hydra_config import HydraConfig
@@ -159,8 +160,17 @@ def _run_hydra_verb(verb: str, args: Sequence[str]) -> int:
                 raise
             raise SystemExit(_fail(verb, " ".join(str(e).split()) or type(e).__name__)) from None
 
+    return _hydra_main(verb, flags, final, task)
+
+
+def _hydra_main(verb: str, flags: Sequence[str], overrides: Sequence[str], task: Callable[..., None]) -> int:
+    """Run ``task(cfg)`` under Hydra (run directory, logging) with the primary ``train`` config."""
+    import hydra
+
+    from .configuration import config_dir
+
     saved = sys.argv
-    sys.argv = [f"{PROG} {verb}", *flags, *final]
+    sys.argv = [f"{PROG} {verb}", *flags, *overrides]
     try:
         hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(task)()
     except SystemExit as e:  # hydra reports errors itself and exits
@@ -168,6 +178,139 @@ def _run_hydra_verb(verb: str, args: Sequence[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+# ------------------------------------------------------------------------------------------ train-vocoder
+VOCODER_HELP = f"""\
+usage: {PROG} train-vocoder [--cfg job] [group=option ...] [key.path=value ...]
+
+Train a neural vocoder for a modality's features and write a folder the modality loads it from
+(audio: modality.vocoder=vocos modality.vocoder_path=<folder>; a model exported with it carries
+its weights, so the export no longer needs the folder).
+
+The config is composed as for `{PROG} train` (modality=audio unless given, with its preset, e.g.
+preset=audio_fsdd modality.root=<folder>), plus the vocoder group: vocoder=vocos unless given, its
+keys set with vocoder.<key>=value. The vocoder trains on random crops of the modality's "train"
+clips, then vocodes the held-out "val" clips beside Griffin-Lim, and writes into the run
+directory (outputs/vocoder/<date_time>/, or hydra.run.dir=<folder>):
+  vocoder.safetensors   the weights
+  config.yaml           the vocoder config, the feature settings it fits, provenance (steps, seconds,
+                        data root and split) and held-out metrics (multi-resolution STFT distance,
+                        log-mel L1, for the vocoder and for Griffin-Lim)
+  heldout/*.wav         held-out clips: real, the vocoder's, Griffin-Lim's
+
+budget: vocoder.max_steps and vocoder.max_minutes (whichever ends first); trainer.max_steps and
+trainer.max_minutes cap them when set. seed=<int> seeds weights and crops.
+
+vocoders (vocoder=<name>, then vocoder.<key>=value):
+{{vocoders}}
+
+options:
+  --cfg job        print the composed config and exit (no work is done)
+  -h, --help       show this message
+
+examples:
+  {PROG} train-vocoder modality=audio preset=audio_fsdd modality.root=<fsdd recordings> \\
+      vocoder.max_minutes=30 hydra.run.dir=runs/vocoder
+  {PROG} train modality=audio preset=audio_fsdd modality.root=<fsdd recordings> \\
+      modality.vocoder=vocos modality.vocoder_path=runs/vocoder
+"""
+
+
+def _vocoder_options() -> str:
+    """One line per registered vocoder: its keys and defaults."""
+    import dataclasses
+
+    lines = []
+    for comp in plugins().registry:
+        if comp.kind != "vocoder":
+            continue
+        default = comp.default_config()
+        values = {f.name: getattr(default, f.name) for f in dataclasses.fields(comp.config)} if comp.config else {}
+        keys = " ".join(f"{k}={v}".replace(", ", ",") for k, v in values.items() if k != "name")
+        lines.append(textwrap.fill(f"{comp.name}: {keys or '(no keys)'}", 96, initial_indent="  ",
+                                   subsequent_indent="      ", break_on_hyphens=False))
+    return "\n".join(lines) or "  (none installed)"
+
+
+def _vocoder_overrides(overrides: Sequence[str]) -> list[str]:
+    """``modality=audio`` and ``+vocoder=vocos`` unless given (``vocoder=x`` becomes ``+vocoder=x``: the group is
+    not in the ``train`` config's defaults), and the run directory ``outputs/vocoder/<date_time>``."""
+    keys = [o.split("=", 1)[0] for o in overrides]
+    out = [f"+{o}" if k == "vocoder" else o for o, k in zip(overrides, keys)]
+    if "modality" not in keys:
+        out.insert(0, "modality=audio")
+    if "vocoder" not in keys and "+vocoder" not in keys:
+        out.append("+vocoder=vocos")
+    if "hydra.run.dir" not in keys:
+        out.append("hydra.run.dir=outputs/vocoder/${now:%Y-%m-%d_%H-%M-%S}")
+    return out
+
+
+def cmd_train_vocoder(args: Sequence[str]) -> int:
+    verb = "train-vocoder"
+    if any(a in ("-h", "--help") for a in args):
+        print(VOCODER_HELP.format(vocoders=_vocoder_options()))
+        return 0
+    try:
+        flags, overrides = _split_flags(args)
+        if any(f in ("-m", "--multirun") for f in flags):
+            raise ValueError("train-vocoder trains one vocoder: -m/--multirun is not supported")
+    except ValueError as e:
+        return _fail(verb, str(e))
+
+    from .configuration import ConfigProblem, validate
+    from .registry import RegistryError
+
+    overrides = _vocoder_overrides(overrides)
+    given = next((o.split("=", 1)[1] for o in overrides if o.startswith("+vocoder=")), "vocos")
+    try:
+        names = plugins().registry.names("vocoder")
+        if given not in names:
+            raise ConfigProblem(f"unknown vocoder '{given}'; valid choices for vocoder: {', '.join(names) or '(none)'}")
+        final = validate(overrides).overrides
+    except ConfigProblem as e:
+        return _fail(verb, str(e))
+
+    def task(cfg) -> None:  # noqa: ANN001
+        from hydra.core.hydra_config import HydraConfig
+
+        from .export import ExportError
+        from .training.rundir import RunDirectoryBusy
+
+        try:
+            train_vocoder(cfg, HydraConfig.get().runtime.output_dir)
+        except (RegistryError, ValueError, OSError, ExportError, RunDirectoryBusy, NotImplementedError,
+                FloatingPointError) as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise SystemExit(_fail(verb, " ".join(str(e).split()) or type(e).__name__)) from None
+
+    return _hydra_main(verb, flags, final, task)
+
+
+def train_vocoder(cfg, run_dir: str) -> dict:  # noqa: ANN001 - a composed DictConfig
+    """What ``mmldm train-vocoder`` does with a composed config: build the modality and ``cfg.vocoder`` (seeded),
+    and :meth:`~mmldm.interfaces.Vocoder.fit` it into ``run_dir`` (locked while it trains)."""
+    from pathlib import Path
+
+    import torch
+
+    from .build import build_modality
+    from .plugins import registry
+    from .training.rundir import RunLock
+
+    torch.manual_seed(cfg.seed)
+    modality = build_modality(cfg.modality)
+    vocoder = registry().build("vocoder", cfg.vocoder, modality=modality)
+    run_dir = Path(run_dir)
+    with RunLock(run_dir, " ".join([PROG, "train-vocoder", *sys.argv[1:]])):
+        record = vocoder.fit(modality, run_dir, seed=int(cfg.seed), max_steps=cfg.trainer.max_steps,
+                             max_minutes=cfg.trainer.max_minutes)
+    steps = record.get("provenance", {}).get("steps", "?")
+    print(f"{PROG}: vocoder trained ({steps} steps) and written to {run_dir}; use it with "
+          f"modality.vocoder={cfg.vocoder.name} modality.vocoder_path={run_dir}")
+    return record
 
 
 def _plugins_table() -> str:
@@ -230,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plugins": cmd_plugins,
         "sample": cmd_sample,
         "ablate": cmd_ablate,
+        "train-vocoder": cmd_train_vocoder,
         **{v: (lambda a, v=v: _run_hydra_verb(v, a)) for v in HYDRA_VERB_HELP},
     }
     if verb not in commands:

@@ -327,6 +327,16 @@ class Vocoder(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, features: Tensor) -> Tensor: ...
 
+    def fit(self, modality: "Modality", directory: Path, *, seed: int = 0, max_steps: int | None = None,
+            max_minutes: float | None = None, progress: bool = True) -> dict[str, Any]:
+        """Train on ``modality``'s "train" split and write a folder the modality can load the vocoder from
+        (what ``mmldm train-vocoder`` runs); return what was recorded in it (settings, provenance, held-out
+        metrics). ``max_steps``/``max_minutes`` cap the vocoder's own budget when given.
+
+        A vocoder that needs no training (Griffin-Lim) keeps this default, which refuses.
+        """
+        raise NotImplementedError(f"{type(self).__name__} needs no training (it has no trainable weights)")
+
 
 class Modality(abc.ABC):
     """Everything modality-specific: data, files a person opens, metrics.
@@ -396,6 +406,18 @@ class Modality(abc.ABC):
         and is idempotent.
         """
         return samples
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """Trained modules the modality's files depend on, beyond the model's own (e.g. a neural vocoder
+        that turns samples into sound), by part name; none by default.
+
+        :meth:`LatentDiffusion.save_pretrained <mmldm.pipeline.LatentDiffusion.save_pretrained>` writes each
+        as ``<part>.safetensors``, and ``from_pretrained`` loads them back into the modules this returns
+        after :meth:`load_state_dict`, so an export does not depend on where they were trained. The modules'
+        configs belong in :meth:`state_dict` so that a loaded modality can build them before their weights
+        are loaded.
+        """
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Statistics measured on the data that an exported model needs (e.g. feature normalization).

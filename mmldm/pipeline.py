@@ -7,6 +7,8 @@ An exported folder::
     denoiser.safetensors        phase 2 (EMA weights), absent for an autoencoder-only export
     conditioner.safetensors     tau_theta, when the model is conditional (state a conditioner keeps
                                 beside its weights too, e.g. a learned tokenizer as tokenizer.json bytes)
+    <part>.safetensors          each trained module of the modality (Modality.trained_modules, e.g.
+                                vocoder.safetensors for a neural vocoder), so the export needs nothing else
 
 Loading reads YAML and safetensors only (no pickle), and builds every
 component by its registry name, so any installed plugin's component loads.
@@ -173,6 +175,8 @@ class LatentDiffusion(nn.Module):
             save_weights(self.denoiser, directory / "denoiser.safetensors")
         if len(self.conditioners):
             save_weights(self.conditioners, directory / "conditioner.safetensors")
+        for part, module in _modality_modules(self.modality).items():
+            save_weights(module, directory / f"{part}.safetensors")
         save_config(config, directory)
         return directory
 
@@ -192,6 +196,7 @@ class LatentDiffusion(nn.Module):
             modality = build_modality(cfg.modality)
             state = cfg.get("modality_state")
             modality.load_state_dict(OmegaConf.to_container(state) if state else {})
+            modality_modules = _modality_modules(modality)
             autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
             stats = LatentStats.from_dict(OmegaConf.to_container(cfg.latent.stats))
             conditioners = (build_conditioners(cfg.get("conditioner"), modality, list(cfg.latent.shape))
@@ -205,6 +210,8 @@ class LatentDiffusion(nn.Module):
                 f"{type(e).__name__}: {e}"
             ) from e
         load_weights(autoencoder, directory / "autoencoder.safetensors")
+        for part, module in modality_modules.items():
+            load_weights(module, directory / f"{part}.safetensors")
         if conditioners:
             load_weights(nn.ModuleList(conditioners), directory / "conditioner.safetensors")
         if denoiser is not None:
@@ -216,6 +223,21 @@ class LatentDiffusion(nn.Module):
             raise ExportError(f"{directory / 'config.yaml'}: 'diffusion' does not describe a diffusion process the "
                               f"installed plugins can build: {type(e).__name__}: {e}") from e
         return pipe.to(device).eval()
+
+
+#: Weights files of the model's own parts: a modality's trained module may not take one of these names.
+MODEL_PARTS = ("autoencoder", "denoiser", "conditioner")
+
+
+def _modality_modules(modality: Modality) -> dict[str, nn.Module]:
+    """:meth:`Modality.trained_modules`, refusing a part name that is not a plain file stem or that a model
+    part's weights file holds."""
+    modules = dict(modality.trained_modules())
+    for part in modules:
+        if part in MODEL_PARTS or not part.isidentifier():
+            raise ValueError(f"modality '{modality.name}' names a trained module '{part}': expected an identifier "
+                             f"other than {', '.join(MODEL_PARTS)} (it becomes <part>.safetensors in an export)")
+    return modules
 
 
 def sample_conditions(pipe: LatentDiffusion, val: Any, n: int) -> dict[str, Any] | None:

@@ -395,6 +395,8 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     phase1: AutoencoderTrainingConfig = field(default_factory=AutoencoderTrainingConfig)
     sample: SamplingConfig = field(default_factory=SamplingConfig)
+    # the vocoder `mmldm train-vocoder` trains (it adds +vocoder=<name>); unused by the other verbs
+    vocoder: Any = None
     seed: int = seed(0)
     # resume from <run dir>/.../last.ckpt when it exists
     resume: bool = True

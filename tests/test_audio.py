@@ -364,8 +364,11 @@ def test_presets_compose_audio_defaults_and_the_fsdd_holdout(fsdd):
     from mmldm.configuration import compose
 
     cfg = compose(["modality=audio"])
-    assert (cfg.modality.layout, cfg.denoiser.name, list(cfg.autoencoder.channel_mult)) == ("1d", "unet1d", [1, 2, 4])
+    assert (cfg.modality.layout, cfg.denoiser.name, list(cfg.autoencoder.channel_mult)) == ("2d", "unet2d", [1, 2, 4])
+    assert cfg.autoencoder.latent_channels == 4  # [1, 64, 64] -> [4, 16, 16]: 4x fewer numbers
     assert "crossattn" in cfg.conditioner.outputs and cfg.denoiser.attention_levels  # the U-Net cross-attends
+    cfg = compose(["modality=audio", "preset=audio_1d"])  # the same latent size with mel bins as channels
+    assert (cfg.modality.layout, cfg.denoiser.name, cfg.autoencoder.latent_channels) == ("1d", "unet1d", 64)
     cfg = compose(["modality=audio", "preset=audio_fsdd", f"modality.root={fsdd}"])
     m = load_plugins(report=False).registry.build("modality", cfg.modality)
     assert (m.cfg.val_pattern, m.cfg.peak_level, m.sample_rate, m.length) == ("_theo_", 0.5, 8000, 63 * 128)

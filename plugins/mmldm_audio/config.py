@@ -1,15 +1,24 @@
-"""Configuration of the audio modality and the Griffin-Lim vocoder (torch-free)."""
+"""Configuration of the audio modality and its vocoders, Griffin-Lim and the neural Vocos (torch-free)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Optional
 
 from mmldm.config import ComponentConfig
-from mmldm.schema import checked, non_negative, one_of, positive, seed, unit_interval
+from mmldm.schema import at_least, check_fields, checked, non_negative, one_of, positive, seed, unit_interval
 
 AUDIO_SOURCES = ("synth", "folder")
 AUDIO_LAYOUTS = ("1d", "2d")
+#: ``modality.vocoder`` choices: registered vocoders this modality builds.
+AUDIO_VOCODERS = ("griffinlim", "vocos")
+#: The vocoders that need no trained weights (every other one needs ``modality.vocoder_path``).
+UNTRAINED_VOCODERS = ("griffinlim",)
+#: The settings a vocoder's input depends on: a trained vocoder only fits features made with the same ones.
+FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_floor")
+#: The file of a trained vocoder folder (``mmldm train-vocoder``) that records its config and features.
+VOCODER_CONFIG = "config.yaml"
 
 
 @dataclass
@@ -40,6 +49,11 @@ class AudioConfig(ComponentConfig):
         val_pattern (`str`, *optional*): source ``"folder"`` only: a regex searched in each file's
             path relative to ``root``; matching files form "val", the others "train", and
             ``val_fraction`` is unused (e.g. ``_theo_`` holds out one FSDD speaker).
+        vocoder (`str`): how features become sound (``save()`` WAVs, vocoded metrics): ``"griffinlim"``
+            (default, no training) or ``"vocos"`` (a neural vocoder trained by ``mmldm train-vocoder``).
+        vocoder_path (`str`, *optional*): the folder ``mmldm train-vocoder`` wrote (``vocoder.safetensors`` +
+            ``config.yaml``); required by a neural vocoder, whose feature settings (:data:`FEATURE_KEYS`)
+            must equal these. An exported model carries the vocoder's weights, so it loads without this folder.
     """
 
     source: str = one_of("synth", AUDIO_SOURCES)
@@ -59,6 +73,8 @@ class AudioConfig(ComponentConfig):
     seed: int = seed(0)
     val_fraction: float = unit_interval(0.1, open_high=True)
     val_pattern: Optional[str] = None  # null: split by val_fraction
+    vocoder: str = one_of("griffinlim", AUDIO_VOCODERS)
+    vocoder_path: Optional[str] = None  # required by a neural vocoder: the folder `mmldm train-vocoder` wrote
 
     #: the key that sets :attr:`sample_dims` (named when a denoiser's dims disagree)
     dims_key: ClassVar[str] = "layout"
@@ -67,6 +83,74 @@ class AudioConfig(ComponentConfig):
     def sample_dims(self) -> int:
         """Spatial dimensions of a sample: 1 (``layout="1d"``) or 2."""
         return 1 if self.layout == "1d" else 2
+
+    def __post_init__(self) -> None:
+        check_vocoder(self)
+
+
+def feature_settings(cfg: AudioConfig) -> dict[str, Any]:
+    """The values of :data:`FEATURE_KEYS` (``f_max`` resolved: null is ``sample_rate / 2``)."""
+    out = {k: getattr(cfg, k) for k in FEATURE_KEYS}
+    out["f_max"] = float(cfg.f_max) if cfg.f_max is not None else cfg.sample_rate / 2
+    return out
+
+
+def check_vocoder(cfg: AudioConfig) -> None:
+    """Raise ``ValueError`` when the configured vocoder cannot be used: a neural one without
+    ``vocoder_path``, or with a folder whose feature settings differ from ``cfg``'s (checked when the
+    folder exists; a missing folder is reported when the vocoder is loaded, since an exported model
+    carries the weights and loads without it)."""
+    if cfg.vocoder in UNTRAINED_VOCODERS:
+        return
+    if not cfg.vocoder_path:
+        raise ValueError(
+            f"modality.vocoder={cfg.vocoder} needs modality.vocoder_path: the folder `mmldm train-vocoder` writes "
+            f"(vocoder.safetensors + {VOCODER_CONFIG}), got null; train one first, or use "
+            "modality.vocoder=griffinlim (no training)")
+    if Path(cfg.vocoder_path).is_dir():
+        read_vocoder_folder(cfg)
+
+
+def read_vocoder_folder(cfg: AudioConfig) -> dict[str, Any]:
+    """The record of the trained vocoder folder ``cfg.vocoder_path`` (its ``config.yaml`` as a dict: ``vocoder``,
+    ``features``, ``provenance``, ``metrics``), checked against ``cfg``: ``ValueError`` naming the file, the key
+    and both values when it was trained on other features or is another vocoder."""
+    from omegaconf import OmegaConf
+
+    from mmldm.export import ExportError, load_config
+
+    folder = Path(str(cfg.vocoder_path))
+    where = f"modality.vocoder_path={cfg.vocoder_path}"
+    if not folder.is_dir():
+        raise ValueError(f"{where}: no such folder; expected the folder `mmldm train-vocoder` wrote "
+                         f"(vocoder.safetensors + {VOCODER_CONFIG})")
+    try:
+        record = OmegaConf.to_container(load_config(folder), resolve=True)
+    except ExportError as e:
+        raise ValueError(f"{where}: {e}") from None
+    path = folder / VOCODER_CONFIG
+    if not isinstance(record.get("vocoder"), dict) or not isinstance(record.get("features"), dict):
+        raise ValueError(f"{path} ({where}) lacks 'vocoder' and 'features': not a folder written by "
+                         "`mmldm train-vocoder`")
+    name = record["vocoder"].get("name")
+    if name != cfg.vocoder:
+        raise ValueError(f"{path} holds vocoder.name={name}, but modality.vocoder={cfg.vocoder} ({where})")
+    check_features(record["features"], cfg, f"{path} ({where})")
+    return record
+
+
+def check_features(recorded: Mapping[str, Any], cfg: AudioConfig, where: str) -> None:
+    """``ValueError`` naming ``where``, the key and both values for the first of :data:`FEATURE_KEYS` whose
+    ``recorded`` value (what a vocoder was trained on) differs from ``cfg``'s."""
+    ours = feature_settings(cfg)
+    for key in FEATURE_KEYS:
+        theirs = recorded.get(key, "<absent>")
+        same = isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and float(theirs) == float(ours[key])
+        if not same:
+            raise ValueError(
+                f"{where}: the vocoder was trained on features.{key}={theirs}, but modality.{key}={ours[key]}; "
+                f"a vocoder only fits the features it was trained on ({', '.join(FEATURE_KEYS)}): train one "
+                "for these settings with `mmldm train-vocoder`, or use modality.vocoder=griffinlim")
 
 
 @dataclass
@@ -80,3 +164,51 @@ class GriffinLimConfig(ComponentConfig):
 
     n_iter: int = positive(32)
     momentum: float = unit_interval(0.99, open_high=True)
+
+
+@dataclass
+class VocosConfig(ComponentConfig):
+    """A Vocos-style neural vocoder (Siuzdak 2023, arXiv 2306.00814) and its training recipe.
+
+    A ConvNeXt stack (Liu et al. 2022) over the log-mel frames predicts, per frame, the STFT
+    log-magnitude and phase of the feature STFT (the modality's ``n_fft`` and ``hop_length``); an
+    inverse STFT makes the waveform, so one network frame is one hop. Trained by
+    ``mmldm train-vocoder`` on random crops of the training clips with a multi-resolution STFT loss
+    (spectral convergence + log-magnitude L1 at Parallel WaveGAN's three resolutions scaled to the sample
+    rate, Yamamoto et al. 2020) plus a log-mel L1 through the modality's own mel filter bank; no
+    adversarial term.
+
+    Args:
+        dim (`int`): channels of the ConvNeXt blocks.
+        hidden_dim (`int`): width of each block's pointwise MLP (Vocos: 3 x ``dim``).
+        layers (`int`): ConvNeXt blocks.
+        kernel_size (`int`): odd temporal kernel of the depthwise convolutions (frames).
+        segment_frames (`int`): frames per training crop, ``(segment_frames - 1) * hop_length`` samples (at least
+            the loss's longest STFT: 512 samples at 8 kHz, 1024 at 16 kHz).
+        batch_size (`int`): crops per step.
+        lr (`float`): AdamW peak learning rate, after ``warmup_steps`` a cosine decay to 0 over the budget
+            (steps or minutes, whichever ends first).
+        max_steps (`int`), max_minutes (`float`, *optional*): the budget (``trainer.max_steps`` /
+            ``trainer.max_minutes`` cap them when set).
+        mel_weight (`float`): weight of the log-mel L1 against the STFT terms (each weighted 1).
+        eval_clips (`int`): held-out ("val") clips measured at the end; listen_clips of them are written as WAVs.
+    """
+
+    dim: int = positive(128)  # sized to train on a few CPU cores in tens of minutes (Vocos: 512, 8 layers)
+    hidden_dim: int = positive(384)
+    layers: int = positive(6)
+    kernel_size: int = checked(7, gt=0, odd=True)
+    # training recipe (mmldm train-vocoder)
+    segment_frames: int = at_least(8, 32)
+    batch_size: int = positive(16)
+    lr: float = positive(1.0e-3)
+    weight_decay: float = non_negative(0.01)
+    warmup_steps: int = non_negative(100)
+    max_steps: int = positive(20000)
+    max_minutes: Optional[float] = positive(30.0)  # null: max_steps alone
+    mel_weight: float = non_negative(1.0)
+    eval_clips: int = positive(200)
+    listen_clips: int = non_negative(3)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "vocoder")

@@ -1,6 +1,6 @@
-"""Audio quality measures on log-mel spectrograms, and the Griffin-Lim ceiling.
+"""Audio quality measures on log-mel spectrograms and on waveforms, and the Griffin-Lim ceiling.
 
-Every measure takes log-mel spectrograms ``[B, n_mels, T]`` in the
+The log-mel measures take log-mel spectrograms ``[B, n_mels, T]`` in the
 **denormalized** domain: the natural log of mel *power*, ``log M`` with
 ``M = mel(|STFT|^2)``, floored at ``log(log_floor)`` (the modality's
 ``to_logmel``), not the per-bin standardized model features. Numbers then do
@@ -16,14 +16,25 @@ Reconstruction measures (per clip ``[B]``; the modality reports batch means):
 :func:`griffinlim_ceiling` measures how much vocoding alone loses, so an
 autoencoder's spectral error can be compared with what any Griffin-Lim
 waveform of the *real* mel spectrogram already misses.
+
+Waveform measures (``[B, N]`` against ``[B, N]``, per clip ``[B]``), as vocoder papers report them:
+
+* :func:`multi_resolution_stft_distance` (spectral convergence + log-magnitude L1 over three STFT
+  resolutions, Parallel WaveGAN's, scaled to the sample rate),
+* :func:`wave_log_spectral_distance` (dB, linear-frequency STFT power),
+
+and :func:`real_time_factor`, a vocoder's seconds of compute per second of audio on one CPU thread.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import statistics
+import time
+from typing import Any, Sequence
 
 import torch
+import torchaudio
 from torch import Tensor
 
 from mmldm.interfaces import Autoencoder, Vocoder
@@ -92,6 +103,133 @@ def distribution_metrics(real: Tensor, generated: Tensor) -> dict[str, float]:
     a, b = per_bin(real.float()), per_bin(generated.float())
     return {"mean_spectrum_l1": float((a.mean(1) - b.mean(1)).abs().mean()),
             "std_spectrum_l1": float((a.std(1) - b.std(1)).abs().mean())}
+
+
+# ---------------------------------------------------------------------------- waveforms
+#: Parallel WaveGAN's STFT resolutions ``(n_fft, hop_length, win_length)`` at 24 kHz (Yamamoto et al. 2020,
+#: "Parallel WaveGAN", arXiv 1910.11480): the multi-resolution STFT loss later vocoders train with or report.
+PWG_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
+PWG_SAMPLE_RATE = 24000
+#: ``|STFT|^2`` is clamped to this before the square root and the log (Parallel WaveGAN's clamp)
+STFT_POWER_FLOOR = 1e-7
+
+
+def stft_resolutions(sample_rate: int) -> list[tuple[int, int, int]]:
+    """:data:`PWG_RESOLUTIONS` scaled to ``sample_rate``: the same window and hop *durations* (25, 50 and
+    10 ms windows; 5, 10 and 2.08 ms hops) rounded to samples, ``n_fft`` the power of two nearest (on a log
+    scale) to the scaled FFT size and never shorter than the window. At 8 kHz ``(256, 40, 200), (512, 80, 400),
+    (128, 17, 80)``; at 16 kHz ``(512, 80, 400), (1024, 160, 800), (256, 33, 160)``; at 24 kHz the originals."""
+    scale = sample_rate / PWG_SAMPLE_RATE
+    out = []
+    for n_fft, hop, win in PWG_RESOLUTIONS:
+        win_s = max(1, round(win * scale))
+        n = max(2 ** round(math.log2(n_fft * scale)), 2 ** math.ceil(math.log2(win_s)))
+        out.append((n, max(1, round(hop * scale)), win_s))
+    return out
+
+
+def stft_power(wave: Tensor, n_fft: int, hop_length: int, win_length: int | None = None) -> Tensor:
+    """``wave [B, N]`` -> ``|STFT|^2 [B, n_fft // 2 + 1, 1 + N // hop_length]`` (torchaudio ``Spectrogram``:
+    periodic Hann window of ``win_length`` samples centred in ``n_fft``, centred frames, reflect padding)."""
+    spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, win_length=win_length, hop_length=hop_length, power=2.0)
+    return spec.to(wave.device)(wave.float())
+
+
+def _check_pair(wave: Tensor, wave_rec: Tensor) -> None:
+    if wave.ndim != 2 or wave.shape != wave_rec.shape:
+        raise ValueError(f"waveform measures take two [B, N] batches of the same shape, got {tuple(wave.shape)} "
+                         f"and {tuple(wave_rec.shape)}")
+
+
+def multi_resolution_stft_terms(wave: Tensor, wave_rec: Tensor, sample_rate: int,
+                                resolutions: Sequence[tuple[int, int, int]] | None = None,
+                                power_floor: float = STFT_POWER_FLOOR) -> dict[str, Tensor]:
+    r"""The two terms of :func:`multi_resolution_stft_distance` per clip, each averaged over the resolutions:
+    ``{"spectral_convergence": [B], "log_magnitude_l1": [B]}`` (see there)."""
+    _check_pair(wave, wave_rec)
+    resolutions = resolutions if resolutions is not None else stft_resolutions(sample_rate)
+    sc, mag = [], []
+    for n_fft, hop, win in resolutions:
+        s, s_rec = (stft_power(w, n_fft, hop, win).clamp(min=power_floor).sqrt() for w in (wave, wave_rec))  # (B, F, T)
+        sc.append(torch.linalg.matrix_norm(s - s_rec) / torch.linalg.matrix_norm(s))
+        mag.append((s.log() - s_rec.log()).abs().mean(dim=(1, 2)))
+    return {"spectral_convergence": torch.stack(sc).mean(0), "log_magnitude_l1": torch.stack(mag).mean(0)}
+
+
+def multi_resolution_stft_distance(wave: Tensor, wave_rec: Tensor, sample_rate: int,
+                                   resolutions: Sequence[tuple[int, int, int]] | None = None,
+                                   power_floor: float = STFT_POWER_FLOOR) -> Tensor:
+    r"""Multi-resolution STFT distance per clip ``[B]`` of waveforms ``wave_rec`` from ``wave`` (both ``[B, N]``).
+
+    For each of the ``M`` resolutions ``(n_fft, hop_length, win_length)``, with ``S`` and ``S~`` the STFT
+    magnitudes of one clip, ``[F, T]`` (:func:`stft_power`, power floored at ``power_floor``, by default
+    :data:`STFT_POWER_FLOOR`, Parallel WaveGAN's ``1e-7``):
+
+    * spectral convergence ``SC = ||S - S~||_F / ||S||_F``,
+    * log-magnitude L1 ``MAG = 1/(F T) sum_{f,t} |ln S[f,t] - ln S~[f,t]|`` (nepers of magnitude),
+
+    and ``D = 1/M sum_m (SC_m + MAG_m)``: the multi-resolution STFT loss of Parallel WaveGAN (Yamamoto et al.
+    2020, arXiv 1910.11480; there a training loss averaged over a batch, here one value per clip).
+    ``resolutions`` defaults to :func:`stft_resolutions` ``(sample_rate)``, Parallel WaveGAN's three
+    resolutions at the same durations. 0 for identical waves; a gain ``g`` on ``wave_rec`` gives
+    ``|g - 1| + |ln g|`` where no bin is floored. Phase does not count, only magnitudes. Where ``wave`` is
+    digital silence (zero padding) the log term measures ``wave_rec``'s noise against the floor: on padded
+    clips a higher ``power_floor`` (e.g. the features' ``log_floor``) leaves what the features cannot see out.
+    """
+    terms = multi_resolution_stft_terms(wave, wave_rec, sample_rate, resolutions, power_floor)
+    return terms["spectral_convergence"] + terms["log_magnitude_l1"]
+
+
+def wave_log_spectral_distance(wave: Tensor, wave_rec: Tensor, n_fft: int, hop_length: int,
+                               power_floor: float = 1e-5) -> Tensor:
+    r"""Log-spectral distance in dB per clip ``[B]`` of waveforms ``wave_rec`` from ``wave`` (``[B, N]``).
+
+    ``LSD = 1/T sum_t sqrt(1/F sum_f (10 log10 P[f,t] - 10 log10 P~[f,t])^2)`` with ``P = max(|STFT|^2,
+    power_floor)`` over all ``F = n_fft // 2 + 1`` linear-frequency bins (Hann window of ``n_fft``, centred
+    frames, :func:`stft_power`): the frame-wise RMS of the power ratio in dB (Gray & Markel 1976), as
+    audio super-resolution papers report it on waveforms (Kuleshov et al. 2017, arXiv 1708.00853, without the
+    factor 10 there). The default floor is the audio modality's default ``log_floor``: pass the modality's
+    ``cfg.log_floor`` so that what its log-mel features cannot see (digital silence, padding) does not count.
+    A gain ``g`` on the power gives ``10 log10 g`` dB where no bin is floored (amplitude x2: 6.02 dB).
+    """
+    _check_pair(wave, wave_rec)
+    p, p_rec = (stft_power(w, n_fft, hop_length).clamp(min=power_floor) for w in (wave, wave_rec))
+    diff_db = 10 * (p.log10() - p_rec.log10())  # (B, F, T)
+    return diff_db.square().mean(dim=1).sqrt().mean(dim=1)
+
+
+@torch.no_grad()
+def real_time_factor(vocoder: Vocoder, features: Tensor, sample_rate: int | None = None, repeats: int = 5,
+                     threads: int = 1) -> dict[str, Any]:
+    """A vocoder's seconds of compute per second of audio it makes, on the CPU with ``threads`` threads.
+
+    ``torch.set_num_threads(threads)`` for the measurement (the previous count is restored after); one
+    warm-up call (lazy buffers, allocator), then ``repeats`` timed calls on the whole batch ``features``
+    (moved to the CPU). ``RTF = seconds / (B * N / sample_rate)`` for an output ``[B, N]``: below 1 is faster
+    than real time.
+
+    Returns:
+        ``{"rtf": median RTF, "rtf_best": the fastest repeat's, "seconds": [per repeat], "audio_seconds",
+        "clips", "repeats", "threads", "device": "cpu"}``.
+    """
+    if repeats < 1 or threads < 1:
+        raise ValueError(f"real_time_factor needs repeats >= 1 and threads >= 1, got {repeats} and {threads}")
+    features = features.detach().cpu()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        wave = vocoder(features)  # warm-up
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            vocoder(features)
+            seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    audio = wave.shape[0] * wave.shape[-1] / (sample_rate or vocoder.sample_rate)
+    return {"rtf": statistics.median(seconds) / audio, "rtf_best": min(seconds) / audio, "seconds": seconds,
+            "audio_seconds": audio, "clips": int(wave.shape[0]), "repeats": repeats, "threads": threads,
+            "device": "cpu"}
 
 
 def _revocode(modality: Any, vocoder: Vocoder, x: Tensor) -> Tensor:
