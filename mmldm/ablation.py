@@ -157,7 +157,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
     Study("audio_latent", "Should a log-mel spectrogram get a 2D latent (mel bins a spatial axis, filters shared "
           "across frequency: AudioLDM) or a 1D one (mel bins as channels), at an equal latent size; and how much "
           "compression, 4x or 16x?", ["modality=audio"], _AUDIO_LATENT,
-          quick=["trainer=cpu", "phase1.max_minutes=2", "diffusion.max_minutes=3", "phase1.max_steps=1000000",
+          quick=["trainer=cpu", "phase1.max_minutes=3", "diffusion.max_minutes=3", "phase1.max_steps=1000000",
                  "diffusion.max_steps=1000000", "sample.num_samples=10"],
           per_class={"quick": 20, "full": 50}),
 ]}
