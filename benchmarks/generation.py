@@ -80,10 +80,18 @@ def _mel_shifted(train: Any, modality: Any) -> Any:
 
 
 def _vocoding_ceiling(pipe: Any, x: Any) -> dict[str, Any]:
-    """Held-out autoencoder reconstructions against Griffin-Lim on the real mels (the ceiling)."""
+    """Held-out autoencoder reconstructions against Griffin-Lim on the real mels (the ceiling), and against the
+    configured vocoder's when it is another (``<name>_ceiling``)."""
     from mmldm_audio.metrics import griffinlim_ceiling
 
-    return {"griffinlim_ceiling": griffinlim_ceiling(pipe.modality, x, autoencoder=pipe.autoencoder)}
+    from mmldm_audio.config import GriffinLimConfig
+
+    out = {"griffinlim_ceiling": griffinlim_ceiling(pipe.modality, x, autoencoder=pipe.autoencoder,
+                                                    vocoder=pipe.modality.vocoder(GriffinLimConfig(name="griffinlim")))}
+    name = pipe.modality.cfg.vocoder
+    if name != "griffinlim":  # the configured vocoder (e.g. a trained vocos) beside Griffin-Lim
+        out[f"{name}_ceiling"] = griffinlim_ceiling(pipe.modality, x, autoencoder=pipe.autoencoder)
+    return out
 
 
 @dataclass
@@ -193,7 +201,7 @@ def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out:
             m["references"] = judge_references(pipe, classifier, real, real_labels, samples, references, seed)
         if name == settings[0][0]:  # the headline setting's files: a grid with one row per class
             idx = torch.cat([torch.arange(k * per_class, k * per_class + min(10, per_class)) for k in range(classes)])
-            if pipe.modality.dims == 2:
+            if pipe.modality.name == "image":  # one picture; other modalities write their own files (audio: WAVs)
                 save_grid(samples[idx], out / f"samples_{name}.png", nrow=min(10, per_class))
             else:
                 save_samples(pipe.modality, samples[idx], out / f"samples_{name}", cond={"class": labels[idx]})

@@ -256,7 +256,8 @@ def generation_rows() -> list[Row]:
                  f"{_precision(f)}; "
                  "held out from generator and judge: the speaker theo and the clips 40-49 of the four others",
                  "`python -m benchmarks.generation --task fsdd`",
-                 f"samples recognized as their digit: {share(m['class_accuracy'], _n(f, m))}; {fsdd_references(f, m)}; "
+                 f"samples recognized as their digit: {share(m['class_accuracy'], _n(f, m))} (target >= 95%"
+                 f"{'' if m['class_accuracy'] >= 0.95 else ': **short**'}); {fsdd_references(f, m)}; "
                  f"autoencoder spectral convergence {ceiling['autoencoder']['spectral_convergence']:.2f} vs "
                  f"{ceiling['real_vocoded']['spectral_convergence']:.2f} for Griffin-Lim on real mels"))
     rows.append(voxel_row())

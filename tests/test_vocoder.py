@@ -196,3 +196,16 @@ def test_train_vocoder_command(tmp_path):
     assert bad.returncode == 2 and "invalid value '-1' for config key 'vocoder.dim': expected > 0" in bad.stderr
     helped = run_cli("train-vocoder", "--help")
     assert helped.returncode == 0 and "vocoder.safetensors" in helped.stdout and "  vocos: dim=" in helped.stdout
+
+
+def test_a_missing_vocoder_folder_fails_before_training(tmp_path):
+    from mmldm.build import build_modality
+    from mmldm.configuration import compose
+    from mmldm.training.preflight import PreflightError, check_run
+
+    gone = tmp_path / "no_such_vocoder"
+    cfg = compose(["modality=audio", *(f"modality.{k}={v}" for k, v in FEATURES.items()), "modality.num_samples=20",
+                   "modality.vocoder=vocos", f"modality.vocoder_path={gone}", "autoencoder.channels=8",
+                   "denoiser.model_channels=16"])
+    with pytest.raises(PreflightError, match=f"modality=audio: .*{gone.name}"):
+        check_run(cfg, build_modality(cfg.modality))

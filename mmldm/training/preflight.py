@@ -49,7 +49,17 @@ def check_run(cfg: DictConfig, modality: Modality) -> tuple[int, ...]:
             return ()
         if cfg.stage.diffusion:
             _check_denoiser(cfg, latent_shape)
+    _check_trained_modules(cfg, modality)
     return latent_shape
+
+
+def _check_trained_modules(cfg: DictConfig, modality: Modality) -> None:
+    """The trained parts the modality's files need (e.g. a neural vocoder's folder) load now, not when the
+    first files are written after phase 1."""
+    try:
+        modality.trained_modules()
+    except (OSError, ValueError, RuntimeError) as e:  # ExportError is a RuntimeError
+        raise PreflightError(f"modality={cfg.modality.name}: {e}") from None
 
 
 def _phase1_latent_shape(cfg: DictConfig, modality: Modality) -> tuple[int, ...]:
