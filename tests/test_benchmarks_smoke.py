@@ -111,7 +111,7 @@ def test_generation_tasks_compose_and_report(tmp_path):
     assert voxel.modality.name == "voxel" and voxel.denoiser.name == "unet3d"
     fsdd = generation.compose_config(generation.parse_args(["--task", "fsdd", "--data", str(tmp_path)]))
     assert (fsdd.modality.root, fsdd.modality.val_pattern, fsdd.modality.layout) == (
-        str(tmp_path / "fsdd"), "_theo_|_4[0-9][.]wav$", "1d")
+        str(tmp_path / "fsdd"), "_theo_|_4[0-9][.]wav$", "2d")
     m = {"class_accuracy": 0.975, "frechet_distance": 1.5, "sampling_seconds": 3.0, "modality": {"1nna_cd": 0.6}}
     results = {
         "settings": {"task": "voxel", "ae_minutes": 1, "diffusion_minutes": 2, "per_class": 5, "real": 10, "overrides": ["a=b"]},
