@@ -12,19 +12,18 @@ fixed held-out subset at regular times during training.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from mmldm.interfaces import Modality
-from mmldm.training.callbacks import TimeBudget
+from mmldm.training.callbacks import Periodic, TimeBudget
 
 __all__ = ["HeldOutCurve", "TimeBudget"]
 
 
-class HeldOutCurve(L.Callback):
+class HeldOutCurve(Periodic):
     """Reconstruction metrics of ``x`` (held-out items ``[N, C, *s]``) every ``every`` seconds.
 
     Reconstructions go through the inference path ``decode(encode(x).mode())``
@@ -33,25 +32,11 @@ class HeldOutCurve(L.Callback):
     """
 
     def __init__(self, modality: Modality, x: Tensor, every: float, batch_size: int = 100) -> None:
-        self.modality, self.x, self.every, self.batch_size = modality, x, every, batch_size
-        self.rows: list[dict[str, float]] = []
-        self.start = self.next = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-        self.next = self.start + self.every
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if time.perf_counter() >= self.next:
-            self._measure(trainer, pl_module)
-            self.next = time.perf_counter() + self.every
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.rows or self.rows[-1]["step"] != trainer.global_step:
-            self._measure(trainer, pl_module)
+        super().__init__(every)
+        self.modality, self.x, self.batch_size = modality, x, batch_size
 
     @torch.no_grad()
-    def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> None:
         autoencoder = pl_module.autoencoder
         was_training = autoencoder.training
         autoencoder.eval()

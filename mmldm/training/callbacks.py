@@ -332,7 +332,37 @@ class RunIdentity(L.Callback):
         checkpoint[self.KEY] = self.identity
 
 
-class WeightSnapshots(L.Callback):
+class Periodic(L.Callback):
+    """Calls :meth:`record` at the first step after each multiple of ``every`` seconds since training started
+    (skipped, not queued, when steps are slower), and once more when training ends unless the last record was
+    at the last step. Subclasses keep what they record in :attr:`rows` (each with a ``"step"``)."""
+
+    def __init__(self, every: float) -> None:
+        if not every > 0:
+            raise ValueError(f"{type(self).__name__}: every must be > 0 seconds, got {every}")
+        self.every = float(every)
+        self.rows: list[dict[str, Any]] = []
+        self.start = self.next = 0.0
+
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> None:
+        raise NotImplementedError
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+        self.next = self.start + self.every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        now = time.perf_counter()
+        if now >= self.next:
+            self.record(trainer, pl_module, now)
+            self.next = self.start + self.every * (math.floor((now - self.start) / self.every) + 1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.rows or self.rows[-1]["step"] != trainer.global_step:
+            self.record(trainer, pl_module, time.perf_counter())
+
+
+class WeightSnapshots(Periodic):
     """Save the weights a phase would export every ``every`` seconds of training, to follow quality over time.
 
     Phase 2 exports the EMA copy of denoiser and conditioners
@@ -353,29 +383,11 @@ class WeightSnapshots(L.Callback):
     """
 
     def __init__(self, every: float, out: str | Path, weights: Any = None) -> None:
-        if not every > 0:
-            raise ValueError(f"WeightSnapshots: every must be > 0 seconds, got {every}")
-        self.every, self.out = float(every), Path(out)
+        super().__init__(every)
+        self.out = Path(out)
         self.weights = weights or (lambda module: module.sampling_model())
-        self.rows: list[dict[str, Any]] = []
-        self.start = self.next = 0.0
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-        self.next = self.start + self.every
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        now = time.perf_counter()
-        if now >= self.next:
-            self._save(trainer, pl_module, now)
-            # the next multiple of `every` after now (snapshots are skipped, not queued, when steps are slower)
-            self.next = self.start + self.every * (math.floor((now - self.start) / self.every) + 1)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.rows or self.rows[-1]["step"] != trainer.global_step:
-            self._save(trainer, pl_module, time.perf_counter())
-
-    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> None:
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> None:
         if not trainer.is_global_zero:
             return
         import json
