@@ -372,3 +372,26 @@ def test_presets_compose_audio_defaults_and_the_fsdd_holdout(fsdd):
     cfg = compose(["modality=audio", "preset=audio_fsdd", f"modality.root={fsdd}"])
     m = load_plugins(report=False).registry.build("modality", cfg.modality)
     assert (m.cfg.val_pattern, m.cfg.peak_level, m.sample_rate, m.length) == ("_theo_", 0.5, 8000, 63 * 128)
+
+
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+def test_dataset_features_computed_once_equal_per_clip_analysis_and_long_clips_stay_randomly_cropped(tmp_path, layout):
+    rng = np.random.default_rng(0)
+    for i, seconds in enumerate([0.3, 0.6, 1.5, 2.0]):  # two clips shorter than a 1.008 s clip, two longer
+        sf.write(tmp_path / f"{i % 2}_alice_{i}.wav", 0.3 * rng.standard_normal(int(8000 * seconds)), 8000)
+    m = AudioModality(AudioConfig(name="audio", source="folder", root=str(tmp_path), sample_rate=8000, n_fft=512,
+                                  hop_length=128, layout=layout, val_fraction=0.0))
+    data = m.dataset("train")
+    waves = data.data.waves
+    for i, wave in enumerate(waves):
+        if wave.shape[-1] <= m.length:  # cached: exactly what analysing the padded clip alone gives
+            expected = m.features(fix_length(wave, m.length, random_crop=False)[None])[0]
+            assert torch.allclose(data[i]["x"], expected, atol=1e-5)
+    long = [i for i, w in enumerate(waves) if w.shape[-1] > m.length]
+    assert len(long) == 2
+    torch.manual_seed(0)
+    draws = [data[long[0]]["x"] for _ in range(4)]  # a fresh random crop per access
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    centred = type(data)(data.data, m, random_crop=False)  # without random crops every clip is cached
+    expected = m.features(fix_length(waves[long[0]], m.length, random_crop=False)[None])[0]
+    assert torch.allclose(centred[long[0]]["x"], expected, atol=1e-5)

@@ -81,9 +81,9 @@ class AudioDataset(Dataset):
 
     The features of every clip whose crop is fixed (all clips without ``random_crop``; with it, the
     clips no longer than the clip length, which are only padded) are computed once, in batches, when
-    the dataset is made: per-item STFTs were most of an audio training step's time (0.23 s of
-    loading per batch of 32 spoken digits). Only the clips that are randomly cropped are analysed
-    per item. Both give the same features (a batched STFT of the same waveform).
+    the dataset is made (a batch of 32 spoken digits then loads in 0.2 ms instead of 5 ms on an idle
+    2-core CPU, and per-item STFTs no longer compete with training for the cores on a busy one). Only
+    the clips that are randomly cropped are analysed per item. Both give the same features.
     """
 
     def __init__(self, data: sources.AudioSet, modality: "AudioModality", random_crop: bool,
