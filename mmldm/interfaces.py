@@ -257,6 +257,9 @@ class Conditioner(nn.Module, abc.ABC):
         vector_dim (`int | None`): size of the vector.
         dropout (`float | None`): its own condition-dropout rate in training (classifier-free
             guidance); None takes the run's ``diffusion.cond_dropout``.
+        latent_derived (`bool`): the condition of a training batch is made from its clean latents by
+            :meth:`from_latents` (e.g. a masked latent for inpainting) instead of read from the data; samples
+            drawn after training leave it out (its null condition).
     """
 
     key: str
@@ -265,6 +268,8 @@ class Conditioner(nn.Module, abc.ABC):
     concat_channels: int = 0
     vector_dim: int | None = None
     dropout: float | None = None
+    #: the condition is made from the clean latents in training (:meth:`from_latents`), not read from the data
+    latent_derived: bool = False
 
     @abc.abstractmethod
     def forward(self, cond: Mapping[str, Any], batch_size: int) -> Conditioning:
@@ -279,6 +284,11 @@ class Conditioner(nn.Module, abc.ABC):
 
         Conditioners that emit ``concat`` maps size them to the grid ``s``. No-op by default.
         """
+
+    def from_latents(self, z: Tensor, generator: torch.Generator | None = None) -> Any:
+        """The condition value of a training batch with clean (normalized) latents ``z [B, c, *s]``, for a
+        conditioner with :attr:`latent_derived` set (phase 2 calls it when the batch does not carry the key)."""
+        raise NotImplementedError(f"conditioner '{self.key}' sets latent_derived but does not implement from_latents")
 
     def fit(self, values: Sequence[Any]) -> None:
         """Learn from the training set's values of ``cond[self.key]`` before phase 2 trains.

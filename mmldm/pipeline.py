@@ -149,6 +149,184 @@ class LatentDiffusion(nn.Module):
                            guidance=guidance, generator=generator, progress=progress, **settings)
         return z if return_latents else self.decode(z)
 
+    # ----------------------------------------------------------------- editing
+    def _inputs(self, x: Tensor, name: str = "x") -> Tensor:
+        """``x`` as ``[B, C, *s]`` on the model's device, checked against the modality's sample shape."""
+        if self.denoiser is None:
+            raise RuntimeError("this export holds an autoencoder only (no denoiser): train phase 2 to edit")
+        x = torch.as_tensor(x)
+        expected = tuple(self.modality.sample_shape)
+        if x.ndim == len(expected):
+            x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{name} of shape {tuple(x.shape)} is not a batch of {self.modality.name} samples of "
+                             f"shape {list(expected)} (as the modality's dataset items and Modality.load give)")
+        param = next(self.denoiser.parameters())
+        return x.to(device=param.device, dtype=torch.float32)
+
+    def _edit_setup(self, n: int, cond: Mapping[str, Any] | None, guidance: float | Mapping[str, float],
+                    steps: int | None, sampler: str | None, seed: int | None, **sampler_options: Any):
+        """(sample_fn, model, sigmas, generator, options) of an edit of ``n`` samples, as :meth:`sample` sets up."""
+        from .diffusion.sampling import guided_model, resolve_sampler, sample_generators, sampler_settings
+
+        settings = sampler_settings(self.config.get("sampler"), sampler, steps, **sampler_options)
+        self._check_sampler(settings["sampler"], settings["spacing"])
+        param = next(self.denoiser.parameters())
+        sigmas = self.process.sigmas(settings.pop("steps"), settings.pop("spacing")).to(param.device, param.dtype)
+        sample_fn = resolve_sampler(settings.pop("sampler"))
+        generator = sample_generators(seed, n, param.device) if seed is not None else None
+        model = guided_model(self.denoiser, list(self.conditioners), self.process, cond, guidance, n)
+        return sample_fn, model, sigmas, generator, settings
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        cond: Mapping[str, Any] | None = None,
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance: float | Mapping[str, float] = 1.0,
+        seed: int | None = None,
+        method: str = "training_free",
+        resample: int = 1,
+        jump_length: int = 1,
+        mask_rule: str = "any",
+        progress: bool = True,
+        return_latents: bool = False,
+        **sampler_options: Any,
+    ) -> Tensor:
+        """Fill the masked region of ``x`` and keep the rest.
+
+        ``method="training_free"`` (any model): masked sampling (:func:`mmldm.editing.masked_sample`, any
+        sampler; RePaint resampling with ``resample > 1``). ``method="trained"``: a model trained with an
+        inpainting conditioner (``conditioner=inpaint`` or ``class_inpaint``) gets the masked latent and the mask
+        as its condition (:func:`mmldm.editing.inpaint_condition`) and samples as usual.
+
+        Args:
+            x (`Tensor [B, C, *s]` or `[C, *s]`): inputs in the modality's layout (a dataset item's ``"x"``,
+                :meth:`Modality.load <mmldm.interfaces.Modality.load>` of a file).
+            mask (`Tensor [B or 1, 1 or C, *s]` or without the batch axis): **1 = generate, 0 = keep**
+                (diffusers' convention), values in [0, 1].
+            cond (`dict`, *optional*): conditions as for :meth:`sample`; none = unconditional.
+            method (`str`, defaults to ``"training_free"``): ``training_free`` or ``trained``.
+            resample (`int`, defaults to 1), jump_length (`int`, defaults to 1): RePaint's ``r`` and ``j``
+                (``training_free`` only).
+            mask_rule (`str`, defaults to ``"any"``): how a latent cell partly masked is treated
+                (:func:`mmldm.editing.latent_mask`: ``any`` generates it, ``all`` keeps it, ``soft`` blends).
+            return_latents (`bool`): return the normalized latents instead of the decoded, blended result.
+            steps, sampler, guidance, seed, sampler_options: as for :meth:`sample`.
+
+        Returns:
+            `Tensor [B, C, *s]`: the decoded result blended at data resolution (:func:`mmldm.editing.blend`),
+            so the kept region is ``x``'s own.
+        """
+        from .diffusion.sampling import initial_noise
+        from .editing import INPAINT_METHODS, blend, check_mask, inpaint_condition, latent_mask, masked_sample
+
+        if method not in INPAINT_METHODS:
+            raise ValueError(f"unknown inpainting method '{method}'; expected one of {', '.join(INPAINT_METHODS)}")
+        x = self._inputs(x)
+        mask = check_mask(mask, x)
+        z = self.encode(x)
+        m = latent_mask(mask, z.shape[2:], mask_rule).to(z.dtype)
+        if method == "trained":
+            key = self._inpaint_key()
+            cond = {**(cond or {}), key: inpaint_condition(z, m)}
+        sample_fn, model, sigmas, generator, options = self._edit_setup(
+            x.shape[0], cond, guidance, steps, sampler, seed, **sampler_options)
+        if method == "trained":
+            start = initial_noise(z.shape, generator, z.device, z.dtype) * sigmas[0]
+            z = sample_fn(model, start, sigmas, generator=generator, disable=not progress, **options)
+        else:
+            z = masked_sample(sample_fn, model, z, m, sigmas, generator, resample=resample, jump_length=jump_length,
+                              progress=progress, **options)
+        return z if return_latents else blend(x, self.decode(z), mask)
+
+    def _inpaint_key(self) -> str:
+        """The key of the model's inpainting conditioner (a latent-derived conditioner emitting concat maps of
+        ``latent channels + 1``); a ``ValueError`` says how to train one otherwise."""
+        wanted = self.latent_shape[0] + 1
+        keys = [c.key for c in self.conditioners if c.latent_derived and c.concat_channels == wanted]
+        if not keys:
+            raise ValueError("method='trained' needs a model trained with an inpainting conditioner (conditioner=inpaint "
+                             f"or conditioner=class_inpaint); this one has {[c.key for c in self.conditioners] or 'none'}: "
+                             "use method='training_free'")
+        return keys[0]
+
+    @torch.no_grad()
+    def vary(
+        self,
+        x: Tensor,
+        strength: float = 0.6,
+        cond: Mapping[str, Any] | None = None,
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance: float | Mapping[str, float] = 1.0,
+        seed: int | None = None,
+        progress: bool = True,
+        **sampler_options: Any,
+    ) -> Tensor:
+        """Variations of ``x`` (SDEdit, Meng et al. 2022, arXiv 2108.01073; diffusers' img2img): noise each
+        input's latent to the level ``strength`` of the way up the sampling grid, then denoise it with the
+        condition of your choice. ``strength`` in (0, 1]: near 0 returns the input (as the autoencoder
+        reconstructs it), 1 starts from (almost) pure noise; the sampler takes ``int(steps * strength)`` steps.
+
+        Args:
+            x (`Tensor [B, C, *s]` or `[C, *s]`): inputs in the modality's layout; repeat an input along the
+                batch axis for several variations of it (each sample has its own noise).
+            steps, sampler, guidance, seed, sampler_options: as for :meth:`sample`.
+        """
+        from .editing import noised_start, strength_sigmas
+
+        x = self._inputs(x)
+        sample_fn, model, sigmas, generator, options = self._edit_setup(
+            x.shape[0], cond, guidance, steps, sampler, seed, **sampler_options)
+        sigmas = strength_sigmas(sigmas, strength)
+        start = noised_start(self.encode(x), sigmas, generator)
+        return self.decode(sample_fn(model, start, sigmas, generator=generator, disable=not progress, **options))
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        a: Tensor,
+        b: Tensor,
+        n: int = 8,
+        cond: Mapping[str, Any] | None = None,
+        *,
+        steps: int | None = None,
+        guidance: float | Mapping[str, float] = 1.0,
+        progress: bool = True,
+    ) -> Tensor:
+        """``n`` samples from ``a`` to ``b`` (both ends included): each input's latent is inverted to noise
+        with the deterministic probability-flow ODE (:func:`mmldm.editing.invert`, DDIM inversion), the two
+        noises are interpolated spherically (:func:`mmldm.editing.slerp`) and each is sampled back with Euler
+        steps along the same grid, so the ends reproduce the inputs up to the inversion's error.
+
+        Args:
+            a, b (`Tensor [C, *s]` or `[1, C, *s]`): the two inputs in the modality's layout.
+            cond (`dict`, *optional*): one condition for every frame (a batch of one); none = unconditional.
+                The inversion runs with guidance 1 (it is unstable under strong guidance); ``guidance``
+                applies to the way back.
+            steps (`int`, *optional*): grid steps of both directions (default: the export's sampler config's).
+        """
+        from .diffusion.samplers import sample_euler
+        from .editing import interpolation_weights, invert, slerp
+
+        ends = torch.cat([self._inputs(a, "a"), self._inputs(b, "b")])
+        if ends.shape[0] != 2:
+            raise ValueError(f"interpolate takes one input at each end, got batches of {ends.shape[0]} in all")
+        weights = interpolation_weights(n)
+        two = {k: _repeat(v, 2) for k, v in cond.items()} if cond else None
+        _, model, sigmas, _, _ = self._edit_setup(2, two, 1.0, steps, "euler", None)
+        noise = invert(model, self.encode(ends), sigmas, progress=progress)
+        frames = torch.cat([slerp(noise[:1], noise[1:], w) for w in weights])
+        many = {k: _repeat(v, n) for k, v in cond.items()} if cond else None
+        _, model, _, _, _ = self._edit_setup(n, many, guidance, steps, "euler", None)
+        return self.decode(sample_euler(model, frames, sigmas, disable=not progress))
+
     def _check_sampler(self, sampler: Any, spacing: str) -> None:
         """A sampler named at sample time must fit the model's process (as the composed config's did)."""
         if not isinstance(sampler, str):
@@ -240,15 +418,28 @@ def _modality_modules(modality: Modality) -> dict[str, nn.Module]:
     return modules
 
 
+def _repeat(value: Any, n: int) -> Any:
+    """One condition value (a tensor or list of one, or a scalar or string) repeated for ``n`` samples."""
+    if isinstance(value, Tensor):  # a scalar, a batch of one [1, ...], or one unbatched item [...]
+        one = value.reshape(1) if value.ndim == 0 else value if value.shape[0] == 1 else value.unsqueeze(0)
+        return one.expand(n, *one.shape[1:]).clone()
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"an interpolation takes one condition value for all frames, got {len(value)}")
+        value = value[0]
+    return [value] * n
+
+
 def sample_conditions(pipe: LatentDiffusion, val: Any, n: int) -> dict[str, Any] | None:
     """Conditions for ``n`` samples: the classes in turn for a class-only model (a balanced grid), else the
     conditions of held-out items ``0..n-1`` (cycled), every key from the same item, so class, caption and
     mask agree. ``None`` for an unconditional model."""
-    keys = [c.key for c in pipe.conditioners if getattr(c, "key", None)]
+    readers = [c for c in pipe.conditioners if getattr(c, "key", None) and not c.latent_derived]
+    keys = [c.key for c in readers]
     if not keys:
         return None
     if keys == ["class"]:
-        return {"class": torch.arange(n) % pipe.conditioners[0].num_classes}
+        return {"class": torch.arange(n) % readers[0].num_classes}
     items = [val[i % len(val)]["cond"] for i in range(n)]
     missing = [k for k in keys if k not in items[0]]
     if missing:

@@ -668,6 +668,29 @@ class SamplerContract(DimsContract):
         assert steps == list(range(self.steps)), f"the callback saw steps {steps}, not 0..{self.steps - 1}"
 
 
+    def test_inpainting_keeps_the_known_region(self, dims):
+        """Masked sampling (:func:`mmldm.editing.masked_sample`, what ``LatentDiffusion.inpaint`` runs with any
+        sampler) keeps the known latent where the mask is 0 and samples the rest: the sampler must step towards
+        the denoised estimate, which the masking replaces by the known latent in the kept region."""
+        from mmldm.editing import masked_sample
+
+        n = 128
+        known = torch.linspace(-1, 1, 2 * 4**dims).reshape(1, 2, *([4] * dims)).expand(n, -1, *([-1] * dims))
+        mask = torch.zeros(n, 1, *([4] * dims))
+        mask[:, :, 2:] = 1  # the second half along the first spatial axis is generated
+        for resample, jump_length in ((1, 1), (2, 3)):
+            out = masked_sample(self.build(), self.gaussian, known, mask, self.sigmas(), self.generators(0, n),
+                                resample=resample, jump_length=jump_length, **self.options())
+            assert out.shape == known.shape and torch.isfinite(out).all(), f"bad inpainted samples (resample={resample})"
+            kept = float(((out - known) * (1 - mask)).abs().max())
+            assert kept <= 1e-4, (f"resample={resample}: the kept region moved by up to {kept:.3g} from the known "
+                                  "latent: the sampler must step towards the denoised estimate D(x, sigma)")
+            generated = out[:, :, 2:]
+            std = float(generated.std())
+            assert abs(std / self.data_std - 1) < self.tolerance, (
+                f"resample={resample}: the generated region of N(0, {self.data_std}^2) data has std {std:.4f}")
+
+
 class ProcessContract(DimsContract):
     """Checks every diffusion process (:class:`mmldm.diffusion.process.Process`) must pass. Subclass and
     implement :meth:`build`.

@@ -50,6 +50,20 @@ class TestSegmentationConditioner(ConditionerContract):
         return torch.randint(0, 3, (batch, 1, *([8] * dims)), generator=torch.Generator().manual_seed(seed))
 
 
+class TestInpaintConditioner(ConditionerContract):
+    def build(self, dims):
+        return registry().build("conditioner", {"name": "inpaint"})
+
+    def condition(self, dims, batch, seed):
+        from mmldm_conditioners.inpaint import random_masks
+
+        from mmldm.editing import inpaint_condition
+
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(batch, self.latent_channels, *([self.latent_size] * dims), generator=g)
+        return inpaint_condition(z, random_masks((batch, *([self.latent_size] * dims)), ["box", "half", "slab"], g))
+
+
 class TestTextConditioner(ConditionerContract):
     CAPTIONS = ["a red circle", "a blue square on the left", "two green stars"]
 

@@ -23,7 +23,7 @@ _EXPORTS = {
     ),
     "plugin": ("PROCESSES", "SAMPLERS"),
     "guidance": ("cfg_denoiser", "guided_denoiser"),
-    "sampling": ("condition", "guidance_branches", "null_condition", "resolve_sampler", "sample_latents",
+    "sampling": ("condition", "guidance_branches", "guided_model", "null_condition", "resolve_sampler", "sample_latents",
                  "sampler_settings"),
     "config": ("DDIMConfig", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "EDMConfig", "FlowConfig", "PREDICTIONS",
                "ProcessConfig", "SamplerConfig", "VPConfig", "WEIGHTINGS", "check_sampler_fits", "upgrade_diffusion_config",

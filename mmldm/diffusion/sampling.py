@@ -128,12 +128,20 @@ def sample_latents(
     """
     sample_fn = resolve_sampler(sampler)
     ref = next(denoiser.parameters())
-    n = shape[0]
     sigmas = process.sigmas(steps, spacing).to(device=ref.device, dtype=ref.dtype)
     x = initial_noise(shape, generator, ref.device, ref.dtype) * sigmas[0]
+    fn = guided_model(denoiser, conditioners, process, cond, guidance, shape[0])
+    return sample_fn(fn, x, sigmas, generator=generator, disable=not progress, **sampler_options)
+
+
+def guided_model(
+    denoiser: nn.Module, conditioners: Sequence[Conditioner], process: Process, cond: Mapping[str, Any] | None,
+    guidance: float | Mapping[str, float], n: int,
+) -> Callable[..., Tensor]:
+    """The sampler's model ``D(x, sigma) -> z0`` for ``n`` samples: the network in the process's sigma space
+    (:meth:`Process.denoiser`) under classifier-free guidance (one weight, :func:`cfg_denoiser`) or
+    compositional guidance (a weight per condition key, :func:`guided_denoiser`)."""
     model = process.denoiser(denoiser)
     if isinstance(guidance, Mapping):
-        fn = guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n))
-    else:
-        fn = cfg_denoiser(model, condition(conditioners, cond, n), null_condition(conditioners, n), guidance)
-    return sample_fn(fn, x, sigmas, generator=generator, disable=not progress, **sampler_options)
+        return guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n))
+    return cfg_denoiser(model, condition(conditioners, cond, n), null_condition(conditioners, n), guidance)

@@ -122,9 +122,19 @@ class DiffusionModule(L.LightningModule):
             out = out.merge(part)
         return out
 
+    def batch_conditions(self, model: nn.ModuleDict, batch: Mapping[str, Any],
+                         generator: torch.Generator | None = None) -> dict[str, Any]:
+        """The batch's conditions, with those of latent-derived conditioners (:attr:`Conditioner.latent_derived`,
+        e.g. inpainting's masked latents) made from the batch's clean latents."""
+        cond = dict(batch.get("cond", {}))
+        for conditioner in model["conditioners"]:
+            if conditioner.latent_derived and conditioner.key not in cond:
+                cond[conditioner.key] = conditioner.from_latents(batch["z"], generator)
+        return cond
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         z = batch["z"]
-        cond = self.conditioning(self.model, batch.get("cond", {}), z.shape[0], dropout=True)
+        cond = self.conditioning(self.model, self.batch_conditions(self.model, batch), z.shape[0], dropout=True)
         loss = diffusion_loss(lambda x_t, c_noise: self.denoiser(x_t, c_noise, cond), z, self.process).mean()
         self.loss_terms = {"diffusion": loss.detach()}  # read by NonFiniteGuard
         self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
@@ -133,8 +143,8 @@ class DiffusionModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         z = batch["z"]
         model = self.sampling_model()
-        cond = self.conditioning(model, batch.get("cond", {}), z.shape[0])
         gen = torch.Generator(device="cpu").manual_seed(batch_idx)
+        cond = self.conditioning(model, self.batch_conditions(model, batch, gen), z.shape[0])
         loss = diffusion_loss(lambda x_t, c_noise: model["denoiser"](x_t, c_noise, cond), z, self.process, gen).mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss

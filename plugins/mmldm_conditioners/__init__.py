@@ -9,6 +9,7 @@ from mmldm import hookimpl
 
 from .config import (
     ClassConditionerConfig,
+    InpaintConditionerConfig,
     PretrainedTextConditionerConfig,
     SegmentationConditionerConfig,
     TextConditionerConfig,
@@ -38,6 +39,11 @@ def mmldm_register_components(registry):  # noqa: ANN001
         "conditioner", "segmentation", "mmldm_conditioners.segmentation:build_segmentation_conditioner",
         config=SegmentationConditionerConfig,
         description="label map -> one-hot maps on the latent grid (concat) and/or spatial tokens, dims 1-3",
+    )
+    registry.add(
+        "conditioner", "inpaint", "mmldm_conditioners.inpaint:build_inpaint_conditioner",
+        config=InpaintConditionerConfig,
+        description="masked latent + mask (concat), trained on random boxes, half-spaces and slabs: trained inpainting",
     )
 
 

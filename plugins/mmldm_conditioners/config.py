@@ -24,6 +24,8 @@ PRETRAINED_MODEL_CLASSES = ("auto", "clip", "t5")
 TOKEN_OUTPUTS = ("crossattn", "vector")
 #: How a segmentation map is brought to the latent grid.
 SEGMENTATION_RESIZE = ("nearest", "area")
+#: Random mask families of the trained inpainting conditioner (on the latent grid, any dims).
+INPAINT_MASKS = ("box", "half", "slab")
 
 
 @dataclass
@@ -140,3 +142,21 @@ class SegmentationConditionerConfig(ConditionerConfig):
     embed_dim: int = positive(128)
     token_pool: int = positive(1)
     subcells: int = positive(1)
+
+
+@dataclass
+class InpaintConditionerConfig(ConditionerConfig):
+    """``conditioner=inpaint``: trained inpainting (the masked latent and its mask concatenated with ``z_t``, as
+    Stable Diffusion's inpainting models do), trained on random masks of the families ``masks``.
+
+    Args:
+        masks: the random mask families drawn in training, one family per sample, uniformly: ``box`` (an
+            axis-aligned box of 25-75% of each axis), ``half`` (a half-space behind a random plane through
+            the central half of the grid), ``slab`` (a band of 10-50% of the last axis: a time gap for audio).
+        dropout: the share of training samples whose whole latent is to be generated (the null condition:
+            generation from scratch, and the unconditional branch of guidance); None takes
+            ``diffusion.cond_dropout``.
+    """
+
+    key: str = "inpaint"
+    masks: list[str] = checked(factory=lambda: list(INPAINT_MASKS), each=True, nonempty=True, choices=INPAINT_MASKS)

@@ -1,0 +1,270 @@
+"""Editing in latent space (mmldm.editing, LatentDiffusion.inpaint / vary / interpolate) over 1, 2 and 3 spatial
+dims: masks carried to latent resolution, the kept region kept, variations and interpolations from the inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmldm.build import build_autoencoder, build_denoiser, build_modality
+from mmldm.configuration import compose
+from mmldm.editing import (
+    blend, check_mask, interpolation_weights, invert, latent_mask, masked_sample, slerp, strength_sigmas,
+)
+from mmldm.diffusion.samplers import sample_euler
+from mmldm.latents import LatentStats
+from mmldm.pipeline import LatentDiffusion
+from mmldm.plugins import registry
+
+PIPE_KEYS = ("modality", "autoencoder", "regularizer", "denoiser", "diffusion", "sampler")
+#: a tiny model per number of spatial dims: 1d audio (mel bins as channels), 2d image, 3d voxel
+MODELS = {
+    1: ["modality=audio", "preset=audio_1d", "modality.num_samples=8"],
+    2: ["modality=image", "modality.num_samples=8"],
+    3: ["modality=voxel", "preset=voxel_quick", "modality.num_shapes=12", "modality.resolution=16"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS), ids=[f"{d}d" for d in sorted(MODELS)])
+def tiny(request):
+    """An untrained model (denoiser weights perturbed so that samples depend on it) and two held-out inputs."""
+    torch.manual_seed(0)
+    cfg = compose([*MODELS[request.param], "autoencoder.channels=8", "denoiser.model_channels=16"])
+    modality = build_modality(cfg.modality)
+    autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
+    denoiser = build_denoiser(cfg.denoiser, autoencoder.latent_shape(modality.sample_shape), [])
+    with torch.no_grad():
+        for p in denoiser.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    stats = LatentStats.identity(autoencoder.latent_shape(modality.sample_shape)[0])
+    pipe = LatentDiffusion(modality, autoencoder, stats, {k: cfg[k] for k in PIPE_KEYS}, denoiser).eval()
+    x = torch.stack([modality.dataset("train")[i]["x"] for i in range(2)])
+    assert modality.dims == request.param
+    return pipe, x
+
+
+def first_half_generated(x: torch.Tensor) -> torch.Tensor:
+    """A mask ``[1, *s]`` generating the second half along the last spatial axis."""
+    mask = torch.zeros(1, *x.shape[2:])
+    mask[..., x.shape[-1] // 2:] = 1
+    return mask
+
+
+# ------------------------------------------------------------------ masks
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_latent_mask_rules_on_partly_masked_cells(dims):
+    mask = torch.zeros(1, 1, *([8] * dims))
+    mask[..., :5] = 1  # along the last axis: latent cell 0 (data 0-3) fully, cell 1 (data 4-7) a quarter
+    any_ = latent_mask(mask, [2] * dims, "any")
+    all_ = latent_mask(mask, [2] * dims, "all")
+    soft = latent_mask(mask, [2] * dims, "soft")
+    assert any_.shape == all_.shape == soft.shape == (1, 1, *([2] * dims))
+    assert torch.equal(any_[..., 0], torch.ones_like(any_[..., 0])) and torch.equal(any_[..., 1], torch.ones_like(any_[..., 1]))
+    assert torch.equal(all_[..., 0], torch.ones_like(all_[..., 0])) and torch.equal(all_[..., 1], torch.zeros_like(all_[..., 1]))
+    assert torch.allclose(soft[..., 1], torch.full_like(soft[..., 1], 0.25))
+
+
+def test_latent_mask_takes_a_location_generated_when_any_channel_is():
+    mask = torch.zeros(1, 3, 4, 4)
+    mask[0, 2, :2] = 1
+    out = latent_mask(mask, [2, 2], "all")
+    assert out.shape == (1, 1, 2, 2) and out[0, 0, 0].tolist() == [1, 1] and out[0, 0, 1].tolist() == [0, 0]
+
+
+def test_mask_errors_name_the_shapes_and_the_values():
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"mask of shape \(1, 8, 4\) does not fit inputs of shape \(2, 3, 8, 8\)"):
+        check_mask(torch.zeros(1, 8, 4), x)
+    with pytest.raises(ValueError, match=r"values outside \[0, 1\] \(min 0, max 2\).*1 = generate, 0 = keep"):
+        check_mask(torch.full((1, 8, 8), 2.0).index_fill(1, torch.tensor([0]), 0), x)
+    with pytest.raises(ValueError, match="unknown mask rule 'half'; expected one of any, all, soft"):
+        latent_mask(torch.zeros(1, 1, 8, 8), [2, 2], "half")
+    assert check_mask(torch.ones(1, 8, 8), x).shape == (2, 1, 8, 8)
+
+
+# ------------------------------------------------------------------ masked sampling, every sampler
+def _gaussian(x, sigma, **extra):
+    return x * (0.25 / (0.25 + sigma**2)).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "ddim", "ddpm", "dpmpp_2m"])
+def test_masked_sampling_starts_from_the_known_latent_noised_and_is_reproducible(name):
+    sample_fn = registry().get("sampler", name).resolve()
+    known = torch.full((3, 2, 6), 0.4)
+    mask = torch.zeros(3, 1, 6)
+    mask[..., 3:] = 1
+    sigmas = torch.tensor([10.0, 3.0, 1.0, 0.3, 0.0])
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    first = masked_sample(sample_fn, _gaussian, known, mask, sigmas, gens(), resample=2)
+    again = masked_sample(sample_fn, _gaussian, known, mask, sigmas, gens(), resample=2)
+    assert torch.equal(first, again)
+    assert float(((first - known) * (1 - mask)).abs().max()) <= 1e-6
+    assert not torch.allclose(first[..., 3:], known[..., 3:])
+
+
+def test_resampling_calls_the_model_resample_times_per_stretch_but_not_on_the_last():
+    calls: list[float] = []
+
+    def model(x, sigma):
+        calls.append(float(sigma[0]))
+        return x * 0
+
+    sigmas = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.0])
+    masked_sample(sample_euler, model, torch.zeros(1, 1, 4), torch.ones(1, 1, 4), sigmas, resample=3, jump_length=2)
+    # stretch 8 -> 4 -> 2 taken three times; the last stretch 2 -> 1 -> 0 once
+    assert calls == [8.0, 4.0] * 3 + [2.0, 1.0]
+
+
+# ------------------------------------------------------------------ the pipeline over dims 1, 2, 3
+def test_inpaint_keeps_the_input_where_the_mask_is_zero(tiny):
+    pipe, x = tiny
+    mask = first_half_generated(x)
+    out = pipe.inpaint(x, mask, steps=4, seed=0, progress=False)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.equal(out[..., : x.shape[-1] // 2], x[..., : x.shape[-1] // 2])
+    assert not torch.allclose(out[..., x.shape[-1] // 2:], x[..., x.shape[-1] // 2:])
+    z = pipe.inpaint(x, mask, steps=4, seed=0, progress=False, return_latents=True)
+    keep = 1 - latent_mask(check_mask(mask, x), z.shape[2:])
+    assert float(((z - pipe.encode(x)) * keep).abs().max()) <= 1e-5
+    assert torch.equal(blend(x, pipe.decode(z), check_mask(mask, x)), out)
+
+
+def test_inpaint_sample_i_depends_on_its_seed_and_input_only(tiny):
+    pipe, x = tiny
+    mask = first_half_generated(x)
+    both = pipe.inpaint(x, mask, steps=3, seed=5, progress=False)
+    alone = pipe.inpaint(x[:1], mask, steps=3, seed=5, progress=False)
+    assert torch.allclose(both[:1], alone, atol=1e-4)
+    other = pipe.inpaint(x[:1], mask, steps=3, seed=6, progress=False)
+    assert not torch.allclose(other, alone)
+
+
+def test_vary_at_the_smallest_strength_stays_near_the_reconstruction_and_grows_with_strength(tiny):
+    pipe, x = tiny
+    rec = pipe.decode(pipe.encode(x))
+    near = pipe.vary(x, strength=0.1, steps=10, seed=0, progress=False)
+    far = pipe.vary(x, strength=1.0, steps=10, seed=0, progress=False)
+    assert near.shape == far.shape == x.shape
+    assert float((near - rec).abs().mean()) < float((far - rec).abs().mean())
+
+
+def test_interpolate_gives_n_frames_and_its_ends_follow_the_inputs(tiny):
+    pipe, x = tiny
+    frames = pipe.interpolate(x[0], x[1], n=4, steps=6, progress=False)
+    assert frames.shape == (4, *x.shape[1:]) and torch.isfinite(frames).all()
+    assert not torch.allclose(frames[0], frames[-1])
+
+
+def test_edit_inputs_of_the_wrong_shape_are_refused_naming_the_expected_one(tiny):
+    pipe, x = tiny
+    with pytest.raises(ValueError, match=r"x of shape .* is not a batch of \w+ samples of shape \["):
+        pipe.inpaint(x[..., :-1], torch.zeros(1), steps=2, progress=False)
+    with pytest.raises(ValueError, match="does not fit inputs of shape"):
+        pipe.inpaint(x, torch.zeros(1, 1, 3), steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"strength must lie in \(0, 1\], got 1.5"):
+        pipe.vary(x, strength=1.5, steps=2, progress=False)
+    with pytest.raises(ValueError, match="n >= 2 frames"):
+        pipe.interpolate(x[0], x[1], n=1, steps=2, progress=False)
+
+
+# ------------------------------------------------------------------ helpers
+def test_strength_takes_the_last_int_steps_times_strength_of_the_grid():
+    sigmas = torch.arange(11, dtype=torch.float64).flip(0)  # 10 steps
+    assert strength_sigmas(sigmas, 1.0).tolist() == sigmas.tolist()
+    assert strength_sigmas(sigmas, 0.35).tolist() == [3.0, 2.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match=r"strength 0.05 of 10 steps takes no step.*at least 0.1"):
+        strength_sigmas(sigmas, 0.05)
+
+
+def test_slerp_ends_orthogonal_midpoint_and_parallel_inputs():
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert torch.allclose(slerp(a, b, 0.0), a) and torch.allclose(slerp(a, b, 1.0), b)
+    mid = slerp(a, b, 0.5)
+    assert torch.allclose(mid, torch.tensor([[2**-0.5, 2**-0.5]]), atol=1e-6)
+    assert torch.allclose(slerp(a, 2 * a, 0.5), 1.5 * a)  # parallel: linear
+    assert interpolation_weights(3) == [0.0, 0.5, 1.0]
+
+
+def test_inversion_then_euler_sampling_returns_the_latent():
+    """The exact denoiser of N(0, 0.5^2) data: inverting a latent and sampling it back along the same fine grid
+    lands on it (Euler both ways; the error shrinks with the step size)."""
+    ramp = torch.linspace(0, 1, 200, dtype=torch.float64)
+    sigmas = torch.cat([(20 ** (1 / 7) + ramp * (0.01 ** (1 / 7) - 20 ** (1 / 7))) ** 7, torch.zeros(1, dtype=torch.float64)])
+    z = torch.randn(4, 2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.5
+    noise = invert(_gaussian, z, sigmas)
+    assert float(noise.std()) > 5  # at sigma 20 the latent is mostly noise
+    back = sample_euler(_gaussian, noise, sigmas, disable=True)
+    assert float((back - z).abs().max()) < 0.05 * float(z.abs().max())
+
+
+# ------------------------------------------------------------------ trained inpainting (conditioner=inpaint)
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_random_masks_are_seeded_and_each_family_has_its_shape(dims):
+    from mmldm_conditioners.inpaint import random_masks
+
+    size = (64, *([8] * dims))
+    first = random_masks(size, ["box", "half", "slab"], torch.Generator().manual_seed(0))
+    assert first.shape == (64, 1, *([8] * dims)) and set(first.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(first, random_masks(size, ["box", "half", "slab"], torch.Generator().manual_seed(0)))
+    shares = first.flatten(1).mean(1)
+    assert 0 < float(shares.min()) and float(shares.max()) < 1, "every mask keeps and generates something"
+    slabs = random_masks(size, ["slab"], torch.Generator().manual_seed(1))
+    band = slabs.amax(dim=tuple(range(1, 1 + dims)), keepdim=True)  # [B, 1, ..., 1, n]: the band of the last axis
+    assert torch.equal(slabs, band.expand_as(slabs)), "a slab is constant across every axis but the last"
+    assert float(band.flatten(1).sum(1).min()) >= 1
+    with pytest.raises(ValueError, match=r"unknown inpainting mask families \['ring'\]"):
+        random_masks(size, ["ring"])
+
+
+def _inpaint_pipe():
+    torch.manual_seed(0)
+    cfg = compose([*MODELS[3], "conditioner=class_inpaint", "autoencoder.channels=8", "denoiser.model_channels=16"])
+    from mmldm.build import build_conditioners
+
+    modality = build_modality(cfg.modality)
+    autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
+    shape = autoencoder.latent_shape(modality.sample_shape)
+    conditioners = build_conditioners(cfg.conditioner, modality, list(shape))
+    denoiser = build_denoiser(cfg.denoiser, list(shape), conditioners)
+    return cfg, modality, autoencoder, conditioners, denoiser, shape
+
+
+def test_phase2_makes_the_inpainting_condition_from_the_batch_latents():
+    from mmldm.training.phase2 import DiffusionModule
+
+    cfg, modality, autoencoder, conditioners, denoiser, shape = _inpaint_pipe()
+    module = DiffusionModule.from_config(denoiser, conditioners, list(shape), cfg.diffusion)
+    z = torch.randn(4, *shape)
+    cond = module.batch_conditions(module.model, {"z": z, "cond": {"class": torch.zeros(4, dtype=torch.long)}},
+                                   torch.Generator().manual_seed(0))
+    assert cond["inpaint"].shape == (4, shape[0] + 1, *shape[1:])
+    mask = cond["inpaint"][:, -1:]
+    assert torch.equal(cond["inpaint"][:, :-1], z * (1 - mask)) and 0 < float(mask.mean()) < 1
+    loss = module.training_step({"z": z, "cond": {"class": torch.zeros(4, dtype=torch.long)}}, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in denoiser.parameters() if p.requires_grad)
+
+
+def test_trained_inpainting_conditions_on_the_masked_latent_and_keeps_the_input():
+    cfg, modality, autoencoder, conditioners, denoiser, shape = _inpaint_pipe()
+    stats = LatentStats.identity(shape[0])
+    keys = (*PIPE_KEYS, "conditioner")
+    pipe = LatentDiffusion(modality, autoencoder, stats, {k: cfg[k] for k in keys}, denoiser, conditioners).eval()
+    x = torch.stack([modality.dataset("train")[i]["x"] for i in range(2)])
+    mask = first_half_generated(x)
+    out = pipe.inpaint(x, mask, {"class": [1, 2]}, method="trained", steps=3, seed=0, progress=False)
+    assert out.shape == x.shape and torch.equal(out[..., :8], x[..., :8])
+    from mmldm.pipeline import sample_conditions
+
+    conds = sample_conditions(pipe, modality.dataset("val"), 4)
+    assert set(conds) == {"class"}, "samples after training leave the latent-derived condition out"
+    with pytest.raises(ValueError, match="unknown inpainting method 'magic'"):
+        pipe.inpaint(x, mask, method="magic", steps=2, progress=False)
+
+
+def test_trained_method_on_a_model_without_an_inpainting_conditioner_says_what_to_train(tiny):
+    pipe, x = tiny
+    with pytest.raises(ValueError, match=r"method='trained' needs a model trained with an inpainting conditioner "
+                                         r"\(conditioner=inpaint or conditioner=class_inpaint\)"):
+        pipe.inpaint(x, first_half_generated(x), method="trained", steps=2, progress=False)
