@@ -26,7 +26,9 @@ Modalities and components come from plugins (`{PROG} plugins` lists them).
 commands:
   train      train the autoencoder (phase 1) and the latent diffusion model (phase 2)
   sample     generate samples from an exported model folder
+  edit       inpaint, vary or interpolate your own files (PNG, mesh, WAV, ...) with an exported model
   encode     encode a dataset into a latent cache with a trained autoencoder
+  prepare    write any folder a modality reads into litdata shards, to stream data larger than memory
   evaluate   measure a trained autoencoder or model on held-out data
   ablate     train the variants of a study (regularizer, kl_weight, latent_scale, compression,
              voxel_latent, audio_latent) with one budget and compare reconstruction and generation
@@ -41,6 +43,7 @@ examples:
   {PROG} train modality=audio regularizer=vq trainer.max_steps=500
   {PROG} train -m regularizer=kl,vq,ae trainer=quick
   {PROG} sample outputs/voxel/<run>/export n=16 guidance=3
+  {PROG} edit outputs/image/<run>/export op=inpaint input=photo.png mask=bottom
   {PROG} ablate regularizer --quick
   {PROG} train-vocoder modality=audio vocoder.max_minutes=30 hydra.run.dir=runs/vocoder
 """
@@ -357,6 +360,18 @@ def cmd_sample(args: Sequence[str]) -> int:
     return sample_main(args)
 
 
+def cmd_prepare(args: Sequence[str]) -> int:
+    from .prepare_cli import main as prepare_main
+
+    return prepare_main(args)
+
+
+def cmd_edit(args: Sequence[str]) -> int:
+    from .edit_cli import main as edit_main
+
+    return edit_main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mmldm`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -372,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[Sequence[str]], int]] = {
         "plugins": cmd_plugins,
         "sample": cmd_sample,
+        "edit": cmd_edit,
+        "prepare": cmd_prepare,
         "ablate": cmd_ablate,
         "train-vocoder": cmd_train_vocoder,
         **{v: (lambda a, v=v: _run_hydra_verb(v, a)) for v in HYDRA_VERB_HELP},

@@ -438,3 +438,65 @@ class Modality(abc.ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    # ---- editing: a person's own files and regions (``mmldm edit``, LatentDiffusion.inpaint/vary/interpolate)
+    def load(self, path: str | Path) -> Tensor:
+        """A file a person has (a picture, a mesh, a recording) as one sample ``[C, *spatial]`` in the training
+        layout: the form, normalization and size of ``dataset(split)[i]["x"]``. The reverse of :meth:`save`
+        where the modality writes a format it reads.
+
+        Raises ``ValueError`` naming the file and what was expected (an unknown suffix, a file that cannot
+        be read, content of the wrong shape). The default refuses: a modality that reads files overrides it.
+        """
+        raise NotImplementedError(f"the {self.name} modality ({type(self).__name__}) cannot read files: it does "
+                                  f"not define Modality.load(), so '{path}' cannot be turned into a sample")
+
+    def load_mask(self, path: str | Path) -> Tensor:
+        """A mask file as ``[1 or C, *spatial]`` of 0/1 (1 = generate, 0 = keep): the file read with
+        :meth:`load` and thresholded at 0.5 (an image: pixels brighter than 3/4 grey are generated). A
+        modality whose loaded values do not read that way (a signed distance) overrides it."""
+        return (self.load(path) > 0.5).float()
+
+    def region_names(self) -> dict[str, str]:
+        """The named regions this modality adds to the generic ``box:`` of :meth:`region_mask`: usage ->
+        what it covers, e.g. ``{"top": "the upper half of the rows"}``; a name that takes an argument is
+        written with it, ``"gap:<start_s>-<end_s>"``. None by default."""
+        return {}
+
+    def named_region(self, name: str, argument: str | None) -> Tensor:
+        """The mask ``[1, *spatial]`` (1 = generate) of one of :meth:`region_names` (``name`` without its
+        argument; ``argument`` is the text after ``:``, ``None`` when absent). Called by :meth:`region_mask`
+        for names listed by :meth:`region_names` only; a bad argument raises ``ValueError`` saying what is
+        expected. A region that differs between channels may return ``[C, *spatial]``."""
+        raise ValueError(f"the {self.name} modality has no region '{name}'")
+
+    def region_mask(self, spec: str) -> Tensor:
+        """A named region as a mask ``[1, *spatial]`` (or ``[C, *spatial]``), 1 = generate, 0 = keep: the
+        generic ``box:<lo>-<hi>,...`` (fractions per spatial axis) or one of :meth:`region_names` (see
+        :func:`mmldm.regions.region_mask`). ``ValueError`` lists the regions for an unknown one."""
+        from .regions import region_mask
+
+        return region_mask(self, spec)
+
+    def erase(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x [B, C, *s]`` with the region to generate (``mask`` 1) blanked, for a person to see what
+        inpainting keeps (``mmldm edit`` saves it as ``masked_*``): zeros there by default (mid-grey for
+        images in [-1, 1], empty space for occupancy); a modality whose "nothing" is another value overrides it."""
+        return x * (1 - mask.to(x.dtype))
+
+    def check_input(self, path: str | Path, suffixes: Sequence[str], expected: str) -> Path:
+        """``path`` as a :class:`~pathlib.Path` when it is a readable regular file with one of ``suffixes``
+        (lower-cased, e.g. ``(".png", ".jpg")``); else a ``ValueError`` naming the file, the modality and
+        ``expected`` (e.g. ``"a picture (.png, .jpg)"``). For :meth:`load` implementations."""
+        from .data import path_problem
+
+        path = Path(path)
+        where = f"{path}: cannot load as a sample of the {self.name} modality"
+        if path.suffix.lower() not in tuple(s.lower() for s in suffixes):
+            raise ValueError(f"{where}: unknown file type '{path.suffix or '(none)'}'; expected {expected}")
+        if not path.exists() and not path.is_symlink():
+            raise ValueError(f"{where}: no such file")
+        problem = path_problem(path)
+        if problem is not None:
+            raise ValueError(f"{where}: {problem}")
+        return path

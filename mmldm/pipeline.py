@@ -216,7 +216,8 @@ class LatentDiffusion(nn.Module):
             mask_rule (`str`, defaults to ``"any"``): how a latent cell partly masked is treated
                 (:func:`mmldm.editing.latent_mask`: ``any`` generates it, ``all`` keeps it, ``soft`` blends).
             return_latents (`bool`): return the normalized latents instead of the decoded, blended result.
-            steps, sampler, guidance, seed, sampler_options: as for :meth:`sample`.
+
+        ``steps``, ``sampler``, ``guidance``, ``seed`` and the sampler's own options are as for :meth:`sample`.
 
         Returns:
             `Tensor [B, C, *s]`: the decoded result blended at data resolution (:func:`mmldm.editing.blend`),
@@ -277,7 +278,10 @@ class LatentDiffusion(nn.Module):
         Args:
             x (`Tensor [B, C, *s]` or `[C, *s]`): inputs in the modality's layout; repeat an input along the
                 batch axis for several variations of it (each sample has its own noise).
-            steps, sampler, guidance, seed, sampler_options: as for :meth:`sample`.
+            strength (`float`, defaults to 0.6): how far up the sampling grid the inputs are noised, in (0, 1].
+            cond (`dict`, *optional*): conditions as for :meth:`sample`; none = unconditional.
+
+        ``steps``, ``sampler``, ``guidance``, ``seed`` and the sampler's own options are as for :meth:`sample`.
         """
         from .editing import noised_start, strength_sigmas
 
@@ -306,7 +310,9 @@ class LatentDiffusion(nn.Module):
         steps along the same grid, so the ends reproduce the inputs up to the inversion's error.
 
         Args:
-            a, b (`Tensor [C, *s]` or `[1, C, *s]`): the two inputs in the modality's layout.
+            a (`Tensor [C, *s]` or `[1, C, *s]`): the first input, in the modality's layout.
+            b (`Tensor [C, *s]` or `[1, C, *s]`): the last input.
+            n (`int`, defaults to 8): frames, both inputs included (>= 2).
             cond (`dict`, *optional*): one condition for every frame (a batch of one); none = unconditional.
                 The inversion runs with guidance 1 (it is unstable under strong guidance); ``guidance``
                 applies to the way back.

@@ -269,6 +269,65 @@ class AudioModality(Modality):
         Image.fromarray(tile(pictures, titles=titles)).save(paths[-1])
         return paths
 
+    # ---- a person's files and regions (editing) ---------------------------------
+    def load(self, path: str | Path) -> Tensor:
+        """A recording (WAV, FLAC, OGG) as a sample ``[C, *s]``, analysed as the dataset analyses its clips:
+        mono (channels averaged), resampled to ``sample_rate``, peak-normalized when ``peak_level`` is set,
+        then normalized log-mel with the model's statistics. Unlike the dataset (which centres its crops and
+        padding), the clip starts where the file starts: a longer file is cut after ``length`` samples, a
+        shorter one zero-padded at the end, so a time in the file is the same time in the sample (what
+        ``gap:`` regions and the written WAVs refer to)."""
+        from .sources import AUDIO_SUFFIXES, AudioSet, normalize_peak, read_audio
+
+        path = self.check_input(path, AUDIO_SUFFIXES, f"a recording ({', '.join(AUDIO_SUFFIXES)})")
+        try:
+            wave = read_audio(path, self.sample_rate)  # (N,)
+        except ValueError as e:  # names no file
+            raise ValueError(f"{path}: cannot load as a sample of the audio modality: {e}") from None
+        if self.cfg.peak_level is not None:
+            wave = normalize_peak(AudioSet([wave]), self.cfg.peak_level).waves[0]
+        wave = torch.nn.functional.pad(wave[: self.length], (0, max(0, self.length - wave.shape[-1])))
+        return self.features(wave[None])[0]
+
+    def load_mask(self, path: str | Path) -> Tensor:
+        """Refused: a recording does not say which frames to generate. Masks of audio are regions
+        (``gap:<start_s>-<end_s>``, ``box:...``) or ``.npy`` arrays of 0/1 (:func:`mmldm.regions.read_mask`)."""
+        raise ValueError(f"{path}: a sound file is no mask; give the frames to generate as a region "
+                         f"(gap:<start_s>-<end_s> in seconds, or box:...) or as a .npy array of 0/1 of shape "
+                         f"{list(self.sample_shape[1:])} or {list(self.sample_shape)}")
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second, ``sample_rate / hop_length``; frame ``t`` is centred at ``t / frame_rate`` s."""
+        return self.sample_rate / self.cfg.hop_length
+
+    def region_names(self) -> dict[str, str]:
+        """``gap:<start_s>-<end_s>``: the frames centred in ``[start, end)`` seconds, every mel bin."""
+        return {"gap:<start_s>-<end_s>": f"the frames centred between two times in seconds (the clip lasts "
+                                         f"{self.length / self.sample_rate:.3g} s, {self.frame_rate:.4g} frames/s)"}
+
+    def named_region(self, name: str, argument: str | None) -> Tensor:
+        """The ``gap:<start_s>-<end_s>`` mask: ``[1, T]`` (layout 1d) or ``[1, n_mels, T]`` (2d), 1 on the frames
+        whose centres ``t / frame_rate`` lie in ``[start, end)``."""
+        from mmldm.regions import parse_range
+
+        start, end = parse_range(argument or "", f"gap:{argument}")
+        duration = self.length / self.sample_rate
+        first, stop = math.ceil(start * self.frame_rate), math.ceil(end * self.frame_rate)
+        frames = self.cfg.num_frames
+        if start < 0 or first >= min(stop, frames):
+            raise ValueError(f"region 'gap:{argument}' holds no frame: times are seconds within the clip, "
+                             f"0-{duration:.3g} s ({frames} frames centred every {1 / self.frame_rate:.3g} s)")
+        mask = torch.zeros(1, *self.sample_shape[1:])  # (1, T) or (1, n_mels, T)
+        mask[..., first:stop] = 1
+        return mask
+
+    def erase(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Silence (the log-mel floor) where ``mask`` is 1."""
+        floor = torch.full((1, self.cfg.n_mels, self.cfg.num_frames), math.log(self.cfg.log_floor))
+        silence = normalize(floor, self.stats, self.cfg.layout).to(x)  # (1, C, *s)
+        return torch.lerp(x, silence.expand_as(x), mask.to(x.dtype))
+
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
         """Batch means of ``logmel_l1``, ``spectral_convergence`` and ``log_spectral_distance`` (dB) between
         the log-mels of ``x`` and ``x_rec`` (both ``[B, C, *s]``), in the denormalized, floored log-mel

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from mmldm.data import check_split, split_indices
 from mmldm.interfaces import Modality
+from mmldm.regions import box_mask
 
 from . import metrics, sources
 from .config import IMAGE_SOURCES, ImageConfig
@@ -19,6 +20,18 @@ from .preview import save_comparison, save_pngs
 
 #: Channels of each source when ``channels`` is left unset.
 NATIVE_CHANNELS = {"shapes": 3, "digits": 1, "mnist": 1, "folder": 3}
+
+#: Files :meth:`ImageModality.load` reads (any picture Pillow decodes under these suffixes).
+LOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+#: Named regions (rows, columns) as fractions of the picture: name -> (description, box).
+REGIONS = {
+    "top": ("the upper half of the rows", ((0.0, 0.5), (0.0, 1.0))),
+    "bottom": ("the lower half of the rows", ((0.5, 1.0), (0.0, 1.0))),
+    "left": ("the left half of the columns", ((0.0, 1.0), (0.0, 0.5))),
+    "right": ("the right half of the columns", ((0.0, 1.0), (0.5, 1.0))),
+    "center": ("the middle half of each side (a quarter of the area)", ((0.25, 0.75), (0.25, 0.75))),
+}
 
 
 def flip_caption(text: str) -> str:
@@ -172,6 +185,37 @@ class ImageModality(Modality):
         reconstructions below."""
         paths = super().save_reconstructions(x, x_rec, directory)
         return [*paths, save_comparison(x, x_rec, Path(directory) / "comparison.png")]
+
+    def load(self, path: str | Path) -> Tensor:
+        """A picture (PNG, JPEG, BMP, GIF, TIFF, WebP) as ``[C, size, size]`` in [-1, 1], read as the ``folder``
+        source reads its files: 16-bit grey scaled to 8 bits, centre-cropped to a square and resized to
+        ``size`` (bilinear), converted to the modality's channels (RGB -> grey by ITU-R 601 luma, grey -> RGB
+        by copy; an alpha channel is dropped). The ``digits``/``mnist`` sources draw their digits on 3/4 or
+        28/32 of the frame: a picture for such a model should leave the same margin."""
+        path = self.check_input(path, LOAD_SUFFIXES, f"a picture ({', '.join(LOAD_SUFFIXES)})")
+        try:
+            pixels = sources.read_picture(path, self.cfg.size, self.channels)  # uint8 (H, W, C)
+        except ValueError as e:  # names no file
+            raise ValueError(f"{path}: cannot load as a sample of the image modality: {e}") from None
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (C, H, W)
+
+    def load_mask(self, path: str | Path) -> Tensor:
+        """A mask picture as ``[1, size, size]``: read as :meth:`load` does, in grey, and thresholded at half
+        brightness (0.5 on [0, 1], i.e. 0 on the [-1, 1] scale of samples): white = generate, black = keep."""
+        path = self.check_input(path, LOAD_SUFFIXES, f"a picture ({', '.join(LOAD_SUFFIXES)})")
+        try:
+            grey = sources.read_picture(path, self.cfg.size, 1)  # uint8 (H, W, 1)
+        except ValueError as e:
+            raise ValueError(f"{path}: cannot load as a mask of the image modality: {e}") from None
+        return torch.from_numpy(grey[..., 0] >= 128)[None].float()  # (1, H, W)
+
+    def region_names(self) -> dict[str, str]:
+        """``top``, ``bottom``, ``left``, ``right`` (halves) and ``center`` (the middle half of each side)."""
+        return {name: description for name, (description, _) in REGIONS.items()}
+
+    def named_region(self, name: str, argument: str | None) -> Tensor:
+        """The ``[1, size, size]`` mask of one of :data:`REGIONS`."""
+        return box_mask(REGIONS[name][1], self.sample_shape[1:])
 
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
         """``psnr`` (dB, mean of per-image values; inf when identical) and ``ssim`` on [0, 1]-mapped images."""

@@ -158,13 +158,19 @@ def _decode(path: Path, convert: Callable[[Image.Image], np.ndarray]) -> np.ndar
         raise ValueError(f"cannot decode image ({type(e).__name__}: {e})") from e
 
 
+def read_picture(path: Path, size: int, channels: int) -> np.ndarray:
+    """One picture as uint8 ``[size, size, channels]``: 16-bit scaled by :func:`eight_bit`, centre-cropped
+    and resized by :func:`fit`, converted by :func:`to_channels`; ``ValueError`` when it cannot be decoded."""
+    return _decode(path, lambda img: to_channels(fit(eight_bit(img), size), channels))
+
+
 def _read_image(
     path: Path, size: int, channels: int, root: Path | None = None, skipped: SkippedFiles | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """One folder image (16-bit scaled by :func:`eight_bit`), its optional mask sidecar (nearest-neighbour
     resized; one that is no regular file rejects the image) and caption sidecar (one that is not UTF-8 is
     recorded in ``skipped``, relative to ``root``, and the default caption used)."""
-    pixels = _decode(path, lambda img: to_channels(fit(eight_bit(img), size), channels))
+    pixels = read_picture(path, size, channels)
     mask_path = path.with_name(path.stem + MASK_SUFFIX)
     mask = None
     if mask_path.exists():

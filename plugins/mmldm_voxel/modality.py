@@ -25,6 +25,7 @@ from .data import VoxelData, VoxelDataset, default_cache_dir, folder_class_names
 from .data import procedural_data
 from .output import save_grids
 from .shapes import CLASS_NAMES
+from .user_files import HALF_SPACES, SUFFIXES, half_space, read_sample
 from .voxelize import REPRESENTATIONS
 
 #: Values of :attr:`VoxelConfig.layout`: a 3D sample ``[1, R, R, R]`` or a 2D one ``[R, R, R]``.
@@ -161,6 +162,45 @@ class VoxelModality(Modality):
         level, outside = (0.5, 0.0) if occupancy else (0.0, 1.0)
         return save_grids(grids, Path(directory), prefix, level=level, outside=outside,
                           mesh_format=self.cfg.mesh_format, titles=titles)
+
+    # ---- a person's files and regions (editing) ---------------------------------
+    def load(self, path: str | Path) -> Tensor:
+        """A voxel file as a sample (``[1, R, R, R]``, or ``[R, R, R]`` with layout 2d) in the configured
+        representation, as the dataset gives it. Sample files (``.npz``, key ``grid``, as :meth:`save` writes
+        them; ``.npy``) are read by value: negative values mean a truncated SDF, else occupancy (probabilities
+        thresholded at 0.5), resized to ``R`` by nearest neighbour. Meshes (``.ply``, ``.obj``, ``.off``, ``.stl``),
+        point clouds and ``.binvox`` files are read as the data folder reads them (:func:`.readers.load_grid`:
+        a mesh's bounding box is centred and its longest side scaled to the unit cube less a one-voxel border,
+        then voxelized to a solid), so a mesh :meth:`save` wrote comes back rescaled to fill the cube."""
+        path = self.check_input(path, SUFFIXES, f"a voxel grid or shape ({', '.join(SUFFIXES)})")
+        c = self.cfg
+        grid = read_sample(path, c.resolution, c.representation, c.sdf_truncation, c.occupancy_rays)
+        x = torch.from_numpy(np.asarray(grid, dtype=np.float32))
+        return x if self.folded else x[None]  # (R, R, R) or (1, R, R, R)
+
+    def load_mask(self, path: str | Path) -> Tensor:
+        """The inside of the shape a file holds (read by :meth:`load`): 1 = generate, ``[1, R, R, R]`` (layout 2d:
+        ``[R, R, R]``); for an SDF model too (its samples hold distances, the mask the solid)."""
+        x = self.load(path)
+        inside = x > 0.5 if self.cfg.representation == "occupancy" else x < 0
+        return inside.float()
+
+    def region_names(self) -> dict[str, str]:
+        """Half-spaces ``x-``, ``x+``, ``y-``, ``y+``, ``z-``, ``z+`` of the unit cube (y up; x is grid axis 0,
+        the channels with layout 2d)."""
+        axes = {"x": "grid axis 0 (the channels with layout 2d)", "y": "grid axis 1, up", "z": "grid axis 2"}
+        return {name: f"{name[0]} {'<' if name[1] == '-' else '>'} 0: half of {axes[name[0]]}"
+                for name in HALF_SPACES}
+
+    def named_region(self, name: str, argument: str | None) -> Tensor:
+        """The half-space ``name`` as a mask: ``[1, R, R, R]``; with layout 2d ``[R, R, R]`` for ``x-``/``x+``
+        (grid axis x is the channels) and ``[1, R, R]`` for the others."""
+        return half_space(name, self.cfg.resolution, self.folded)
+
+    def erase(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Empty space where ``mask`` is 1: occupancy 0, or an SDF of 1 (outside)."""
+        outside = 0.0 if self.cfg.representation == "occupancy" else 1.0
+        return torch.lerp(x, torch.full_like(x, outside), mask.to(x.dtype))
 
     # ---- metrics ------------------------------------------------------------
     def reconstruction_metrics(self, x: Tensor, x_rec: Tensor) -> dict[str, float]:
