@@ -176,6 +176,35 @@ def train_model(cfg: Any, run_dir: Path) -> dict[str, Any]:
     return {"wall_seconds": trained["train_seconds"], "metrics": trained["metrics"]}
 
 
+def task_judge(task_name: str, seed: int, overrides: Sequence[str], modality: Any, train_set: Any, val_set: Any,
+               saved: Path, reuse: bool, epochs: int | None = None, save: bool = True) -> tuple[Any, dict[str, Any]]:
+    """The independent classifier of a task (its :attr:`Task.classifier` options, ``epochs`` overriding theirs) and
+    its report: loaded from ``saved`` when ``reuse`` and the file's recipe (task, seed, ``overrides``, options)
+    matches, else trained on the task's classifier data and, when ``save``, written to ``saved`` (so that a
+    ``--reuse`` run does not retrain it)."""
+    import torch
+
+    from mmldm.evaluation.classifier import FeatureClassifier, train_classifier
+
+    task = TASKS[task_name]
+    options = {"epochs": 8, **task.classifier, **({"epochs": epochs} if epochs else {})}
+    recipe = json.dumps({"task": task_name, "seed": seed, "overrides": list(overrides), **options}, sort_keys=True)
+    if reuse and saved.is_file() and torch.load(saved, weights_only=True)["recipe"] == recipe:
+        state = torch.load(saved, weights_only=True)
+        classifier = FeatureClassifier(**json.loads(state["config"]))
+        classifier.load_state_dict(state["weights"])
+        classifier.eval()
+        return classifier, json.loads(state["report"])
+    clf_train = task.classifier_data(train_set, modality) if task.classifier_data else train_set
+    classifier, clf = train_classifier(clf_train, val_set, modality.dims, modality.channels, modality.num_classes,
+                                       seed=seed, **options)
+    if save:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"recipe": recipe, "config": json.dumps(classifier.config), "weights": classifier.state_dict(),
+                    "report": json.dumps(clf)}, saved)
+    return classifier, clf
+
+
 def judge(pipe: Any, classifier: Any, real: Any, per_class: int, seed: int, out: Path,
           settings: Sequence[tuple[str, str, int, float]], real_labels: Any = None,
           references: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -448,7 +477,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from mmldm import LatentDiffusion
     from mmldm.build import build_modality
-    from mmldm.evaluation.classifier import FeatureClassifier, train_classifier
 
     torch.manual_seed(args.seed)
     cfg = compose_config(args)
@@ -469,24 +497,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     modality = build_modality(cfg.modality)
     train_set, val_set = modality.dataset("train"), modality.dataset("val")
-    clf_train = task.classifier_data(train_set, modality) if task.classifier_data else train_set
-    epochs = {"epochs": args.classifier_epochs} if args.classifier_epochs else {}
-    options = {"epochs": 8, **task.classifier, **epochs}
-    saved = out / "classifier.pt"  # the judge of this task, kept so that --reuse does not retrain it
-    recipe = json.dumps({"task": args.task, "seed": args.seed, "overrides": task_overrides(args), **options},
-                        sort_keys=True)
-    if args.reuse and saved.is_file() and torch.load(saved, weights_only=True)["recipe"] == recipe:
-        state = torch.load(saved, weights_only=True)
-        classifier = FeatureClassifier(**json.loads(state["config"]))
-        classifier.load_state_dict(state["weights"])
-        classifier.eval()
-        clf = json.loads(state["report"])
-    else:
-        classifier, clf = train_classifier(clf_train, val_set, modality.dims, modality.channels,
-                                           modality.num_classes, seed=args.seed, **options)
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save({"recipe": recipe, "config": json.dumps(classifier.config), "weights": classifier.state_dict(),
-                    "report": json.dumps(clf)}, saved)
+    classifier, clf = task_judge(args.task, args.seed, task_overrides(args), modality, train_set, val_set,
+                                 out / "classifier.pt", args.reuse, args.classifier_epochs)
     print(f"classifier held-out accuracy {clf['val_accuracy']:.4f}", flush=True)
     real = torch.stack([val_set[i]["x"] for i in range(len(val_set))])
     real_labels = torch.tensor([val_set[i]["cond"]["class"] for i in range(len(val_set))])

@@ -6,12 +6,14 @@ Torch-free (numpy only), so a plugin's data code can use it anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -96,6 +98,23 @@ class SkippedFiles:
         """Log one warning on ``logger`` naming every skipped file and the count (nothing when none)."""
         if self.items:
             logger.warning(self.message(what))
+            for found in _collectors:
+                found.append((what, self))
+
+
+_collectors: list[list[tuple[str, SkippedFiles]]] = []
+
+
+@contextlib.contextmanager
+def collect_skipped() -> Iterator[list[tuple[str, SkippedFiles]]]:
+    """Collect every :meth:`SkippedFiles.warn` of the body as ``(what, skipped)`` pairs (``mmldm prepare``
+    reports the files a modality's readers skipped this way, whichever plugin read them)."""
+    found: list[tuple[str, SkippedFiles]] = []
+    _collectors.append(found)
+    try:
+        yield found
+    finally:
+        _collectors.remove(found)
 
 
 #: How :func:`path_problem` reasons about broken links start; :func:`list_files` counts those whatever their name.

@@ -253,6 +253,8 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true
 NONFINITE = ("error", "skip")
 #: ``data.latent_scale`` (:data:`mmldm.latents.LATENT_SCALES`).
 LATENT_SCALES = ("per_channel", "global", "none")
+#: Values of ``data.source``: the modality's in-memory readers, or litdata shards (:mod:`mmldm.streaming`).
+DATA_SOURCES = ("memory", "stream")
 #: ``phase1.schedule`` (:data:`mmldm.training.phase1.SCHEDULES`).
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -311,6 +313,12 @@ class DataConfig:
     # how phase 2 normalizes latents: per_channel (measured mean/std per channel, the default) |
     # global (one measured mean/std for all channels, as Stable Diffusion's scale factor) | none
     latent_scale: str = one_of("per_channel", LATENT_SCALES)
+    # where the items come from: memory (the modality reads its folder into memory; the default, best for
+    # data that fits) | stream (litdata shards written by `mmldm prepare`, read from `root`: data larger
+    # than memory, sharded over processes and nodes; see docs/distributed.md)
+    source: str = one_of("memory", DATA_SOURCES)
+    # with source=stream: the folder `mmldm prepare out=...` wrote (or its object-storage URL)
+    root: Optional[str] = None
 
 
 @dataclass

@@ -23,6 +23,11 @@ from tqdm.auto import tqdm
 from ..latents import LatentStats
 from .order import EpochBatchSampler, SeededItems
 
+try:  # litdata is a dependency; without it only the in-memory data path exists
+    from litdata import StreamingDataset
+except ImportError:  # pragma: no cover
+    StreamingDataset = ()  # type: ignore[assignment,misc]
+
 MANIFEST = "manifest.json"
 
 
@@ -37,10 +42,22 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     (the training loaders of both phases; Lightning's own sampler injection is off, see
     :func:`~mmldm.training.trainer.make_trainer`).
 
+    A streamed dataset (litdata shards, :mod:`mmldm.streaming`) gets a
+    :class:`~mmldm.streaming.StreamLoader` instead: litdata shards each epoch over the processes of all
+    nodes by chunks, and a resumed run continues at the checkpointed batch count.
+
     Raises:
         ValueError: with ``drop_last``, when the data (per rank) fills no batch; ``key`` is the
             config key named in the message.
     """
+    from ..streaming import StreamLoader
+
+    if isinstance(dataset, StreamingDataset):  # shards (mmldm.streaming): litdata orders and shards the epochs
+        loader = StreamLoader(dataset, batch_size, shuffle, num_workers, drop_last, distributed, collate_fn=collate)
+        if drop_last and len(loader) == 0:
+            raise ValueError(f"{key}={batch_size} is larger than the {len(dataset)} streamed training items per "
+                             f"process: no full batch; lower {key} or add data")
+        return loader
     size = len(dataset)  # type: ignore[arg-type]
     sampler = EpochBatchSampler(size, batch_size, shuffle, drop_last, seed, distributed)
     if drop_last and len(sampler) == 0:
@@ -50,6 +67,39 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
         SeededItems(dataset), batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
         generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,
     )
+
+
+def data_position(loader: Any) -> Any:
+    """What :class:`~mmldm.training.callbacks.ResumeState` moves to the checkpointed batch count: the
+    :class:`~mmldm.training.order.EpochBatchSampler` of a :func:`make_loader` loader, or a
+    :class:`~mmldm.streaming.StreamLoader` itself (``None`` for other loaders)."""
+    if loader is None:
+        return None
+    if isinstance(getattr(loader, "batch_sampler", None), EpochBatchSampler):
+        return loader.batch_sampler
+    from ..streaming import StreamLoader
+
+    return loader if isinstance(loader, StreamLoader) else None
+
+
+def split_dataset(cfg: Any, modality: Any, split: str) -> Dataset:
+    """The items of ``split`` that a run trains or measures on: the modality's dataset (``data.source=memory``)
+    or the shards that ``mmldm prepare`` wrote under ``data.root`` (``data.source=stream``, checked against
+    the modality: :func:`~mmldm.streaming.check_shards`; the training split shuffled with ``cfg.seed``)."""
+    data_cfg = cfg.data
+    if data_cfg.get("source", "memory") != "stream":
+        return modality.dataset(split)
+    from ..streaming import check_shards, open_split
+
+    from .preflight import PreflightError
+
+    if not data_cfg.root:
+        raise PreflightError("data.source=stream needs data.root=<the folder `mmldm prepare` wrote>")
+    try:
+        check_shards(data_cfg.root, modality)
+    except (ValueError, FileNotFoundError) as e:
+        raise PreflightError(str(e)) from None
+    return open_split(data_cfg.root, split, shuffle=split == "train", seed=int(cfg.seed))
 
 
 def _cond_arrays(cond: Mapping[str, Any]) -> dict[str, Any]:
@@ -203,7 +253,9 @@ def condition_values(dataset: Dataset, key: str) -> Sequence[Any]:
     A latent cache hands its stored list/array (empty when it has no such key);
     otherwise a lazy view reads the raw items only when indexed (``None`` where missing).
     """
-    if isinstance(dataset, LatentCacheDataset):
+    from ..streaming import LatentShards
+
+    if isinstance(dataset, (LatentCacheDataset, LatentShards)):
         return dataset.cond.get(key, [])
     return _ConditionView(dataset.dataset if isinstance(dataset, EncodingDataset) else dataset, key)
 

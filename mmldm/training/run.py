@@ -46,7 +46,8 @@ from ..pipeline import LatentDiffusion, sample_conditions
 from ..plugins import plugins
 from ..provenance import differences, read_provenance, weights_digest, write_provenance
 from .callbacks import NonFiniteGuard, Preempted, RunIdentity
-from .data import MANIFEST, EncodingDataset, LatentCacheDataset, condition_values, encode_dataset, make_loader
+from .data import (MANIFEST, EncodingDataset, LatentCacheDataset, StreamingDataset, condition_values, encode_dataset,
+                   make_loader, split_dataset)
 from .preflight import PreflightError, check_run
 from .rundir import RunLock, is_launcher_rank_zero
 from .trainer import CheckpointError, last_checkpoint, load_checkpoint, make_trainer, preemption
@@ -174,10 +175,10 @@ def train_autoencoder(cfg: DictConfig, modality: Modality, run_dir: Path) -> Lat
     root = run_dir / "autoencoder"
     autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
     module = AutoencoderModule.from_config(autoencoder, cfg.phase1, modality.reconstruction_loss)
-    dataset = modality.dataset("train")
+    dataset = split_dataset(cfg, modality, "train")
     train = make_loader(dataset, cfg.data.batch_size, True, cfg.data.num_workers, drop_last=True, seed=cfg.seed,
                         distributed=True)
-    val = make_loader(modality.dataset("val"), cfg.data.batch_size, False, cfg.data.num_workers, seed=cfg.seed)
+    val = make_loader(split_dataset(cfg, modality, "val"), cfg.data.batch_size, False, cfg.data.num_workers, seed=cfg.seed)
     steps, budget = _budget(cfg.phase1, cfg)
     identity = phase_identity(cfg, "autoencoder")
     trainer = make_trainer(cfg.trainer, root, steps, loader=train, dims=modality.dims, identity=identity, **budget)
@@ -304,10 +305,15 @@ def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path, dige
     """Training latents: the on-disk cache (default) or encoding on the fly. ``digest``: the autoencoder's
     :func:`~mmldm.provenance.weights_digest` when the caller has it (else it is computed)."""
     # posterior samples where the posterior is stochastic (LatentDistribution.is_stochastic), the mode otherwise
-    train = phase1.modality.dataset("train")
+    train = split_dataset(cfg, phase1.modality, "train")
+    streamed = isinstance(train, StreamingDataset)
+    if streamed and not cfg.diffusion.latent_cache:
+        raise PreflightError("data.source=stream trains phase 2 on latent shards: set diffusion.latent_cache=true")
     if not cfg.diffusion.latent_cache:
         return EncodingDataset(train, phase1.autoencoder, phase1.stats, sample=True)
     cache = run_dir / "latents"
+    if streamed:  # the latent cache of streamed data is written as shards too
+        return _latent_shards(cfg, phase1, train, cache, digest)
     if _is_rank_zero():
         producer = latent_producer(phase1, len(train), cfg.seed, digest)
         stale = _stale_cache(cache, producer)
@@ -319,6 +325,21 @@ def latent_dataset(cfg: DictConfig, phase1: LatentDiffusion, run_dir: Path, dige
                            producer=producer)
     _barrier()
     return LatentCacheDataset(cache, phase1.stats, sample=True)
+
+
+def _latent_shards(cfg: DictConfig, phase1: LatentDiffusion, train: Any, cache: Path, digest: str | None):
+    """Phase 2's latents of streamed data: encoded by rank 0 into litdata shards (again when the
+    autoencoder, modality config, shards or seed changed), then streamed like the data."""
+    from ..streaming import LatentShards, encode_shards, latent_shards_stale, read_manifest
+
+    if _is_rank_zero():
+        producer = latent_producer(phase1, len(train), cfg.seed, digest)
+        producer["shards"] = (read_manifest(cfg.data.root) or {}).get("producer") or str(cfg.data.root)
+        if latent_shards_stale(cache, producer):
+            log.info("caching the latents of %d streamed training items as shards in %s (rank 0)", len(train), cache)
+            encode_shards(phase1.autoencoder, train, cache, batch_size=cfg.data.batch_size, producer=producer)
+    _barrier()
+    return LatentShards(cache, phase1.stats, sample=True, seed=cfg.seed)
 
 
 def latent_producer(phase1: LatentDiffusion, items: int, seed: int, digest: str | None = None) -> dict[str, Any]:
@@ -410,7 +431,7 @@ def sample_and_measure(pipe: LatentDiffusion, cfg: DictConfig, out: Path) -> dic
     from ..preview import save_samples
 
     n = cfg.sample.num_samples
-    val = pipe.modality.dataset("val")
+    val = split_dataset(cfg, pipe.modality, "val")
     cond = sample_conditions(pipe, val, n)
     samples = pipe.sample(n, cond=cond, guidance=cfg.sample.guidance, seed=cfg.sample.seed)
     save_samples(pipe.modality, samples, out, cond=cond)  # the grid titled with each sample's condition
@@ -502,7 +523,10 @@ def train(cfg: DictConfig, run_dir: Path, diffusion_callbacks: Sequence[Any] = (
 def encode(cfg: DictConfig, run_dir: Path) -> None:
     """Cache the training set's latents under ``<run dir>/latents``."""
     phase1 = load_autoencoder(cfg)
-    dataset = phase1.modality.dataset("train")
+    dataset = split_dataset(cfg, phase1.modality, "train")
+    if isinstance(dataset, StreamingDataset):
+        print(f"mmldm: latents written to {_latent_shards(cfg, phase1, dataset, run_dir / 'latents', None)}")
+        return
     path = encode_dataset(phase1.autoencoder, dataset, run_dir / "latents", cfg.data.batch_size, seed=cfg.seed,
                           producer=latent_producer(phase1, len(dataset), cfg.seed))
     print(f"mmldm: latents written to {path}")
@@ -511,7 +535,7 @@ def encode(cfg: DictConfig, run_dir: Path) -> None:
 def evaluate(cfg: DictConfig, run_dir: Path) -> None:
     """Autoencoder diagnostics on held-out data (and generation metrics for a full model)."""
     phase1 = load_autoencoder(cfg)
-    val = make_loader(phase1.modality.dataset("val"), cfg.data.batch_size, False, seed=cfg.seed)
+    val = make_loader(split_dataset(cfg, phase1.modality, "val"), cfg.data.batch_size, False, seed=cfg.seed)
     diag = autoencoder_diagnostics(phase1.autoencoder, phase1.stats, phase1.modality, val, seed=cfg.seed)
     js, md = write_diagnostics(diag, run_dir)
     metrics = {"autoencoder": diag}

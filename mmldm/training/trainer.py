@@ -203,6 +203,7 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
     from lightning.pytorch.loggers import CSVLogger
 
     from .callbacks import NonFiniteGuard, Preemption, ResumeState, RunIdentity
+    from .data import data_position
 
     root = Path(root)
     kwargs = trainer_kwargs(cfg, max_steps, dims)
@@ -212,7 +213,7 @@ def make_trainer(cfg: Any, root: Path, max_steps: int | None = None, callbacks: 
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
     guards = [NonFiniteGuard(_get(cfg, "nonfinite", "error"), cfg.nonfinite_max_share),
-              ResumeState(getattr(loader, "batch_sampler", None))]
+              ResumeState(data_position(loader))]
     if identity is not None:
         guards.append(RunIdentity(identity))
     kwargs.update(overrides)
