@@ -55,8 +55,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     if isinstance(dataset, StreamingDataset):  # shards (mmldm.streaming): litdata orders and shards the epochs
         loader = StreamLoader(dataset, batch_size, shuffle, num_workers, drop_last, distributed, collate_fn=collate)
         if drop_last and len(loader) == 0:
-            raise ValueError(f"{key}={batch_size} is larger than the {len(dataset)} streamed training items per "
-                             f"process: no full batch; lower {key} or add data")
+            raise ValueError(f"{key}={batch_size} leaves no full batch of the {len(dataset)} streamed training items "
+                             f"in a process; lower {key} or add data")
         return loader
     size = len(dataset)  # type: ignore[arg-type]
     sampler = EpochBatchSampler(size, batch_size, shuffle, drop_last, seed, distributed)
