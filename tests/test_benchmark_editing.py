@@ -1,0 +1,114 @@
+"""The editing benchmark's own functions: masks, the interpolation baseline, statistics and the report."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+editing = pytest.importorskip("benchmarks.editing")
+
+
+def _ball(r: int = 16, radius: float = 5.0, centre: tuple[float, float, float] = (6.0, 8.0, 9.0)) -> torch.Tensor:
+    idx = torch.stack(torch.meshgrid(*[torch.arange(r, dtype=torch.float32)] * 3, indexing="ij"), -1)
+    return ((idx - torch.tensor(centre)).norm(dim=-1) <= radius).float()
+
+
+def test_plane_mask_removes_about_half_and_is_deterministic() -> None:
+    ball = _ball()
+    shares = []
+    for seed in range(20):
+        mask = editing.plane_mask(ball, seed)
+        assert mask.shape == ball.shape and set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(mask, editing.plane_mask(ball, seed))  # deterministic by seed
+        shares.append(float((mask * ball).sum() / ball.sum()))
+    # a plane through the centroid of a ball halves it (up to voxels on the plane)
+    assert all(0.35 < s < 0.65 for s in shares), shares
+    assert not torch.equal(editing.plane_mask(ball, 0), editing.plane_mask(ball, 1))
+    # both sides get removed across seeds: the removed half's centroid lies on either side of the ball's centre
+    idx = torch.stack(torch.meshgrid(*[torch.arange(16.0)] * 3, indexing="ij"), -1)
+    signs = set()
+    for seed in range(20):
+        m = editing.plane_mask(ball, seed).bool() & ball.bool()
+        signs.add(bool((idx[m].mean(0) - torch.tensor([6.0, 8.0, 9.0]))[0] > 0))
+    assert signs == {True, False}
+
+
+def test_plane_mask_of_an_empty_grid_cuts_through_the_centre() -> None:
+    mask = editing.plane_mask(torch.zeros(8, 8, 8), 3)
+    assert 0.3 < float(mask.mean()) < 0.7
+
+
+def test_gap_frames_and_time_mask() -> None:
+    # FSDD: 8 kHz, hop 128 -> 62.5 frames/s; 0.25 s -> 16 frames, centred in 64
+    assert editing.gap_frames(64, 8000, 128) == (24, 40)
+    assert editing.gap_frames(64, 16000, 256, 0.5) == (16, 47)  # 31.25 frames -> 31
+    mask = editing.time_mask((1, 8, 64), 24, 40)
+    assert mask.shape == (1, 8, 64)
+    assert mask[..., 24:40].eq(1).all() and mask[..., :24].eq(0).all() and mask[..., 40:].eq(0).all()
+    with pytest.raises(ValueError):
+        editing.gap_frames(8, 8000, 128, 1.0)
+
+
+def test_interpolation_is_exact_on_a_linear_ramp() -> None:
+    t = torch.arange(64, dtype=torch.float64)
+    ramp = torch.stack([0.5 * t - 3, -2.0 * t + 1, 0 * t + 7])[None]  # [1, 3 bins, 64 frames]
+    holed = ramp.clone()
+    holed[..., 24:40] = -11.5  # silence in the gap
+    filled = editing.interpolate_gap(holed, 24, 40)
+    assert torch.allclose(filled, ramp)
+    assert torch.equal(filled[..., :24], holed[..., :24]) and torch.equal(filled[..., 40:], holed[..., 40:])
+
+
+def test_lower_half_mask_and_iou() -> None:
+    m = editing.lower_half_mask((1, 32, 32))
+    assert m.shape == (1, 32, 32) and m[:, :16].eq(0).all() and m[:, 16:].eq(1).all()
+    a = torch.zeros(2, 1, 4, 4, 4)
+    b = torch.zeros(2, 1, 4, 4, 4)
+    a[0, 0, :2] = 1
+    b[0, 0, :1] = 1
+    assert editing.iou(a, b).tolist() == [0.5, 1.0]  # both empty: 1
+
+
+def test_mean_interval_is_a_t_interval() -> None:
+    m = editing.mean_interval([1.0, 2.0, 3.0, 4.0])
+    assert m["n"] == 4 and m["mean"] == 2.5
+    half = 3.182446305284263 * math.sqrt(5 / 3) / 2  # t(0.975, 3) * sd / sqrt(n)
+    assert m["low"] == pytest.approx(2.5 - half) and m["high"] == pytest.approx(2.5 + half)
+    assert "n=4" in editing.format_mean(m)
+
+
+def _results(task: str) -> dict:
+    mean = editing.mean_interval([0.5, 0.6, 0.7])
+    judge = editing.share(torch.tensor([True, True, False, True]))
+    base = {"settings": {"task": task, "n": 3, "seed": 0, "sampler": "dpmpp_2m", "steps": 25,
+                         "budget": ["phase1.max_steps=1"], "note": None, "overrides": ["modality=x"]},
+            "training": {"wall_seconds": 60.0, "diffusion_steps": 10, "autoencoder_reconstruction": {"iou": 0.9}},
+            "judge": {"val_accuracy": 0.98, "epochs": 20}, "real": {"judge": judge}, "headline": "a",
+            "targets": {"target one": True, "target two": False}}
+    if task == "voxel":
+        row = {"iou": mean, "iou_removed_half": mean, "judge": judge, "seconds": 1.0}
+        base.update(removed_share=mean, best_baseline="b", methods={"b": {**row, "seconds": None},
+                                                                     "a": {**row, "gain_over_best_baseline": mean}})
+    elif task == "mnist":
+        base.update(picture_rows=["masked input", "a", "ground truth"],
+                    methods={"a": {"judge": judge, "seconds": 2.0, "l1_removed_half": mean}})
+    else:
+        row = {"logmel_l1_gap": mean, "spectral_convergence_gap": mean, "judge": judge, "seconds": 3.0}
+        base.update(gap={"start": 24, "stop": 40, "frames": 16, "seconds": 0.256, "frame_rate": 62.5, "clip_frames": 64},
+                    interpolation="i", methods={"i": {**row, "seconds": None},
+                                                "a": {**row, "l1_minus_interpolation": mean,
+                                                      "judge_minus_uncut": {"value": -0.02, "ci": [-0.06, 0.03]}}})
+    return base
+
+
+@pytest.mark.parametrize("task", ["voxel", "mnist", "fsdd"])
+def test_report_formats_every_task(task: str) -> None:
+    text = editing.report(_results(task))
+    assert text.startswith("# Training-free inpainting")
+    assert "75.0% (3/4, 95% CI" in text  # shares carry n and the Wilson interval
+    assert "(n=3, 95% CI" in text  # means carry n and the t interval
+    assert "target one: **met**" in text and "target two: **not met**" in text
+    if task == "fsdd":
+        assert "frames 24-39 of 64" in text and "-2.0 points" in text
