@@ -63,8 +63,13 @@ class _WriteItem:
 
     def __init__(self, dataset: Any, split: str, seed: int, failures: Path):
         self.dataset, self.split, self.seed, self.failures = dataset, split, seed, failures
+        self.pid = os.getpid()
 
     def __call__(self, index: int) -> dict[str, Any] | None:
+        if self.pid != os.getpid():  # first item in a forked worker: one torch thread, as DataLoader workers do
+            # (an OpenMP pool inherited by fork from a parent that ran torch ops deadlocks on its next parallel region)
+            torch.set_num_threads(1)
+            self.pid = os.getpid()
         try:
             with preserved_rng():
                 _reseed(item_seed(self.seed, self.split, index))
