@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks import generation
+from benchmarks import generation, save_results
 
 REPO = generation.REPO
 RESULTS = REPO / "benchmarks" / "results"
@@ -396,11 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     evaluate = {"voxel": evaluate_voxel, "mnist": evaluate_mnist, "fsdd": evaluate_fsdd}[task.base]
     results.update(evaluate(pipe, classifier, x, labels, chosen, args, out))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    text = report(results)
-    (out / "results.md").write_text(text)
-    print(text)
+    save_results(out, results, report(results))
     return results
 
 

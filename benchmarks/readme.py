@@ -369,10 +369,11 @@ def editing_rows() -> list[Row]:
         ("voxel shape completion, half of each held-out shape removed by a random plane (3,000-step models)",
          "`python -m benchmarks.editing --task voxel` / `--task voxel_trained`",
          f"IoU with the full shape: training-free {_mean(free['iou'])}, trained inpainting {_mean(trained['iou'])}, "
-         f"better baseline ({v['best_baseline'].split(' (')[0]}) {_mean(base)}; gain of the better method "
-         f"{max(free['gain_over_best_baseline']['mean'], trained['gain_over_best_baseline']['mean']):.3f}; "
-         + _marked(f"judge on completions {_judged(free)} training-free, {_judged(trained)} trained; best setting "
-                   f"({top}) {_judged(judges[top])}", judges[top]["judge"]["value"] >= 0.8, ">= 80%")),
+         f"better baseline ({v['best_baseline'].split(' (')[0]}) {_mean(base)}; gain of the better method, paired "
+         f"per shape, {_mean(max(free, trained, key=lambda m: m['gain_over_best_baseline']['mean'])['gain_over_best_baseline'])}; "
+         + _marked(f"judge on completions without the class {_judged(free)} training-free, {_judged(trained)} "
+                   "trained", max(free["judge"]["value"], trained["judge"]["value"]) >= 0.8, ">= 80%")
+         + _marked(f"; best setting ({top}) {_judged(judges[top])}", judges[top]["judge"]["value"] >= 0.8, ">= 80%")),
         ("MNIST, lower half of held-out digits inpainted (training-free)", "`python -m benchmarks.editing --task mnist`",
          _marked(f"judge on completions, class not given: {_judged(mn['methods'][mn['headline']])}",
                  all(mn["targets"].values()), ">= 90%")

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from benchmarks import save_results
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 FSDD = ["modality=audio", "preset=audio_fsdd"]
@@ -335,11 +337,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"settings": settings, "results": r}
     if judge is not None:
         results["judge"] = {"source": judge.source, "report": judge.report}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    text = report(results)
-    (out / "results.md").write_text(text)
-    print(text)
+    save_results(out, results, report(results))
     return results
 
 

@@ -148,11 +148,15 @@ def test_vary_at_the_smallest_strength_stays_near_the_reconstruction_and_grows_w
     assert float((near - rec).abs().mean()) < float((far - rec).abs().mean())
 
 
-def test_interpolate_gives_n_frames_and_its_ends_follow_the_inputs(tiny):
+def test_interpolate_gives_n_frames_whose_ends_depend_on_their_own_input_only(tiny):
     pipe, x = tiny
     frames = pipe.interpolate(x[0], x[1], n=4, steps=6, progress=False)
     assert frames.shape == (4, *x.shape[1:]) and torch.isfinite(frames).all()
     assert not torch.allclose(frames[0], frames[-1])
+    other = pipe.interpolate(x[0], x[0].flip(-1), n=3, steps=6, progress=False)
+    assert torch.allclose(other[0], frames[0], atol=1e-4), "frame 0 is the first input's own (slerp weight 0)"
+    same = pipe.interpolate(x[1], x[1], n=3, steps=6, progress=False)
+    assert torch.allclose(same[1], frames[-1], atol=1e-4), "between two equal inputs every frame is that input's"
 
 
 def test_edit_inputs_of_the_wrong_shape_are_refused_naming_the_expected_one(tiny):
