@@ -22,6 +22,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def fsdd(shared_data) -> Path:
+    """The FSDD recordings in ``../shared/data/fsdd`` (``{digit}_{speaker}_{index}.wav``); skip when absent."""
+    root = shared_data / "fsdd"
+    if not root.is_dir():
+        pytest.skip(f"FSDD recordings not found at {root}")
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Data caches (voxelized shapes, ...) of the whole session go to a temporary folder, not the

@@ -214,14 +214,6 @@ def test_save_writes_wav_and_png(tmp_path):
 
 
 @pytest.fixture
-def fsdd(shared_data):
-    root = shared_data / "fsdd"
-    if not root.is_dir():
-        pytest.skip(f"FSDD recordings not found at {root}")
-    return root
-
-
-@pytest.fixture
 def fsdd_folder(tmp_path, fsdd):
     """Five FSDD recordings (one per speaker) beside a corrupt, an empty and a NaN file."""
     names = ["0_george_0.wav", "3_jackson_1.wav", "3_lucas_2.wav", "7_nicolas_3.wav", "7_theo_4.wav"]

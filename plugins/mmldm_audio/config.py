@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional
 
@@ -11,6 +12,11 @@ from mmldm.schema import at_least, check_fields, checked, non_negative, one_of, 
 
 AUDIO_SOURCES = ("synth", "folder")
 AUDIO_LAYOUTS = ("1d", "2d")
+#: ``modality.caption`` choices: a ``.txt`` beside the file (else "a recording of {label}"), or built from an
+#: FSDD file name ``{digit}_{speaker}_{index}.wav`` ("seven, spoken by george").
+AUDIO_CAPTIONS = ("sidecar", "digit_speaker")
+#: A ``modality.holdout`` pair: ``<digit>:<speaker>`` as FSDD names them (``7:george``).
+HOLDOUT_PAIR = re.compile(r"^([0-9]):([a-z]+)$")
 #: ``modality.vocoder`` choices: registered vocoders this modality builds.
 AUDIO_VOCODERS = ("griffinlim", "vocos")
 #: The vocoders that need no trained weights (every other one needs ``modality.vocoder_path``).
@@ -49,6 +55,15 @@ class AudioConfig(ComponentConfig):
         val_pattern (`str`, *optional*): source ``"folder"`` only: a regex searched in each file's
             path relative to ``root``; matching files form "val", the others "train", and
             ``val_fraction`` is unused (e.g. ``_theo_`` holds out one FSDD speaker).
+        caption (`str`): source ``"folder"``: ``"sidecar"`` (default: a ``<stem>.txt`` beside the file,
+            else "a recording of {label}") or ``"digit_speaker"``: built from FSDD file names
+            ``{digit}_{speaker}_{index}.wav`` ("seven, spoken by george"; sidecars are ignored, and a
+            file named otherwise is an error).
+        holdout (`list[str]`): source ``"folder"`` with FSDD file names: ``<digit>:<speaker>`` pairs held
+            out of training (``[7:george, 3:theo]``). The "val" split then holds exactly the files of
+            those pairs, "train" the others (``val_fraction`` unused; ``val_pattern`` must be null), so
+            with ``caption=digit_speaker`` the held-out captions are new sentences of known words. Every
+            digit and every speaker must keep some file in training (checked when the files are read).
         vocoder (`str`): how features become sound (``save()`` WAVs, vocoded metrics): ``"griffinlim"``
             (default, no training) or ``"vocos"`` (a neural vocoder trained by ``mmldm train-vocoder``).
         vocoder_path (`str`, *optional*): the folder ``mmldm train-vocoder`` wrote (``vocoder.safetensors`` +
@@ -75,6 +90,8 @@ class AudioConfig(ComponentConfig):
     val_pattern: Optional[str] = None  # null: split by val_fraction
     vocoder: str = one_of("griffinlim", AUDIO_VOCODERS)
     vocoder_path: Optional[str] = None  # required by a neural vocoder: the folder `mmldm train-vocoder` wrote
+    caption: str = one_of("sidecar", AUDIO_CAPTIONS)
+    holdout: list[str] = field(default_factory=list)  # e.g. [7:george, 3:theo]; empty: no pair held out
 
     #: the key that sets :attr:`sample_dims` (named when a denoiser's dims disagree)
     dims_key: ClassVar[str] = "layout"
@@ -86,6 +103,42 @@ class AudioConfig(ComponentConfig):
 
     def __post_init__(self) -> None:
         check_vocoder(self)
+        check_holdout(self)
+
+
+def parse_holdout(holdout: Any) -> list[tuple[str, str]]:
+    """``["7:george"]`` -> ``[("7", "george")]``; ``ValueError`` naming ``modality.holdout`` and the first
+    entry that is not ``<digit>:<speaker>``."""
+    pairs = []
+    for text in holdout:
+        match = HOLDOUT_PAIR.match(str(text).strip().lower())
+        if match is None:
+            raise ValueError(f"modality.holdout: '{text}' is not a pair '<digit>:<speaker>' as FSDD file names "
+                             "give them (e.g. 7:george)")
+        pairs.append((match.group(1), match.group(2)))
+    return pairs
+
+
+def check_holdout(cfg: AudioConfig) -> None:
+    """``ValueError`` naming the key and value when ``caption`` or ``holdout`` cannot be used: either needs
+    ``source=folder`` (file names), ``holdout`` excludes ``val_pattern`` and must be ``<digit>:<speaker>``
+    pairs. Whether the digits and speakers exist and all stay in training is checked when the files are read
+    (:func:`.sources.pair_split`)."""
+    for key, used in (("caption", cfg.caption != "sidecar"), ("holdout", bool(cfg.holdout))):
+        if used and cfg.source != "folder":
+            raise ValueError(f"modality.{key}={_show(getattr(cfg, key))} needs modality.source=folder (it reads "
+                             f"FSDD file names), got '{cfg.source}'")
+    if not cfg.holdout:
+        return
+    if cfg.val_pattern:
+        raise ValueError(f"modality.holdout={_show(cfg.holdout)} and modality.val_pattern={cfg.val_pattern!r} "
+                         "both choose the 'val' split; set modality.val_pattern=null")
+    parse_holdout(cfg.holdout)
+
+
+def _show(value: Any) -> str:
+    """A config value as an error shows it: a string as is, a list as ``['7:george', ...]``."""
+    return value if isinstance(value, str) else str([str(v) for v in value])
 
 
 def feature_settings(cfg: AudioConfig) -> dict[str, Any]:

@@ -24,6 +24,10 @@ Waveform measures (``[B, N]`` against ``[B, N]``, per clip ``[B]``), as vocoder 
 * :func:`wave_log_spectral_distance` (dB, linear-frequency STFT power),
 
 and :func:`real_time_factor`, a vocoder's seconds of compute per second of audio on one CPU thread.
+
+Judges of spoken digits, independent of any generative model: :func:`train_digit_judge` (the
+independent classifier with mel-shift augmentation) and :class:`SpeakerJudge` (a linear model over each
+clip's long-term spectrum, :func:`clip_statistics`); :func:`judge_clips` applies both.
 """
 
 from __future__ import annotations
@@ -282,3 +286,107 @@ def griffinlim_ceiling(modality: Any, x: Tensor, autoencoder: Autoencoder | None
         values = {k: torch.cat([p[k] for p in parts]) for k in PER_CLIP}
         out[case] = {k: float(v.mean()) for k, v in values.items()} | {"items": len(x)}
     return out
+
+
+# ---------------------------------------------------------------------------- judges of spoken digits
+#: Frames whose log energy lies within this many nepers (x 400 in power) of a clip's loudest frame are voiced.
+VOICED_RANGE = 6.0
+
+
+def clip_statistics(logmel: Tensor) -> Tensor:
+    """Per clip, the mean and standard deviation of each mel bin over its voiced frames (:data:`VOICED_RANGE`):
+    ``logmel [B, n_mels, T]`` -> ``[B, 2 n_mels]``. A long-term spectrum: what a voice sounds like, not what
+    it says (the classic features of text-independent speaker recognition)."""
+    energy = logmel.float().logsumexp(dim=1)  # (B, T)
+    rows = []
+    for clip, e in zip(logmel.float(), energy):
+        voiced = clip[:, e >= e.max() - VOICED_RANGE]  # (n_mels, T_voiced), at least the loudest frame
+        rows.append(torch.cat([voiced.mean(1), voiced.std(1, correction=0)]))
+    return torch.stack(rows)
+
+
+class SpeakerJudge:
+    """Who speaks a clip: linear discriminant analysis with Ledoit-Wolf shrinkage of the shared covariance
+    (scikit-learn, on standardized features) over :func:`clip_statistics` of the log-mel: Gaussian speakers
+    with one covariance, the classic back end of text-independent speaker recognition. Fits in well under a
+    second on FSDD's 2,000 training clips, and on clips of (digit, speaker) pairs it never saw it stays at
+    ~99% (a logistic regression on the same features: ~97%).
+    """
+
+    def __init__(self) -> None:
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.model = make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))
+
+    def fit(self, logmel: Tensor, speakers: Sequence[str]) -> "SpeakerJudge":
+        """Learn from log-mels ``[N, n_mels, T]`` (the modality's ``to_logmel``) and their speakers."""
+        self.model.fit(clip_statistics(logmel).numpy(), list(speakers))
+        return self
+
+    def predict(self, logmel: Tensor) -> list[str]:
+        """The speaker of each log-mel ``[B, n_mels, T]``."""
+        return [str(s) for s in self.model.predict(clip_statistics(logmel).numpy())]
+
+    @property
+    def speakers(self) -> list[str]:
+        return [str(s) for s in self.model.classes_]
+
+
+def clip_attributes(dataset: Any) -> list[dict[str, str]]:
+    """``{"digit", "speaker"}`` of each item of an audio dataset read from FSDD-named files (its ``data.names``,
+    :func:`.sources.digit_speaker`)."""
+    from .sources import digit_speaker
+
+    names = dataset.data.names
+    if not names:
+        raise ValueError("digit and speaker attributes need the clips' file names (source 'folder', FSDD names)")
+    return [dict(zip(("digit", "speaker"), digit_speaker(n))) for n in names]
+
+
+def _features(dataset: Any) -> Tensor:
+    """All ``x`` of a dataset, stacked ``[N, C, *s]``."""
+    return torch.stack([dataset[i]["x"] for i in range(len(dataset))])
+
+
+def train_speaker_judge(modality: Any, train: Any, val: Any | None = None) -> tuple[SpeakerJudge, dict[str, Any]]:
+    """A :class:`SpeakerJudge` fitted on the clips of ``train`` (an audio dataset of FSDD-named files), with
+    ``{"val_accuracy", "val_accuracy_n", "val_accuracy_ci", "seconds"}`` on ``val`` (when given)."""
+    from mmldm.evaluation.classifier import accuracy_stats
+
+    start = time.perf_counter()
+    judge = SpeakerJudge().fit(modality.to_logmel(_features(train)),
+                               [a["speaker"] for a in clip_attributes(train)])
+    report: dict[str, Any] = {"seconds": round(time.perf_counter() - start, 1)}
+    if val is not None:
+        said = judge.predict(modality.to_logmel(_features(val)))
+        hits = torch.tensor([s == a["speaker"] for s, a in zip(said, clip_attributes(val))])
+        report.update(accuracy_stats(hits, "val_accuracy"))
+    return judge, report
+
+
+def train_digit_judge(modality: Any, train: Any, val: Any, epochs: int = 4, seed: int = 0,
+                      shifts: Sequence[int] = range(-3, 4)) -> tuple[Any, dict[str, Any]]:
+    """The digit judge of ``benchmarks.generation``'s FSDD task: the independent classifier
+    (:func:`mmldm.evaluation.classifier.train_classifier`) on the training clips, each shifted by every
+    mel-bin count of ``shifts`` (:class:`.augment.MelShiftDataset`, a vocal-tract-length warp: 98.8% on
+    held-out clips of the training speakers there). Returns the classifier and its report on ``val``."""
+    from mmldm.evaluation.classifier import train_classifier
+
+    from .augment import MelShiftDataset
+
+    return train_classifier(MelShiftDataset(train, modality, shifts), val, modality.dims, modality.channels,
+                            modality.num_classes, epochs=epochs, seed=seed)
+
+
+def judge_clips(digit_judge: Any, speaker_judge: SpeakerJudge, modality: Any, x: Tensor) -> list[dict[str, str]]:
+    """``{"digit", "speaker"}`` of each clip ``x [B, C, *s]`` (the modality's normalized features): the digit by
+    ``digit_judge`` (:func:`train_digit_judge`), the speaker by ``speaker_judge``. Independent of any generative
+    model: real clips are judged the same way."""
+    from mmldm.evaluation.classifier import predict
+
+    logits, _ = predict(digit_judge, x.float().cpu())
+    digits = [modality.class_names[k] for k in logits.argmax(-1).tolist()]
+    speakers = speaker_judge.predict(modality.to_logmel(x.float().cpu()))
+    return [{"digit": d, "speaker": s} for d, s in zip(digits, speakers)]

@@ -25,7 +25,8 @@ from mmldm.interfaces import Modality, Vocoder
 from mmldm.preview import tile
 
 from . import metrics, sources
-from .config import AUDIO_LAYOUTS, AUDIO_SOURCES, UNTRAINED_VOCODERS, AudioConfig, check_features, check_vocoder
+from .config import (AUDIO_CAPTIONS, AUDIO_LAYOUTS, AUDIO_SOURCES, UNTRAINED_VOCODERS, AudioConfig, check_features,
+                     check_holdout, check_vocoder)
 from .features import LogMel, denormalize, f_max_of, fix_length, measure_stats, normalize
 
 
@@ -35,6 +36,7 @@ def validate(cfg: AudioConfig) -> None:
     checks = [
         (cfg.source in AUDIO_SOURCES, f"audio.source='{cfg.source}' is not one of {', '.join(AUDIO_SOURCES)}"),
         (cfg.layout in AUDIO_LAYOUTS, f"audio.layout='{cfg.layout}' is not one of {', '.join(AUDIO_LAYOUTS)}"),
+        (cfg.caption in AUDIO_CAPTIONS, f"modality.caption='{cfg.caption}' is not one of {', '.join(AUDIO_CAPTIONS)}"),
         (cfg.num_frames > 0 and cfg.num_frames % 8 == 0,
          f"audio.num_frames={cfg.num_frames} must be a positive multiple of 8 (the autoencoder halves time up to "
          f"3 times); e.g. {max(8, cfg.num_frames // 8 * 8)}"),
@@ -54,6 +56,7 @@ def validate(cfg: AudioConfig) -> None:
         if not ok:
             raise ValueError(message)
     check_vocoder(cfg)
+    check_holdout(cfg)
     for key in ("label_pattern", "val_pattern"):
         pattern = getattr(cfg, key)
         try:
@@ -165,15 +168,18 @@ class AudioModality(Modality):
         return self._sets[split]
 
     def _load(self, split: str) -> sources.AudioSet:
-        """Split ``split`` of the source: the last synthesized clips are "val"; folder files by
-        ``val_pattern`` when set, else a seeded ``val_fraction`` pick."""
+        """Split ``split`` of the source: the last synthesized clips are "val"; folder files by the held-out
+        ``(digit, speaker)`` pairs of ``holdout``, else by ``val_pattern`` when set, else a seeded
+        ``val_fraction`` pick."""
         c = self.cfg
         if c.source == "synth":  # clip i is synthesized from (seed, i)
             indices = split_indices(c.num_samples, c.val_fraction, split, c.seed, shuffle=False)
             return sources.load_synth(indices, c.seed, c.sample_rate, self.length)
         if self._folder is None:  # read once for both splits
-            self._folder = sources.load_folder(Path(c.root), c.sample_rate, c.label_pattern)
-        if c.val_pattern:
+            self._folder = sources.load_folder(Path(c.root), c.sample_rate, c.label_pattern, c.caption)
+        if c.holdout:
+            idx = sources.pair_split(self._folder.names or [], list(c.holdout), split, c.root)
+        elif c.val_pattern:
             idx = sources.pattern_split(self._folder.names or [], c.val_pattern, split, c.root)
         else:
             idx = split_indices(len(self._folder.waves), c.val_fraction, split, c.seed)

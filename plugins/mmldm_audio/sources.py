@@ -1,4 +1,9 @@
-"""Audio sources: synthesized clips or a folder of WAV/FLAC/OGG files, as mono waveforms."""
+"""Audio sources: synthesized clips or a folder of WAV/FLAC/OGG files, as mono waveforms.
+
+Folders named as the Free Spoken Digit Dataset names its files (``{digit}_{speaker}_{index}.wav``) can
+be captioned from the names ("seven, spoken by george", :func:`digit_speaker_caption`) and split by
+held-out ``(digit, speaker)`` pairs (:func:`pair_split`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from torch import Tensor
 
 from mmldm.data import SkippedFiles, check_split, list_files, read_sidecar_text
 
+from .config import parse_holdout
 from .synth import CLASSES, synthesize
 
 logger = logging.getLogger(__name__)
@@ -25,6 +31,10 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 #: there too but may exceed it a little (inter-sample peaks, un-normalized mixes), so the bound is generous
 #: (+24 dBFS). A larger or non-finite sample rejects the file before it reaches the dataset statistics.
 MAX_ABS_SAMPLE = 16.0
+#: An FSDD file name: ``{digit}_{speaker}_{index}.{suffix}``.
+FSDD_NAME = re.compile(r"^([0-9])_([A-Za-z]+)_[0-9]+[.][A-Za-z0-9]+$")
+#: Digit -> its English word, as :func:`digit_speaker_caption` writes it.
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @dataclass
@@ -129,12 +139,30 @@ def _class_names(labels: list[str]) -> list[str]:
     return sorted(names, key=int) if all(n.isdigit() for n in names) else names
 
 
-def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> AudioSet:
+def digit_speaker(name: str) -> tuple[str, str]:
+    """``"7_george_12.wav"`` (or a path ending in it) -> ``("7", "george")``; ``ValueError`` naming the file
+    when its name is not ``{digit}_{speaker}_{index}.{suffix}``."""
+    match = FSDD_NAME.match(Path(name).name)
+    if match is None:
+        raise ValueError(f"file name '{name}' is not '<digit>_<speaker>_<index>.wav' (the FSDD naming that "
+                         "modality.caption=digit_speaker and modality.holdout read)")
+    return match.group(1), match.group(2).lower()
+
+
+def digit_speaker_caption(name: str) -> str:
+    """The caption of an FSDD file: ``"7_george_12.wav"`` -> ``"seven, spoken by george"``."""
+    digit, speaker = digit_speaker(name)
+    return f"{DIGIT_WORDS[int(digit)]}, spoken by {speaker}"
+
+
+def load_folder(root: Path, sample_rate: int, label_pattern: str | None, caption: str = "sidecar") -> AudioSet:
     """Every WAV/FLAC/OGG under ``root`` (sorted by path), with labels from ``label_pattern`` (or the
     first sub-folder when ``None``) and captions from a ``.txt`` file of the same stem beside each file
-    (else ``"a recording of {label}"``). Corrupt, empty, silent, non-finite or absurd files, paths that are
-    no regular file (FIFOs: never opened), dangling links, symlink loops and captions that are not UTF-8
-    (the item keeps the default caption) are skipped and reported in one warning naming each."""
+    (else ``"a recording of {label}"``), or with ``caption="digit_speaker"`` from FSDD file names
+    (:func:`digit_speaker_caption`; a file named otherwise is an error). Corrupt, empty, silent, non-finite or
+    absurd files, paths that are no regular file (FIFOs: never opened), dangling links, symlink loops and
+    captions that are not UTF-8 (the item keeps the default caption) are skipped and reported in one warning
+    naming each."""
     if not root.is_dir():
         raise FileNotFoundError(f"audio.root={root} is not a directory (source 'folder' reads WAV/FLAC/OGG files)")
     pattern = re.compile(label_pattern) if label_pattern else None
@@ -150,8 +178,11 @@ def load_folder(root: Path, sample_rate: int, label_pattern: str | None) -> Audi
             continue
         labels.append(label)
         names.append(path.relative_to(root).as_posix())
-        caption = read_sidecar_text(path.with_suffix(".txt"), root, skipped)
-        texts.append(caption if caption is not None else f"a recording of {label}")
+        if caption == "digit_speaker":
+            texts.append(digit_speaker_caption(path.name))
+            continue
+        sidecar = read_sidecar_text(path.with_suffix(".txt"), root, skipped)
+        texts.append(sidecar if sidecar is not None else f"a recording of {label}")
     skipped.warn(logger, f"audio folder {root}")
     if not waves:
         raise FileNotFoundError(f"audio.root={root}: no readable {'/'.join(AUDIO_SUFFIXES)} files")
@@ -174,4 +205,35 @@ def pattern_split(names: list[str], val_pattern: str, split: str, root: str | Pa
             f"audio.val_pattern={val_pattern!r} matches {what} of the {len(names)} readable files under {root} "
             f"(e.g. {names[0]!r}); it must select some but not all files (matches form 'val', the rest 'train')"
         )
+    return np.flatnonzero(is_val if split == "val" else ~is_val)
+
+
+def pair_split(names: list[str], holdout: list[str], split: str, root: str | Path) -> np.ndarray:
+    """Indices (int64, file order) of ``split`` under held-out ``<digit>:<speaker>`` pairs: the files of those
+    pairs are "val", the others "train".
+
+    Raises ``ValueError`` naming ``modality.holdout`` and the pair when a file is not FSDD-named, a pair names a
+    digit or speaker that no file has or matches no file, or when, with the pairs before it, it would leave a
+    digit or a speaker with no file in training.
+    """
+    check_split(split)
+    pairs = parse_holdout(holdout)
+    found = [digit_speaker(n) for n in names]
+    digits, speakers = sorted({d for d, _ in found}), sorted({s for _, s in found})
+    held: set[tuple[str, str]] = set()
+    for text, pair in zip(holdout, pairs):
+        for value, known, what in ((pair[0], digits, "digit"), (pair[1], speakers, "speaker")):
+            if value not in known:
+                raise ValueError(f"modality.holdout: '{text}' names the {what} '{value}', which no file under {root} "
+                                 f"has ({what}s: {', '.join(known)})")
+        if pair not in found:
+            raise ValueError(f"modality.holdout: '{text}' matches no file under {root}")
+        held.add(pair)
+        kept = [p for p in found if p not in held]
+        for index, known, what in ((0, digits, "digit"), (1, speakers, "speaker")):
+            if len({p[index] for p in kept}) < len(known):
+                raise ValueError(f"modality.holdout: '{text}' would leave no training file of the {what} "
+                                 f"'{pair[index]}' (with the pairs before it all its files are held out); every "
+                                 f"{what} must keep some file in training")
+    is_val = np.array([p in held for p in found], dtype=bool)
     return np.flatnonzero(is_val if split == "val" else ~is_val)

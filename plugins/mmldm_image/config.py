@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from mmldm.config import ComponentConfig
@@ -37,6 +37,13 @@ class ImageConfig(ComponentConfig):
         crop (`int`): random-crop augmentation in the train split: translations of up to
             ``crop`` pixels per axis (reflection padding; the mask follows). 0: off. Must be
             below ``size / 2``.
+        holdout (`list[str]`): source ``"shapes"`` only: attribute pairs held out of training,
+            each two caption words of different attributes joined by a colon (``star:red``,
+            ``ring:left``; places are ``left``, ``middle``, ``right``). The "train" split then
+            holds every scene without such a pair, "val" exactly the scenes with one (``val_fraction``
+            is unused), so held-out captions are new sentences of known words (see
+            :mod:`.composition`; a pair that would take a word out of training is refused).
+            Empty (default): the ``val_fraction`` split.
     """
 
     source: str = one_of("shapes", IMAGE_SOURCES)
@@ -48,6 +55,29 @@ class ImageConfig(ComponentConfig):
     val_fraction: float = unit_interval(0.1, open_high=True)
     flip: bool = False  # off by default: flipped digits are not digits
     crop: int = non_negative(0)  # off by default: captions say where a shape is
+    holdout: list[str] = field(default_factory=list)  # e.g. [star:red, ring:left]; empty: split by val_fraction
 
     #: the modality's samples are 2D (``[C, size, size]``); a denoiser sized for other dims is refused
     sample_dims: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        check_holdout_config(self)
+
+
+def check_holdout_config(cfg: ImageConfig) -> None:
+    """``ValueError`` naming the key and value when ``cfg.holdout`` cannot be used: a source other than
+    ``shapes`` (only scenes have attributes), a malformed or unknown pair, a pair that takes a word out of
+    training (:func:`.composition.check_holdout`), or ``flip`` with a ``left``/``right`` pair (a flipped
+    training scene would show the held-out combination)."""
+    if not cfg.holdout:
+        return
+    from .composition import check_holdout
+
+    if cfg.source != "shapes":
+        raise ValueError(f"modality.holdout={list(cfg.holdout)} needs modality.source=shapes (the scenes' "
+                         f"attributes), got '{cfg.source}'")
+    pairs = check_holdout(cfg.holdout)
+    sided = [text for text, pair in zip(cfg.holdout, pairs) if pair.get("place") in ("left", "right")]
+    if cfg.flip and sided:
+        raise ValueError(f"modality.flip=true with modality.holdout pair '{sided[0]}': a flipped training scene "
+                         "swaps left and right and would show the held-out combination; set modality.flip=false")

@@ -15,6 +15,7 @@ from mmldm.interfaces import Modality
 from mmldm.regions import box_mask
 
 from . import metrics, sources
+from .composition import check_holdout, check_split_words, is_held_out
 from .config import IMAGE_SOURCES, ImageConfig
 from .preview import save_comparison, save_pngs
 
@@ -45,7 +46,8 @@ class ImageDataset(Dataset):
     "segmentation": LongTensor[1, H, W]}}``; each cond key present only if the source has it.
 
     Args:
-        data (`sources.ImageSet`): decoded images of one split.
+        data (`sources.ImageSet`): decoded images of one split (its ``attributes`` are kept as
+            :attr:`attributes`: the judges of :mod:`.metrics` compare samples with them).
         flip (`bool`): flip each item horizontally with probability 1/2
             (the mask and "left"/"right" in the caption follow).
         crop (`int`): random-crop augmentation: pad each side by ``crop`` pixels (reflection)
@@ -57,6 +59,8 @@ class ImageDataset(Dataset):
         self.x = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # uint8 [N, C, H, W]
         self.labels = data.labels
         self.texts = data.texts
+        #: per item ``{"shape", "colour", "size", "place"}`` (shapes source; before flips), else ``None``
+        self.attributes = data.attributes
         self.masks = None if data.masks is None else torch.from_numpy(data.masks.astype(np.int64))[:, None]
         self.flip = flip
         self.crop = crop
@@ -164,16 +168,22 @@ class ImageModality(Modality):
     def dataset(self, split: str) -> ImageDataset:
         check_split(split)
         data = self._load()
-        idx = split_indices(len(data.images), self.cfg.val_fraction, split, self.cfg.seed,
-                            shuffle=self.cfg.source in ("digits", "folder"))
-        subset = sources.ImageSet(
-            data.images[idx],
-            None if data.labels is None else data.labels[idx],
-            None if data.texts is None else [data.texts[i] for i in idx],
-            None if data.masks is None else data.masks[idx],
-            data.class_names,
-        )
-        return ImageDataset(subset, flip=self.cfg.flip and split == "train", crop=self.cfg.crop if split == "train" else 0)
+        if self.cfg.holdout:
+            idx = self._holdout_indices(data, split)
+        else:
+            idx = split_indices(len(data.images), self.cfg.val_fraction, split, self.cfg.seed,
+                                shuffle=self.cfg.source in ("digits", "folder"))
+        return ImageDataset(data.subset(idx), flip=self.cfg.flip and split == "train",
+                            crop=self.cfg.crop if split == "train" else 0)
+
+    def _holdout_indices(self, data: sources.ImageSet, split: str) -> np.ndarray:
+        """Indices (source order) of ``split`` under ``holdout``: "val" the scenes with a held-out pair,
+        "train" the others; ``ValueError`` when no scene is held out or a word is missing from training."""
+        pairs = check_holdout(self.cfg.holdout)
+        held = np.array([is_held_out(a, pairs) for a in data.attributes or []], dtype=bool)
+        check_split_words([a for a, h in zip(data.attributes or [], held) if not h], int(held.sum()),
+                          self.cfg.holdout, len(held))
+        return np.flatnonzero(held if split == "val" else ~held)
 
     def save(self, samples: Tensor, directory: Path, prefix: str = "sample",
              titles: Sequence[str] | None = None) -> list[Path]:

@@ -2,8 +2,15 @@
 
 Each scene is one shape (circle, square, triangle, star, ...) of one colour
 and size on a textured background, with its class (the shape kind), a caption
-("a small red star on the left") and a segmentation mask. Scene ``i`` of seed
-``s`` depends only on ``(s, i)``, so any subset renders identically.
+("a small red star on the left"), its attributes (the caption's words:
+``{"shape": "star", "colour": "red", "size": "small", "place": "left"}``) and
+a segmentation mask. Scene ``i`` of seed ``s`` depends only on ``(s, i)``, so
+any subset renders identically.
+
+The background (:func:`background`) is a linear gradient per channel plus a
+texture (stripes or Gaussian noise) added *equally to the three channels*: its
+chroma (each channel minus the pixel's mean) is a plane in ``(x, y)``, which
+is what the colour judges of :mod:`.metrics` use to segment the shape.
 
 Shapes are drawn with PIL at ``SUPERSAMPLE`` times the resolution and box-
 filtered down: the coverage is an anti-aliased alpha, and the mask is the set
@@ -12,7 +19,7 @@ of pixels at least half covered, so mask and picture agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -32,18 +39,24 @@ COLOURS = {
 SIZES = {"small": 0.14, "medium": 0.2, "large": 0.27}
 #: Horizontal third -> caption phrase.
 PLACES = ("on the left", "in the middle", "on the right")
+#: Horizontal third -> its one-word name (the ``place`` attribute; the last word of the phrase).
+PLACE_WORDS = tuple(p.split(" ")[-1] for p in PLACES)
+#: Attribute -> its words, in caption order (every word belongs to one attribute only).
+ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "place": PLACE_WORDS}
 SUPERSAMPLE = 4
 
 
 @dataclass
 class Scene:
     """One rendered scene: ``image`` uint8 ``[H, W, 3]``, ``mask`` uint8 ``[H, W]``
-    (0 background, ``label + 1`` on the shape), ``label`` index into :data:`SHAPES`."""
+    (0 background, ``label + 1`` on the shape), ``label`` index into :data:`SHAPES`,
+    ``attributes`` one word per key of :data:`ATTRIBUTES` (``{"shape", "colour", "size", "place"}``)."""
 
     image: np.ndarray
     mask: np.ndarray
     label: int
     caption: str
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -117,4 +130,5 @@ def render_scene(seed: int, index: int, size: int) -> Scene:
     image = bg * (1 - alpha[..., None]) + fg * alpha[..., None]
     mask = np.where(alpha >= 0.5, label + 1, 0).astype(np.uint8)
     caption = f"a {size_word} {colour} {SHAPES[label]} {PLACES[place]}"
-    return Scene(np.round(image).astype(np.uint8), mask, label, caption)
+    attributes = {"shape": SHAPES[label], "colour": colour, "size": size_word, "place": PLACE_WORDS[place]}
+    return Scene(np.round(image).astype(np.uint8), mask, label, caption, attributes)

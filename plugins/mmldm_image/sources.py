@@ -1,8 +1,10 @@
 """Image sources: each turns a config into :class:`ImageSet` arrays at the configured size.
 
 ``ImageSet`` holds uint8 pictures ``[N, H, W, C]`` and, when the source has
-them, class labels ``[N]``, captions and segmentation masks ``[N, H, W]``
-(0 = background). Splitting into train/val happens in :mod:`.modality`.
+them, class labels ``[N]``, captions, segmentation masks ``[N, H, W]``
+(0 = background) and per-item attributes (the shapes source: the caption's
+words, ``{"shape", "colour", "size", "place"}``). Splitting into train/val
+happens in :mod:`.modality`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ class ImageSet:
     texts: list[str] | None = None
     masks: np.ndarray | None = None  # uint8 [N, H, W], 0 = background, k + 1 = class k
     class_names: list[str] = field(default_factory=list)
+    attributes: list[dict[str, str]] | None = None  # shapes: {"shape", "colour", "size", "place"} per item
+
+    def subset(self, idx: np.ndarray) -> "ImageSet":
+        """The items ``idx`` (in that order)."""
+        return ImageSet(
+            self.images[idx],
+            None if self.labels is None else self.labels[idx],
+            None if self.texts is None else [self.texts[i] for i in idx],
+            None if self.masks is None else self.masks[idx],
+            self.class_names,
+            None if self.attributes is None else [self.attributes[i] for i in idx],
+        )
 
 
 def to_channels(img: Image.Image, channels: int) -> np.ndarray:
@@ -84,6 +98,7 @@ def load_shapes(num_samples: int, size: int, seed: int, channels: int) -> ImageS
         [s.caption for s in scenes],
         np.stack([s.mask for s in scenes]),
         list(SHAPES),
+        [s.attributes for s in scenes],
     )
 
 

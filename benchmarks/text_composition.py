@@ -1,0 +1,326 @@
+"""Text conditioning judged on held-out attribute combinations: does the model compose words it knows?
+
+A text-conditioned model sampled on its training captions may only recall them. Here chosen pairs of
+words never meet in training (``modality.holdout``): the training split lacks every item with such a
+pair, the held-out split consists of exactly those items, so each held-out caption is a new sentence
+made of words the model was trained on. Tasks (each trains both phases with ``conditioner=text`` through
+``mmldm.training.run.train``, the code behind ``mmldm train``, for fixed wall-clock budgets):
+
+* ``scenes``: 10,000 procedural scenes ("a small red star on the left"), the run of
+  ``benchmarks.conditioning --task text_shapes``, with 4 shape:colour and 4 shape:place pairs held out
+  (:data:`SCENE_HOLDOUT`; ~2,200 held-out scenes). Judges (:mod:`mmldm_image.metrics`): the shape by the
+  independent classifier trained on 10,000 fresh scenes of another seed; colour, size and place from the
+  shape segmented off its background (nearest palette colour, nearest expected area, third of the centroid).
+* ``fsdd``: spoken digits captioned from their file names ("seven, spoken by george"), with 10
+  (digit, speaker) pairs held out, each digit once and each speaker twice (:data:`FSDD_HOLDOUT`; 500
+  held-out clips). Judges (:mod:`mmldm_audio.metrics`): the digit by the mel-shift classifier of
+  ``benchmarks.generation``, the speaker by a shrinkage-LDA over each clip's long-term spectrum.
+
+Samples are drawn for held-out captions and, as a reference, for training captions; the judges score each
+attribute and all attributes at once, with n and a Wilson 95% interval, beside the same judges on the real
+held-out items (how far the judges can be trusted). Results: ``benchmarks/results/text_composition_<task>/
+results.{json,md}`` with sample files and their captions.
+
+Examples::
+
+    python -m benchmarks.text_composition --task scenes          # 3 + 10 min
+    python -m benchmarks.text_composition --task fsdd            # 6 + 10 min
+    python -m benchmarks.text_composition --task scenes --quick  # a smoke run of well under a minute of training
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from benchmarks import save_results
+from benchmarks.conditioning import TEXT_SHAPES
+from benchmarks.generation import FSDD, SHARED_DATA, save_grid, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Held-out scene pairs: every shape once, four with a colour and four with a place.
+SCENE_HOLDOUT = ["star:red", "circle:blue", "square:yellow", "triangle:green",
+                 "ring:left", "hexagon:right", "cross:middle", "diamond:left"]
+#: Held-out FSDD pairs: every digit once, every speaker twice.
+FSDD_HOLDOUT = ["0:george", "1:jackson", "2:lucas", "3:nicolas", "4:theo",
+                "5:george", "6:jackson", "7:lucas", "8:nicolas", "9:theo"]
+
+#: A judge: samples or real items ``[B, C, *s]`` -> one ``{attribute: word}`` per item.
+Judge = Callable[[Any], list[dict[str, Any]]]
+
+
+def _holdout(pairs: Sequence[str]) -> str:
+    return f"modality.holdout=[{','.join(pairs)}]"
+
+
+def scene_judges(args: argparse.Namespace, modality: Any, train: Any, val: Any) -> tuple[Judge, dict[str, Any]]:
+    """The shape classifier trained on fresh scenes of seed ``seed + 1`` (every combination, none of the
+    data's scenes), with colour, size and place read off the segmented shape."""
+    from mmldm_image.metrics import judge_scenes, train_shape_judge
+
+    classifier, report = train_shape_judge(modality.cfg.size, num_samples=args.judge_items, seed=args.seed + 1,
+                                           epochs=args.judge_epochs)
+    return (lambda x: judge_scenes(classifier, x)), {"shape": report}
+
+
+def fsdd_judges(args: argparse.Namespace, modality: Any, train: Any, val: Any) -> tuple[Judge, dict[str, Any]]:
+    """The digit classifier (mel shifts -3..3; in ``--quick`` none, on ``--judge-items`` clips) and the speaker
+    LDA, both on the training clips."""
+    from mmldm_audio.metrics import judge_clips, train_digit_judge, train_speaker_judge
+
+    from torch.utils.data import Subset
+
+    learn, shifts = train, range(-3, 4)
+    if args.quick:  # no shifts, and --judge-items of the training clips
+        learn, shifts = Subset(train, pick(len(train), args.judge_items, args.seed)), [0]
+    digit, digit_report = train_digit_judge(modality, learn, val, epochs=args.judge_epochs, seed=args.seed,
+                                            shifts=shifts)
+    speaker, speaker_report = train_speaker_judge(modality, train, val)
+    return (lambda x: judge_clips(digit, speaker, modality, x)), {"digit": digit_report, "speaker": speaker_report}
+
+
+def scene_attributes(dataset: Any) -> list[dict[str, str]]:
+    return list(dataset.attributes)
+
+
+def clip_attributes(dataset: Any) -> list[dict[str, str]]:
+    from mmldm_audio.metrics import clip_attributes as attributes
+
+    return attributes(dataset)
+
+
+@dataclass
+class Task:
+    """Config overrides, default budgets, the attributes judged and how (judges, each item's true words)."""
+
+    overrides: list[str]
+    holdout: list[str]
+    ae_minutes: float
+    diffusion_minutes: float
+    attributes: tuple[str, ...]
+    judges: Callable[[argparse.Namespace, Any, Any, Any], tuple[Judge, dict[str, Any]]]
+    expected: Callable[[Any], list[dict[str, str]]]
+    judge_epochs: int
+    data: str | None = None  # sub-folder of --data that becomes modality.root
+    quick: list[str] = field(default_factory=list)  # extra overrides of --quick
+
+
+_FSDD = [o for o in FSDD if not o.startswith("modality.val_pattern")]
+TASKS = {
+    "scenes": Task([*TEXT_SHAPES, _holdout(SCENE_HOLDOUT)], SCENE_HOLDOUT, 3.0, 10.0,
+                   ("shape", "colour", "size", "place"), scene_judges, scene_attributes, judge_epochs=8,
+                   quick=["modality.num_samples=1000"]),
+    "fsdd": Task([*_FSDD, "modality.val_pattern=null", "modality.caption=digit_speaker", "conditioner=text",
+                  _holdout(FSDD_HOLDOUT)], FSDD_HOLDOUT, 6.0, 10.0, ("digit", "speaker"), fsdd_judges,
+                 clip_attributes, judge_epochs=4, data="fsdd"),
+}
+#: ``--quick``: minutes per phase, held-out and training captions sampled, sampler steps, judge epochs and scenes.
+QUICK = {"minutes": 0.1, "samples": 8, "seen": 4, "steps": 5, "judge_epochs": 1, "judge_items": 600}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.text_composition", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=sorted(TASKS), default="scenes")
+    p.add_argument("--data", type=Path, default=SHARED_DATA, help="folder with fsdd/ (task fsdd)")
+    p.add_argument("--ae-minutes", type=float, help="phase-1 budget (default: scenes 3, fsdd 6)")
+    p.add_argument("--diffusion-minutes", type=float, help="phase-2 budget (default: 10)")
+    p.add_argument("--samples", type=int, default=400, help="held-out captions sampled (default 400)")
+    p.add_argument("--seen", type=int, default=200, help="training captions sampled as a reference (default 200)")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++(2M) steps")
+    p.add_argument("--judge-epochs", type=int, help="epochs of the classifier judge (default: scenes 8, fsdd 4)")
+    p.add_argument("--judge-items", type=int, default=10000,
+                   help="fresh scenes the shape judge learns from (--quick: also the clips of the digit judge)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 6 + 6 s of training, 8 + 4 captions, 5 steps, a 1-epoch judge")
+    p.add_argument("--out", type=Path, help="report folder (default benchmarks/results/text_composition_<task>)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    task = TASKS[args.task]
+    args.ae_minutes = args.ae_minutes or task.ae_minutes
+    args.diffusion_minutes = args.diffusion_minutes or task.diffusion_minutes
+    args.judge_epochs = args.judge_epochs or task.judge_epochs
+    if args.quick:
+        args.ae_minutes = args.diffusion_minutes = QUICK["minutes"]
+        args.samples, args.seen, args.steps = QUICK["samples"], QUICK["seen"], QUICK["steps"]
+        args.judge_epochs, args.judge_items = QUICK["judge_epochs"], QUICK["judge_items"]
+    return args
+
+
+def task_overrides(args: argparse.Namespace) -> list[str]:
+    """The task's overrides (``--quick``'s extras, ``--set``) without the time budgets and the seed."""
+    task = TASKS[args.task]
+    root = [f"modality.root={args.data / task.data}"] if task.data else []
+    quick = [*task.quick, "sample.num_samples=1"] if args.quick else []
+    return [*task.overrides, *root, *quick, *args.set]
+
+
+def compose_config(args: argparse.Namespace) -> Any:
+    from mmldm.configuration import compose
+
+    return compose([*task_overrides(args), f"phase1.max_minutes={args.ae_minutes}",
+                    f"diffusion.max_minutes={args.diffusion_minutes}", f"seed={args.seed}"])
+
+
+def pick(n_items: int, n: int, seed: int) -> list[int]:
+    """``min(n, n_items)`` distinct indices drawn with ``seed``, sorted (spread over every held-out pair,
+    where the first ``n`` of a folder sorted by name would cover a few digits only)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n_items, generator=generator)[:n].tolist())
+
+
+def score(predicted: Sequence[dict[str, Any]], expected: Sequence[dict[str, Any]],
+          attributes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per attribute and ``"all"`` (every attribute right): ``{"accuracy", "accuracy_n", "accuracy_ci"}``
+    (:func:`mmldm.evaluation.classifier.accuracy_stats`: share, n, Wilson 95% interval)."""
+    import torch
+
+    from mmldm.evaluation.classifier import accuracy_stats
+
+    hits = {a: [p[a] == e[a] for p, e in zip(predicted, expected)] for a in attributes}
+    hits["all"] = [all(row) for row in zip(*hits.values())]
+    return {a: accuracy_stats(torch.tensor(h, dtype=torch.bool), "accuracy") for a, h in hits.items()}
+
+
+def pair_of(attributes: dict[str, str], holdout: Sequence[str]) -> str | None:
+    """The first held-out pair ``a:b`` both of whose words are among ``attributes``' values."""
+    words = set(attributes.values())
+    return next((pair for pair in holdout if set(pair.split(":")) <= words), None)
+
+
+def per_pair(predicted: Sequence[dict[str, Any]], expected: Sequence[dict[str, Any]], attributes: Sequence[str],
+             holdout: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """:func:`score`'s ``"all"`` of the held-out samples, per held-out pair."""
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(expected):
+        groups.setdefault(pair_of(e, holdout) or "?", []).append(i)
+    return {pair: score([predicted[i] for i in idx], [expected[i] for i in idx], attributes)["all"]
+            for pair, idx in sorted(groups.items())}
+
+
+def sample_and_judge(pipe: Any, judge: Judge, dataset: Any, idx: Sequence[int], expected: Sequence[dict[str, str]],
+                     attributes: Sequence[str], args: argparse.Namespace) -> tuple[dict[str, Any], Any, list[str]]:
+    """Samples for the captions of ``dataset``'s items ``idx``, their judged attributes scored against the
+    items' own; returns the scores (with the predictions and the sampling time), the samples and the captions."""
+    import torch
+
+    captions = [dataset[i]["cond"]["text"] for i in idx]
+    start = time.perf_counter()
+    samples = pipe.sample(len(idx), cond={"text": captions}, steps=args.steps, sampler="dpmpp_2m",
+                          guidance=args.guidance, seed=args.seed, progress=False)
+    seconds = round(time.perf_counter() - start, 1)
+    predicted = judge(pipe.modality.finalize(samples.float().cpu()))
+    wanted = [expected[i] for i in idx]
+    scores = score(predicted, wanted, attributes)
+    return ({"scores": scores, "predicted": predicted, "expected": wanted, "captions": captions,
+             "sampling_seconds": seconds}, torch.as_tensor(samples), captions)
+
+
+def judge_real(judge: Judge, dataset: Any, expected: Sequence[dict[str, str]], attributes: Sequence[str],
+               modality: Any, batch: int = 256) -> dict[str, Any]:
+    """The judges on every real item of ``dataset`` (in batches): how far they can be trusted."""
+    import torch
+
+    predicted: list[dict[str, Any]] = []
+    for start in range(0, len(dataset), batch):
+        x = torch.stack([dataset[i]["x"] for i in range(start, min(start + batch, len(dataset)))])
+        predicted += judge(modality.finalize(x))
+    return score(predicted, expected, attributes)
+
+
+def save_samples(modality: Any, samples: Any, captions: list[str], out: Path) -> None:
+    """Up to 32 samples as files (a PNG grid for scenes; WAVs and spectrograms for audio) and their captions."""
+    out.mkdir(parents=True, exist_ok=True)
+    if modality.name == "image":
+        save_grid(samples[:32], out / "grid.png", nrow=8)
+    else:
+        modality.save(samples[:16], out, prefix="sample")
+    (out / "captions.txt").write_text("\n".join(captions[:32]) + "\n")
+
+
+def _row(label: str, scores: dict[str, Any], keys: Sequence[str]) -> str:
+    from mmldm.evaluation.stats import format_share
+
+    cells = [format_share(scores[k]["accuracy"], scores[k]["accuracy_n"]) for k in keys]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def report(results: dict[str, Any]) -> str:
+    """``results.md``: the held-out pairs, budgets, judges, and per attribute (and all at once) the samples of
+    held-out and of training captions beside the judges on the real held-out items."""
+    from mmldm.evaluation.stats import format_share
+
+    s, train = results["settings"], results["training"]
+    keys = [*s["attributes"], "all"]
+    lines = [f"# Text conditioning on held-out combinations: {s['task']}", "",
+             f"Held out of training (the held-out split is exactly the items with one of these pairs; each word "
+             f"stays in training with other partners): {', '.join(f'`{p}`' for p in s['holdout'])}.", "",
+             f"Budget: phase 1 {s['ae_minutes']} min + phase 2 {s['diffusion_minutes']} min; the training run took "
+             f"{train['wall_seconds'] / 60:.1f} min wall clock ({train['metrics'].get('diffusion', {}).get('steps')} "
+             f"phase-2 steps). {s['train_items']} training and {s['held_out_items']} held-out items.",
+             f"Sampling: DPM-Solver++(2M) {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}.", "",
+             "Judges (independent of the model; their own held-out accuracy):"]
+    for name, r in results["judges"].items():
+        lines.append(f"- {name}: {format_share(r.get('val_accuracy'), r.get('val_accuracy_n'))}"
+                     + (f" ({r['epochs']} epochs, {r['seconds']} s)" if "epochs" in r else f" ({r.get('seconds')} s)"))
+    lines += ["", "Share of items whose judged attribute is the captioned one (n, Wilson 95% interval); `all`: "
+              "every attribute right.", "",
+              "| items | " + " | ".join(keys) + " |", "| --- " * (len(keys) + 1) + "|",
+              _row("samples, held-out captions", results["samples"]["held_out"]["scores"], keys),
+              _row("samples, training captions", results["samples"]["seen"]["scores"], keys),
+              _row("real held-out items (the judges)", results["real"], keys), "",
+              "Samples of held-out captions, every attribute right, per held-out pair:", "",
+              "| pair | all attributes right |", "| --- | --- |"]
+    lines += [f"| `{pair}` | {format_share(r['accuracy'], r['accuracy_n'])} |"
+              for pair, r in results["samples"]["held_out"]["per_pair"].items()]
+    lines += ["", f"Overrides: `{' '.join(s['overrides'])}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    task = TASKS[args.task]
+    import torch
+
+    from mmldm import LatentDiffusion
+    from mmldm.build import build_modality
+
+    torch.manual_seed(args.seed)
+    cfg = compose_config(args)
+    out = args.out or REPO / "benchmarks" / "results" / f"text_composition_{args.task}"
+    print(f"training both phases ({args.ae_minutes} + {args.diffusion_minutes} min) in {out / 'run'}", flush=True)
+    training = train_model(cfg, out / "run")
+    modality = build_modality(cfg.modality)
+    train, val = modality.dataset("train"), modality.dataset("val")
+    judge, judges = task.judges(args, modality, train, val)
+    real = judge_real(judge, val, task.expected(val), task.attributes, modality)
+    print(f"judges on the {len(val)} real held-out items: "
+          + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in real.items()), flush=True)
+    pipe = LatentDiffusion.from_pretrained(out / "run" / "export")
+    held, samples, captions = sample_and_judge(pipe, judge, val, pick(len(val), args.samples, args.seed),
+                                               task.expected(val), task.attributes, args)
+    held["per_pair"] = per_pair(held["predicted"], held["expected"], task.attributes, task.holdout)
+    seen, _, _ = sample_and_judge(pipe, judge, train, pick(len(train), args.seen, args.seed), task.expected(train),
+                                  task.attributes, args)
+    save_samples(modality, samples, captions, out / "samples")
+    settings = {"task": args.task, "holdout": task.holdout, "attributes": list(task.attributes),
+                "ae_minutes": args.ae_minutes, "diffusion_minutes": args.diffusion_minutes,
+                "train_items": len(train), "held_out_items": len(val), "samples": len(held["captions"]),
+                "seen": len(seen["captions"]), "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                "quick": args.quick,
+                "overrides": [o for o in task_overrides(args) if not o.startswith("modality.root=")]}
+    results = {"settings": settings, "training": training, "judges": judges, "real": real,
+               "samples": {"held_out": held, "seen": seen}}
+    save_results(out, results, report(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
