@@ -26,6 +26,12 @@ Examples::
     python -m benchmarks.text_composition --task scenes          # 3 + 10 min
     python -m benchmarks.text_composition --task fsdd            # 6 + 10 min
     python -m benchmarks.text_composition --task scenes --quick  # a smoke run of well under a minute of training
+    python -m benchmarks.text_composition --task scenes --study  # what each ingredient buys: 6 runs of 3 + 10 min
+
+``--study`` trains one run per ingredient variant (:data:`INGREDIENTS`: the trainable text encoder or the
+frozen pretrained MiniLM, token cross-attention, a pooled vector or both, caption dropout, twice the phase-2
+compute) on the same split and budgets, samples the default run at several guidance weights
+(:data:`GUIDANCE_SWEEP`), and judges every run with the same judges: ``text_composition_<task>_study/``.
 """
 
 from __future__ import annotations
@@ -122,6 +128,31 @@ TASKS = {
 QUICK = {"minutes": 0.1, "samples": 8, "seen": 4, "steps": 5, "judge_epochs": 1, "judge_items": 600}
 
 
+@dataclass(frozen=True)
+class Ingredient:
+    """One variant of ``--study``: overrides on top of the task's (a key given here replaces the task's), a
+    factor on the phase-2 budget, and the guidance weights its samples are drawn at (``None``: ``--guidance``)."""
+
+    overrides: tuple[str, ...] = ()
+    compute: float = 1.0
+    guidance: tuple[float, ...] | None = None
+
+
+#: Guidance weights the default variant is sampled at in ``--study``.
+GUIDANCE_SWEEP = (1.0, 2.0, 3.0, 5.0)
+#: ``--study``'s variants. The conditioner's own dropout replaces ``diffusion.cond_dropout`` (0.1); without
+#: dropout the null caption is never trained, so that run is sampled without guidance only.
+INGREDIENTS = {
+    "trainable encoder, cross-attention (default)": Ingredient(guidance=GUIDANCE_SWEEP),
+    "trainable encoder, pooled vector": Ingredient(("conditioner.outputs=[vector]",)),
+    "trainable encoder, cross-attention and vector": Ingredient(("conditioner.outputs=[crossattn,vector]",)),
+    "frozen MiniLM, cross-attention": Ingredient(("conditioner=text_pretrained",)),
+    "no caption dropout": Ingredient(("conditioner.dropout=0",), guidance=(1.0,)),
+    "caption dropout 0.3": Ingredient(("conditioner.dropout=0.3",)),
+    "twice the phase-2 compute": Ingredient(compute=2.0),
+}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.text_composition", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=sorted(TASKS), default="scenes")
@@ -139,6 +170,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a smoke run: 6 + 6 s of training, 8 + 4 captions, 5 steps, a 1-epoch judge")
     p.add_argument("--out", type=Path, help="report folder (default benchmarks/results/text_composition_<task>)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--study", action="store_true",
+                   help="train one run per ingredient variant (INGREDIENTS) and compare them on the same judges")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     task = TASKS[args.task]
@@ -157,7 +190,14 @@ def task_overrides(args: argparse.Namespace) -> list[str]:
     task = TASKS[args.task]
     root = [f"modality.root={args.data / task.data}"] if task.data else []
     quick = [*task.quick, "sample.num_samples=1"] if args.quick else []
-    return [*task.overrides, *root, *quick, *args.set]
+    return merge_overrides([*task.overrides, *root, *quick], args.set)
+
+
+def merge_overrides(base: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``base`` then ``extra``, an override of ``extra`` replacing ``base``'s of the same key (Hydra refuses a
+    key given twice): ``conditioner=text_pretrained`` replaces the task's ``conditioner=text``."""
+    keys = {o.split("=", 1)[0] for o in extra}
+    return [*(o for o in base if o.split("=", 1)[0] not in keys), *extra]
 
 
 def compose_config(args: argparse.Namespace) -> Any:
@@ -284,42 +324,127 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    task = TASKS[args.task]
-    import torch
-
-    from mmldm import LatentDiffusion
+def judged_data(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """The modality of ``cfg``, its splits, the judges trained for them and their accuracy on the real held-out
+    items: ``{"modality", "train", "val", "judge", "judges", "real"}``."""
     from mmldm.build import build_modality
 
-    torch.manual_seed(args.seed)
-    cfg = compose_config(args)
-    out = args.out or REPO / "benchmarks" / "results" / f"text_composition_{args.task}"
-    print(f"training both phases ({args.ae_minutes} + {args.diffusion_minutes} min) in {out / 'run'}", flush=True)
-    training = train_model(cfg, out / "run")
+    task = TASKS[args.task]
     modality = build_modality(cfg.modality)
     train, val = modality.dataset("train"), modality.dataset("val")
     judge, judges = task.judges(args, modality, train, val)
     real = judge_real(judge, val, task.expected(val), task.attributes, modality)
     print(f"judges on the {len(val)} real held-out items: "
           + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in real.items()), flush=True)
-    pipe = LatentDiffusion.from_pretrained(out / "run" / "export")
+    return {"modality": modality, "train": train, "val": val, "judge": judge, "judges": judges, "real": real}
+
+
+def judge_run(args: argparse.Namespace, export: Path, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any, list[str]]:
+    """Samples of the exported model for ``--samples`` held-out and ``--seen`` training captions at
+    ``args.guidance``, judged: the held-out scores (with a breakdown per held-out pair), the training-caption
+    scores, the held-out samples and their captions."""
+    from mmldm import LatentDiffusion
+
+    task = TASKS[args.task]
+    pipe = LatentDiffusion.from_pretrained(export)
+    train, val, judge = data["train"], data["val"], data["judge"]
     held, samples, captions = sample_and_judge(pipe, judge, val, pick(len(val), args.samples, args.seed),
                                                task.expected(val), task.attributes, args)
     held["per_pair"] = per_pair(held["predicted"], held["expected"], task.attributes, task.holdout)
     seen, _, _ = sample_and_judge(pipe, judge, train, pick(len(train), args.seen, args.seed), task.expected(train),
                                   task.attributes, args)
-    save_samples(modality, samples, captions, out / "samples")
-    settings = {"task": args.task, "holdout": task.holdout, "attributes": list(task.attributes),
-                "ae_minutes": args.ae_minutes, "diffusion_minutes": args.diffusion_minutes,
-                "train_items": len(train), "held_out_items": len(val), "samples": len(held["captions"]),
-                "seen": len(seen["captions"]), "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "quick": args.quick,
-                "overrides": [o for o in task_overrides(args) if not o.startswith("modality.root=")]}
-    results = {"settings": settings, "training": training, "judges": judges, "real": real,
-               "samples": {"held_out": held, "seen": seen}}
+    return held, seen, samples, captions
+
+
+def _settings(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    task = TASKS[args.task]
+    return {"task": args.task, "holdout": task.holdout, "attributes": list(task.attributes),
+            "ae_minutes": args.ae_minutes, "diffusion_minutes": args.diffusion_minutes,
+            "train_items": len(data["train"]), "held_out_items": len(data["val"]),
+            "samples": min(args.samples, len(data["val"])), "seen": min(args.seen, len(data["train"])), "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+            "quick": args.quick, "overrides": [o for o in task_overrides(args) if not o.startswith("modality.root=")]}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.study:
+        return study(args)
+    import torch
+
+    torch.manual_seed(args.seed)
+    cfg = compose_config(args)
+    out = args.out or REPO / "benchmarks" / "results" / f"text_composition_{args.task}"
+    print(f"training both phases ({args.ae_minutes} + {args.diffusion_minutes} min) in {out / 'run'}", flush=True)
+    training = train_model(cfg, out / "run")
+    data = judged_data(args, cfg)
+    held, seen, samples, captions = judge_run(args, out / "run" / "export", data)
+    save_samples(data["modality"], samples, captions, out / "samples")
+    results = {"settings": _settings(args, data), "training": training, "judges": data["judges"],
+               "real": data["real"], "samples": {"held_out": held, "seen": seen}}
     save_results(out, results, report(results))
     return results
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_").replace("__", "_")
+
+
+def study(args: argparse.Namespace) -> dict[str, Any]:
+    """``--study``: one run per :data:`INGREDIENTS` variant on the same split, budgets and judges; each run's
+    held-out scores per guidance weight, with its phase-2 steps and wall time."""
+    import copy
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    out = args.out or REPO / "benchmarks" / "results" / f"text_composition_{args.task}_study"
+    data = judged_data(args, compose_config(args))
+    rows: list[dict[str, Any]] = []
+    for name, ingredient in INGREDIENTS.items():
+        variant = copy.copy(args)
+        variant.set = [*args.set, *ingredient.overrides]
+        variant.diffusion_minutes = args.diffusion_minutes * ingredient.compute
+        run = out / _slug(name)
+        print(f"{name}: training both phases ({variant.ae_minutes} + {variant.diffusion_minutes} min) in {run}",
+              flush=True)
+        training = train_model(compose_config(variant), run)
+        for guidance in ingredient.guidance or (args.guidance,):
+            variant.guidance = guidance
+            held, seen, samples, captions = judge_run(variant, run / "export", data)
+            if guidance == (ingredient.guidance or (args.guidance,))[0]:
+                save_samples(data["modality"], samples, captions, run / "judged_samples")
+            rows.append({"variant": name, "overrides": list(ingredient.overrides),
+                         "diffusion_minutes": variant.diffusion_minutes, "guidance": guidance,
+                         "phase2_steps": training["metrics"].get("diffusion", {}).get("steps"),
+                         "wall_seconds": training["wall_seconds"], "held_out": held["scores"],
+                         "per_pair": held["per_pair"], "seen": seen["scores"]})
+    results = {"settings": _settings(args, data), "judges": data["judges"], "real": data["real"], "rows": rows}
+    save_results(out, results, study_report(results))
+    return results
+
+
+def study_report(results: dict[str, Any]) -> str:
+    """``results.md`` of ``--study``: per variant and guidance weight, the share of held-out-caption samples
+    right on each attribute and on all at once (n, Wilson 95% interval), beside the judges on real items."""
+    from mmldm.evaluation.stats import format_share
+
+    s = results["settings"]
+    keys = [*s["attributes"], "all"]
+    lines = [f"# Text conditioning on held-out combinations, what each ingredient buys: {s['task']}", "",
+             f"Held out of training: {', '.join(f'`{p}`' for p in s['holdout'])}. Every variant trains both phases "
+             f"from scratch (phase 1 {s['ae_minutes']} min, phase 2 {s['diffusion_minutes']} min unless the row "
+             f"says otherwise) on {s['train_items']} items; {s['samples']} held-out captions sampled with "
+             f"DPM-Solver++(2M) {s['steps']} steps, seed {s['seed']}. Share of samples whose judged attribute is "
+             "the captioned one (n, Wilson 95% interval).", "",
+             "| variant | phase 2 | guidance | " + " | ".join(keys) + " |", "| --- " * (len(keys) + 3) + "|"]
+    for r in results["rows"]:
+        cells = [format_share(r["held_out"][k]["accuracy"], r["held_out"][k]["accuracy_n"]) for k in keys]
+        lines.append(f"| {r['variant']} | {r['diffusion_minutes']:g} min, {r['phase2_steps']} steps | "
+                     f"{r['guidance']:g} | " + " | ".join(cells) + " |")
+    cells = [format_share(results["real"][k]["accuracy"], results["real"][k]["accuracy_n"]) for k in keys]
+    lines += ["| real held-out items (the judges) | | | " + " | ".join(cells) + " |", "",
+              f"Base overrides: `{' '.join(s['overrides'])}`", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

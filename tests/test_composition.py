@@ -9,6 +9,8 @@ import re
 import numpy as np
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 from benchmarks import text_composition
 from mmldm.configuration import ConfigProblem, validate
@@ -246,3 +248,41 @@ def test_benchmark_quick_run_writes_the_report(tmp_path):
     text = (out / "results.md").read_text()
     assert "| items | shape | colour | size | place | all |" in text and re.search(r"real held-out items", text)
     assert (out / "samples" / "grid.png").is_file()
+
+
+def test_every_study_variant_composes_and_replaces_the_tasks_key(fsdd):
+    """``--study``: each ingredient's overrides compose on both tasks; a key it sets replaces the task's (Hydra
+    refuses a key given twice), and the compute factor scales the phase-2 budget only."""
+    assert text_composition.merge_overrides(["conditioner=text", "seed=1"], ["conditioner=text_pretrained"]) == [
+        "seed=1", "conditioner=text_pretrained"]
+    for task in ("scenes", "fsdd"):
+        args = text_composition.parse_args(["--task", task, "--quick", "--data", str(fsdd.parent)])
+        for name, ingredient in text_composition.INGREDIENTS.items():
+            args.set = list(ingredient.overrides)
+            cfg = text_composition.compose_config(args)
+            assert list(cfg.modality.holdout) == text_composition.TASKS[task].holdout, name
+            for override in ingredient.overrides:
+                key, value = override.split("=", 1)
+                if key == "conditioner":
+                    assert cfg.conditioner.name == value, name
+                else:
+                    got = OmegaConf.select(cfg, key)
+                    got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+                    assert got == yaml.safe_load(value), name
+    assert text_composition.INGREDIENTS["twice the phase-2 compute"].compute == 2.0
+
+
+@pytest.mark.slow
+def test_study_compares_variants_on_the_same_judges(tmp_path, monkeypatch):
+    """``--study --quick`` with two of the variants: one row per variant and guidance weight, one report."""
+    monkeypatch.setattr(text_composition, "INGREDIENTS", {
+        "default": text_composition.Ingredient(guidance=(1.0, 3.0)),
+        "pooled vector": text_composition.Ingredient(("conditioner.outputs=[vector]",))})
+    out = tmp_path / "study"
+    results = text_composition.main(["--task", "scenes", "--quick", "--study", "--out", str(out)])
+    assert [(r["variant"], r["guidance"]) for r in results["rows"]] == [
+        ("default", 1.0), ("default", 3.0), ("pooled vector", 3.0)]
+    assert all(r["held_out"]["all"]["accuracy_n"] == 8 and r["phase2_steps"] for r in results["rows"])
+    text = (out / "results.md").read_text()
+    assert "| pooled vector | 0.1 min" in text and "real held-out items (the judges)" in text
+    assert (out / "pooled_vector" / "judged_samples" / "grid.png").is_file()
