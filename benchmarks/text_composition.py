@@ -339,7 +339,8 @@ def judged_data(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     return {"modality": modality, "train": train, "val": val, "judge": judge, "judges": judges, "real": real}
 
 
-def judge_run(args: argparse.Namespace, export: Path, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any, list[str]]:
+def judge_run(args: argparse.Namespace, export: Path,
+              data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any, list[str]]:
     """Samples of the exported model for ``--samples`` held-out and ``--seen`` training captions at
     ``args.guidance``, judged: the held-out scores (with a breakdown per held-out pair), the training-caption
     scores, the held-out samples and their captions."""
@@ -361,7 +362,8 @@ def _settings(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     return {"task": args.task, "holdout": task.holdout, "attributes": list(task.attributes),
             "ae_minutes": args.ae_minutes, "diffusion_minutes": args.diffusion_minutes,
             "train_items": len(data["train"]), "held_out_items": len(data["val"]),
-            "samples": min(args.samples, len(data["val"])), "seen": min(args.seen, len(data["train"])), "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+            "samples": min(args.samples, len(data["val"])), "seen": min(args.seen, len(data["train"])),
+            "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
             "quick": args.quick, "overrides": [o for o in task_overrides(args) if not o.startswith("modality.root=")]}
 
 
