@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent('''
     import json, os, sys
     import torch
@@ -42,6 +44,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # test_robustness trains both phases under trainer=ddp through the command line
 def test_ddp_preset_trains_with_two_cpu_processes(tmp_path):
     script = tmp_path / "fit.py"
     script.write_text(SCRIPT)

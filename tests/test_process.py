@@ -492,7 +492,9 @@ E2E = {
 }
 
 
-@pytest.mark.parametrize("name", list(E2E))
+# v and x0 differ from eps only in the target, which the unit tests above pin; their end-to-end runs are slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("vp-v", "vp-x0") else n
+                                  for n in E2E])
 def test_train_runs_end_to_end_for_every_process(tmp_path, name):
     run = tmp_path / f"proc_{name}"
     out = run_cli("train", "modality=image", "modality.num_samples=24", "autoencoder.channels=8",

@@ -96,7 +96,8 @@ def _assert_same_result(run: Path, reference: Path) -> None:
         assert (run / "samples" / name).read_bytes() == (reference / "samples" / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("phase", ["autoencoder", "diffusion"])
+# the autoencoder case repeats the diffusion case's resume path through phase 1 (kept in the slow suite)
+@pytest.mark.parametrize("phase", [pytest.param("autoencoder", marks=pytest.mark.slow), "diffusion"])
 def test_sigkill_mid_phase_then_rerun_equals_uninterrupted_run(reference, tmp_path, phase):
     run, env = tmp_path / "run", _env(reference.parent)
     step = _kill_after_first_checkpoint(run, phase, env)
@@ -125,7 +126,7 @@ def _signal_after_first_checkpoint(run: Path, phase: str, env: dict[str, str], s
 
 
 @pytest.mark.parametrize(("phase", "signum"), [("autoencoder", signal.SIGTERM), ("diffusion", signal.SIGTERM),
-                                               ("autoencoder", signal.SIGINT)])
+                                               pytest.param("autoencoder", signal.SIGINT, marks=pytest.mark.slow)])
 def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_identically(reference, tmp_path, phase, signum):
     """Before: SIGTERM (what SLURM and Kubernetes send to preempt a job) exited 0 and saved nothing, so the
     scheduler saw success and every step since the last periodic checkpoint was lost."""

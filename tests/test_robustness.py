@@ -53,6 +53,7 @@ def test_ddp_preset_trains_both_phases_with_two_processes_through_the_cli(tmp_pa
     assert (run / "export" / "denoiser.safetensors").is_file()
 
 
+@pytest.mark.slow  # 25 s: a job per variant through submitit; test_train_e2e covers the basic launcher's multirun
 def test_multirun_through_hydras_submitit_launcher(tmp_path):
     """`-m hydra/launcher=submitit_local`: the launcher that `submitit_slurm` shares its code with
     (the `slurm` extra) runs each variant as its own job, pickling the task with cloudpickle."""
