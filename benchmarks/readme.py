@@ -227,6 +227,18 @@ def time_to_quality_rows() -> list[Row]:
              "; ".join(cells) + " (curves, intervals and 5/10/25/50-step tables in `docs/ablations.md`)")]
 
 
+def voxel_budget_rows() -> list[Row]:
+    """``benchmarks.voxel_budget``: class accuracy of voxel samples after a fixed wall-clock budget (both phases),
+    one shared autoencoder, per diffusion process."""
+    r = load("benchmarks/results/voxel_budget/results.json")
+    cells = [_marked(f"{name} {share(v['class_accuracy'], v['class_accuracy_n'])} ({v['phase2_steps']:,} phase-2 "
+                     f"steps, {v['total_minutes']:.1f} min in all)", v["class_accuracy"] >= 0.85, ">= 85%")
+             for name, v in r["settings"].items()]
+    return [(f"voxel 32^3 class-conditional, both phases in a {r['budget_minutes']:g}-minute budget (phase 1 once, "
+             f"{r['phase1_seconds'] / 60:.1f} min, shared), class accuracy of an independent 3D classifier "
+             "(25 steps, guidance 3)", "`python -m benchmarks.voxel_budget`", "; ".join(cells))]
+
+
 def generation_rows() -> list[Row]:
     rows = []
     g = load("benchmarks/results/generation_mnist/results.json")
@@ -387,9 +399,24 @@ def editing_rows() -> list[Row]:
     ]
 
 
+def streaming_rows() -> list[Row]:
+    """Phase 1 from litdata shards against the in-memory reader (``benchmarks.streaming``): peak RSS and steps/s,
+    the ratio of the medians with the per-round ratios (rounds alternate which side runs first)."""
+    r = load("benchmarks/results/streaming/results.json")
+    rounds = [s["steps_per_s"] / m["steps_per_s"] for s, m in zip(r["rounds"]["stream"], r["rounds"]["memory"])]
+    rss = r["peak_rss_gb"]
+    return [(f"phase 1 streamed from litdata shards: {r['grids']:,} generated {r['resolution']}^3 voxel grids "
+             f"({r['shard_bytes'] / 1e9:.1f} GB of shards) against the in-memory reader on {r['memory_items']:,} grids",
+             "`python -m benchmarks.streaming`",
+             _marked(f"peak RSS {rss['stream']:.2f} GB streamed ({rss['memory']:.2f} GB in memory)", r["passes"]["rss"],
+                     "< 3 GB") + "; "
+             + _marked(f"steps/s streamed / in memory {r['rate_ratio']:.2f} (per round {min(rounds):.2f}-"
+                       f"{max(rounds):.2f}, {len(rounds)} rounds)", r["passes"]["rate"], ">= 0.9"))]
+
+
 SECTIONS: Sequence[Callable[[], list[Row]]] = (perf_rows, upsample_rows, precision_rows, demo_rows, phase1_rows,
-                                               generation_rows, time_to_quality_rows, conditioning_rows,
-                                               editing_rows, ablation_rows)
+                                               generation_rows, time_to_quality_rows, voxel_budget_rows,
+                                               conditioning_rows, editing_rows, streaming_rows, ablation_rows)
 
 
 def table() -> str:

@@ -13,7 +13,8 @@ What it does (32^3 procedural shapes, the ``modality=voxel`` preset on the CPU t
    the real shapes, 20 samples per class, class accuracy with n and a Wilson 95% interval, Frechet distance,
    1-NNA / COV / MMD / JSD beside a real-vs-real null), one classifier for all settings.
 
-Results: ``benchmarks/results/voxel_budget/<setting>/results.{json,md}`` and ``summary.md`` beside them.
+Results: ``benchmarks/results/voxel_budget/<setting>/results.{json,md}`` (each setting judged) and the summary
+``results.{json,md}`` beside them, rewritten after every setting (``--summarize`` rebuilds it from those files).
 
 Examples::
 
@@ -49,6 +50,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a smoke run: 300 shapes, 16^3, 2 samples per class, "
                    "2 classifier epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--summarize", action="store_true",
+                   help="train nothing: rebuild results.{json,md} from the settings already judged in --out")
     return p.parse_args(argv)
 
 
@@ -70,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from benchmarks import generation
 
     args = parse_args(argv)
+    if args.summarize:
+        summary = summarize(args)
+        print(markdown(summary))
+        return summary
     base = [*VOXEL, *(["modality.num_shapes=300", "modality.resolution=16"] if args.quick else []), *args.set,
             f"seed={args.seed}"]
     runs = args.out / "runs"
@@ -81,9 +88,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     minutes = args.budget - w1 / 60 - args.margin
     if minutes <= 0:
         raise SystemExit(f"phase 1 took {w1 / 60:.1f} min: nothing is left of --budget {args.budget} for phase 2")
-    summary: dict[str, Any] = {"budget_minutes": args.budget, "phase1_seconds": round(w1, 1),
-                               "phase1_reconstruction": phase1["autoencoder"]["reconstruction"],
-                               "diffusion_max_minutes": round(minutes, 2), "settings": {}}
     classifier = None
     for name in args.settings:
         print(f"{name}: phase 2 for {minutes:.2f} min", flush=True)
@@ -93,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         total = w1 + w2
         (run_dir / "training.json").write_text(json.dumps(
-            {"wall_seconds": total, "phase1_seconds": w1, "phase2_seconds": w2, "metrics": {**phase1, **metrics}},
-            indent=2, default=float))
+            {"wall_seconds": total, "phase1_seconds": w1, "phase2_seconds": w2, "diffusion_max_minutes": minutes,
+             "metrics": {**phase1, **metrics}}, indent=2, default=float))
         out = args.out / name
         if classifier is not None:  # one judge for every setting (same data, seed and recipe)
             out.mkdir(parents=True, exist_ok=True)
@@ -103,21 +107,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"with {' '.join(_PROCESSES[name])} for {minutes:.2f} min ({w2 / 60:.1f} min wall with the latent cache, "
                 f"export and samples): {total / 60:.1f} min in all (budget {args.budget} min), "
                 "`python -m benchmarks.voxel_budget`.")
-        judged = generation.main(["--task", "voxel", "--reuse", "--run-dir", str(run_dir), "--out", str(out),
-                                  "--note", note, "--seed", str(args.seed),
-                                  *(["--set", "modality.num_shapes=300", "modality.resolution=16", "--per-class", "2",
-                                     "--classifier-epochs", "2"] if args.quick else [])])
+        generation.main(["--task", "voxel", "--reuse", "--run-dir", str(run_dir), "--out", str(out),
+                         "--note", note, "--seed", str(args.seed),
+                         *(["--set", "modality.num_shapes=300", "modality.resolution=16", "--per-class", "2",
+                            "--classifier-epochs", "2"] if args.quick else [])])
         classifier = out / "classifier.pt"
-        head = judged["samples"]["dpmpp_2m-25-g3"]
-        summary["settings"][name] = {
-            "overrides": _PROCESSES[name], "phase2_steps": metrics["diffusion"]["steps"],
-            "phase2_seconds": round(w2, 1), "total_minutes": round(total / 60, 2),
-            **{k: head[k] for k in ("class_accuracy", "class_accuracy_n", "class_accuracy_ci", "frechet_distance")},
-            "classifier_val_accuracy": judged["classifier"]["val_accuracy"]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    (args.out / "summary.md").write_text(markdown(summary))
+        summary = summarize(args)  # after every setting: a run stopped later keeps what it measured
     print(markdown(summary))
+    return summary
+
+
+def summarize(args: argparse.Namespace) -> dict[str, Any]:
+    """The summary of the settings judged so far, rebuilt from the files each wrote (``runs/<setting>/
+    training.json``, ``<setting>/results.json``) and saved as ``results.{json,md}`` in ``--out``; also what
+    ``--summarize`` writes for a run that was stopped before its last setting."""
+    from mmldm.ablation import _PROCESSES
+    from benchmarks import save_results
+
+    runs = args.out / "runs"
+    phase1 = json.loads((runs / "autoencoder" / "metrics.json").read_text())
+    summary: dict[str, Any] = {"budget_minutes": args.budget, "phase1_reconstruction":
+                               phase1["autoencoder"]["reconstruction"], "settings": {}}
+    for name in sorted(_PROCESSES, key=lambda n: (n not in args.settings, n)):
+        training, judged = runs / name / "training.json", args.out / name / "results.json"
+        if not (training.is_file() and judged.is_file()):
+            continue
+        t, j = json.loads(training.read_text()), json.loads(judged.read_text())
+        head = j["samples"]["dpmpp_2m-25-g3"]
+        summary["phase1_seconds"] = round(t["phase1_seconds"], 1)
+        summary["diffusion_max_minutes"] = round(t.get("diffusion_max_minutes", args.budget - t["phase1_seconds"] / 60
+                                                       - args.margin), 2)
+        summary["settings"][name] = {
+            "overrides": _PROCESSES[name], "phase2_steps": t["metrics"]["diffusion"]["steps"],
+            "phase2_seconds": round(t["phase2_seconds"], 1), "total_minutes": round(t["wall_seconds"] / 60, 2),
+            **{k: head[k] for k in ("class_accuracy", "class_accuracy_n", "class_accuracy_ci", "frechet_distance")},
+            "classifier_val_accuracy": j["classifier"]["val_accuracy"]}
+    if summary["settings"]:
+        save_results(args.out, summary, markdown(summary))
     return summary
 
 
