@@ -257,4 +257,29 @@ def test_voxel_budget_shares_phase1_and_keeps_every_setting_within_the_budget(tm
             round(exported["phase1_seconds"], 1) == summary["phase1_seconds"]
     # one judge: the second setting reuses the first one's classifier file
     assert (tmp_path / "vp_eps" / "classifier.pt").read_bytes() == (tmp_path / "flow" / "classifier.pt").read_bytes()
-    assert "| flow | `process=flow` |" in (tmp_path / "summary.md").read_text()
+    assert "| flow | `process=flow` |" in (tmp_path / "results.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_voxel_budget_summarize_rebuilds_the_table_from_the_settings_judged(tmp_path):
+    """A run stopped after its first setting: ``--summarize`` reads what that setting wrote and skips the rest."""
+    from benchmarks import voxel_budget
+
+    (tmp_path / "runs" / "autoencoder").mkdir(parents=True)
+    (tmp_path / "runs" / "autoencoder" / "metrics.json").write_text(json.dumps(
+        {"autoencoder": {"reconstruction": {"iou": 0.95}}}))
+    (tmp_path / "runs" / "flow").mkdir()
+    (tmp_path / "runs" / "flow" / "training.json").write_text(json.dumps(
+        {"wall_seconds": 2346.0, "phase1_seconds": 499.6, "phase2_seconds": 1846.4,
+         "metrics": {"diffusion": {"steps": 8536}}}))
+    (tmp_path / "flow").mkdir()
+    head = {"class_accuracy": 0.7, "class_accuracy_n": 120, "class_accuracy_ci": [0.613, 0.775],
+            "frechet_distance": 13.9}
+    (tmp_path / "flow" / "results.json").write_text(json.dumps(
+        {"samples": {"dpmpp_2m-25-g3": head}, "classifier": {"val_accuracy": 0.98}}))
+    summary = voxel_budget.main(["--summarize", "--out", str(tmp_path)])
+    assert list(summary["settings"]) == ["flow"]  # vp_v_minsnr was never judged
+    assert summary["phase1_seconds"] == 499.6 and summary["diffusion_max_minutes"] == round(40 - 499.6 / 60 - 1.5, 2)
+    assert summary["settings"]["flow"]["phase2_steps"] == 8536 and summary["settings"]["flow"]["total_minutes"] == 39.1
+    text = (tmp_path / "results.md").read_text()
+    assert "| flow | `process=flow` | 8536 | 39.1 | 70.0% (84/120, 95% CI 61.3-77.5%) | 13.9 |" in text
