@@ -231,3 +231,46 @@ def test_registered_names_build_the_same_class_with_dims_from_the_call(name, dim
                            concat_channels=0, vector_dim=None)
     assert type(model) is UNet and model.dims == dims
     assert model(torch.randn(1, 2, *[4] * dims), torch.tensor([10.0])).shape == (1, 4, *[4] * dims)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_additive_time_conditioning_adds_before_the_second_norm(dims):
+    from mmldm.nn import ResBlock
+
+    torch.manual_seed(0)
+    block = randomize(ResBlock(dims, 8, 16, emb_channels=12, scale_shift=False, groups=4))
+    assert block.emb.out_features == 16  # one projection, not a scale and a shift
+    x, emb = torch.randn(B, 8, *SIZE[dims]), torch.randn(B, 12)
+    h = block.conv1(torch.nn.functional.silu(block.norm1(x)))
+    h = h + block.emb(torch.nn.functional.silu(emb)).reshape(B, 16, *[1] * dims)
+    expected = block.skip(x) + block.conv2(torch.nn.functional.silu(block.norm2(h)))
+    torch.testing.assert_close(block(x, emb), expected)
+    with torch.no_grad():  # a term equal over each group is removed by GroupNorm: the time has no effect
+        block.emb.weight.zero_()
+        block.emb.bias.fill_(0.7)
+        out = block(x, emb)
+        block.emb.bias.zero_()
+    torch.testing.assert_close(out, block(x, emb))
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_unet_time_conditioning_option_builds_additive_blocks_and_trains(dims):
+    # 64 channels: GroupNorm's 32 groups hold 2 channels each (with 1 per group it removes an added term)
+    scale_shift = make(dims, True, model_channels=64)
+    additive = make(dims, True, model_channels=64, time_conditioning="additive")
+    per_block = [(a.emb.out_features, b.emb.out_features) for a, b in zip(
+        (m for m in scale_shift.modules() if getattr(m, "emb", None) is not None and hasattr(m, "scale_shift")),
+        (m for m in additive.modules() if getattr(m, "emb", None) is not None and hasattr(m, "scale_shift")))]
+    assert per_block and all(s == 2 * a for s, a in per_block)
+    model = randomize(additive)
+    z, t, cond = inputs(dims, True)
+    model(z, t, cond).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    t2 = torch.tensor([500.0, 20.0])
+    with torch.no_grad():
+        assert not torch.allclose(model(z, t, cond), model(z, t2, cond))  # the time reaches the output
+
+
+def test_time_conditioning_is_checked_when_the_config_is_built():
+    with pytest.raises(ValueError, match="time_conditioning.*scale_shift, additive|time_conditioning.*'sum'"):
+        UNetConfig(name="unet", time_conditioning="sum")

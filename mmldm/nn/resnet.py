@@ -21,7 +21,9 @@ class ResBlock(nn.Module):
         emb_channels (`int`, *optional*): size of a conditioning vector ``[B, E]``
             (the time embedding). With ``scale_shift`` it modulates the second
             norm as ``norm(h) * (1 + scale) + shift`` (Dhariwal & Nichol 2021),
-            otherwise it is added to the features.
+            otherwise it is added to the features before the second norm,
+            ``norm(h + Linear(emb))`` (Ho et al. 2020; Rombach et al.'s
+            ``use_scale_shift_norm=False``, diffusers' ``"default"``, MONAI's only form).
         dropout (`float`): dropout before the second convolution.
         zero_init (`bool`): start the residual branch at zero (identity block).
     """
@@ -55,8 +57,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = self.norm2(h)
-        if self.emb is not None:
+        if self.emb is None:
+            h = self.norm2(h)
+        else:
             if emb is None:
                 raise ValueError("this ResBlock was built with emb_channels and needs an embedding")
             e = self.emb(F.silu(emb)).reshape(*emb.shape[:1], -1, *([1] * (h.ndim - 2)))  # (B, C', 1, ...)
@@ -65,9 +68,9 @@ class ResBlock(nn.Module):
                 # two elementwise ops, not one addcmul: torch's addcmul with a broadcast [B, C, 1, ...]
                 # operand takes a slow path (forward + backward 1.1-2.9x the time of mul + add here,
                 # float32 and bf16, dims 2 and 3)
-                h = h * (1 + scale) + shift
+                h = self.norm2(h) * (1 + scale) + shift
             else:
-                h = h + e
+                h = self.norm2(h + e)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 

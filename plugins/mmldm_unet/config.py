@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from mmldm.config import ComponentConfig
-from mmldm.schema import check_fields, checked, non_negative, positive, unit_interval
+from mmldm.schema import check_fields, checked, non_negative, one_of, positive, unit_interval
+
+#: how the time embedding enters each ResBlock (:class:`mmldm.nn.ResBlock`)
+TIME_CONDITIONING = ("scale_shift", "additive")
 
 
 @dataclass
@@ -25,6 +28,12 @@ class UNetConfig(ComponentConfig):
         transformer_depth (`int`): TransformerBlocks per SpatialTransformer.
         mid_attention (`bool`): a SpatialTransformer between the two middle ResBlocks.
         dropout (`float`): inside the ResBlocks and feed-forwards.
+        time_conditioning (`str`): how the time embedding enters each ResBlock: ``scale_shift`` modulates
+            the second norm, ``norm(h) * (1 + scale) + shift`` (Dhariwal & Nichol 2021; Stable Diffusion 2's
+            and the image presets' choice); ``additive`` adds a projection before it, ``norm(h + proj)``
+            (Ho et al. 2020, LDM's ``use_scale_shift_norm=False``, MONAI's ``DiffusionModelUNet``), with
+            half the projection's parameters. GroupNorm subtracts each group's mean of the added term, so
+            at levels of 32 channels or fewer (one channel per group) the time has no effect on a block.
         use_checkpoint (`bool`): gradient checkpointing per block (less memory, ~30% slower training).
         channels_last (`bool`): channels-last memory format for dims 2 and 3 (no effect for dims 1).
         compile (`bool`): run the forward through ``torch.compile`` (inductor). Off by default: on a 2-core
@@ -45,6 +54,7 @@ class UNetConfig(ComponentConfig):
     transformer_depth: int = positive(1)
     mid_attention: bool = True
     dropout: float = unit_interval(0.0, open_high=True)
+    time_conditioning: str = one_of("scale_shift", TIME_CONDITIONING)
     use_checkpoint: bool = False
     channels_last: bool = False
     compile: bool = False

@@ -20,7 +20,7 @@ from mmldm.nn import (
     zero_module,
 )
 
-from .config import UNetConfig
+from .config import TIME_CONDITIONING, UNetConfig
 
 _MEMORY_FORMAT = {2: torch.channels_last, 3: torch.channels_last_3d}
 
@@ -63,7 +63,8 @@ class UNet(Denoiser):
         self, dims: int, in_channels: int, out_channels: int, *, model_channels: int = 64,
         channel_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int = 2, attention_levels: Sequence[int] = (1, 2),
         num_heads: int = 4, head_dim: int | None = None, transformer_depth: int = 1, mid_attention: bool = True,
-        dropout: float = 0.0, context_dim: int | None = None, concat_channels: int = 0,
+        dropout: float = 0.0, time_conditioning: str = "scale_shift", context_dim: int | None = None,
+        concat_channels: int = 0,
         vector_dim: int | None = None, use_checkpoint: bool = False, channels_last: bool = False,
         compile: bool = False,
     ):
@@ -76,15 +77,19 @@ class UNet(Denoiser):
         self.context_dim, self.concat_channels, self.vector_dim = context_dim, concat_channels, vector_dim
         self.num_levels, self.use_checkpoint, self.use_compile = len(channel_mult), use_checkpoint, compile
         self._attn = dict(num_heads=num_heads, head_dim=head_dim, depth=transformer_depth, dropout=dropout)
+        if time_conditioning not in TIME_CONDITIONING:
+            raise ValueError(f"time_conditioning={time_conditioning!r} is not valid; choose one of: "
+                             f"{', '.join(TIME_CONDITIONING)}")
+        self._scale_shift = time_conditioning == "scale_shift"
         emb_dim = 4 * model_channels
         self.time_embed = TimestepEmbedding(model_channels, emb_dim)
         self.vector_embed = nn.Linear(vector_dim, emb_dim) if vector_dim else None
         self.down, skips = self._build_down(in_channels + concat_channels, model_channels, channel_mult,
                                             num_res_blocks, attention_levels, emb_dim, dropout)
         ch = skips[-1]
-        mid_layers = [ResBlock(dims, ch, emb_channels=emb_dim, dropout=dropout)]
-        mid_layers += [self._transformer(ch)] if mid_attention else []
-        self.mid = UNetBlock(*mid_layers, ResBlock(dims, ch, emb_channels=emb_dim, dropout=dropout))
+        mid = functools.partial(ResBlock, dims, ch, emb_channels=emb_dim, dropout=dropout,
+                                scale_shift=self._scale_shift)
+        self.mid = UNetBlock(mid(), *([self._transformer(ch)] if mid_attention else []), mid())
         self.up = self._build_up(skips, model_channels, channel_mult, num_res_blocks, attention_levels,
                                  emb_dim, dropout)
         self.out = nn.Sequential(group_norm(model_channels), nn.SiLU(),
@@ -106,7 +111,8 @@ class UNet(Denoiser):
         blocks, skips, ch = [UNetBlock(conv_nd(self.dims, in_ch, mc, 3, padding=1))], [mc], mc
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                layers = [ResBlock(self.dims, ch, mc * mult, emb_channels=emb_dim, dropout=dropout)]
+                layers = [ResBlock(self.dims, ch, mc * mult, emb_channels=emb_dim, dropout=dropout,
+                                   scale_shift=self._scale_shift)]
                 ch = mc * mult
                 layers += [self._transformer(ch)] if level in attention_levels else []
                 blocks.append(UNetBlock(*layers))
@@ -121,7 +127,8 @@ class UNet(Denoiser):
         for level in reversed(range(len(channel_mult))):
             for i in range(num_res_blocks + 1):
                 out_ch = mc * channel_mult[level]
-                layers = [ResBlock(self.dims, ch + skips.pop(), out_ch, emb_channels=emb_dim, dropout=dropout)]
+                layers = [ResBlock(self.dims, ch + skips.pop(), out_ch, emb_channels=emb_dim, dropout=dropout,
+                                   scale_shift=self._scale_shift)]
                 ch = out_ch
                 layers += [self._transformer(ch)] if level in attention_levels else []
                 layers += [Upsample(self.dims, ch)] if level > 0 and i == num_res_blocks else []
