@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .sampling_cli import check_model_settings, check_sampler, parse_settings, sampler_name, sampler_options
+from .sampling_cli import (
+    check_model_settings, check_sampler, parse_settings, sampler_name, sampler_options, unknown_word_warnings,
+)
 
 HELP = """\
 Edit your own files with an exported model folder (a run leaves one in <run dir>/export): fill a region
@@ -273,6 +275,8 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"{model} holds an autoencoder only (no denoiser.safetensors): editing needs a "
                              "trained diffusion model; train phase 2 (stage=diffusion)")
         check_model_settings(pipe, settings)
+        for line in unknown_word_warnings(pipe, settings):
+            print(f"mmldm edit: warning: {line}", file=sys.stderr)
         out = Path(settings.get("out", model / "edits" / edit["op"]))
         paths = run_edit(pipe, edit, settings, options, out)
     except (ExportError, ValueError, OSError, RegistryError, NotImplementedError) as e:

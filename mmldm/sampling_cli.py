@@ -19,7 +19,8 @@ settings are key=value pairs:
   guidance=3.0      classifier-free guidance weight, a finite number (1 = no guidance)
   class=3           condition every sample on class 3 (class=0,1,2 cycles; default: classes in turn);
                     class-conditioned models only, indices 0..classes-1
-  text="a red star"  the caption of every sample of a text-conditioned model ("a|b" cycles)
+  text="a red star"  the caption of every sample of a text-conditioned model ("a|b" cycles); words the
+                    model's tokenizer does not know (never in the training captions) are named in a warning
 Conditions not given (a text model without text=, a segmentation model's masks) come from the
 held-out items of the model's modality, as in the samples a training run leaves.
   seed=0            random seed >= 0 (same seed, same samples)
@@ -177,6 +178,25 @@ def check_model_settings(pipe: Any, s: dict[str, Any]) -> None:
         _class_values(s["class"], getattr(classes, "num_classes", None))
 
 
+def unknown_word_warnings(pipe: Any, s: dict[str, Any]) -> list[str]:
+    """One line per ``text=`` caption that holds words the model's text conditioner cannot know
+    (``TextConditionerBase.unknown_words``: mapped to the unknown token, or outside a vocabulary learned
+    from the training captions); empty without ``text=`` or such words."""
+    if "text" not in s:
+        return []
+    text = next((c for c in pipe.conditioners if getattr(c, "key", None) == "text"), None)
+    if text is None or not hasattr(text, "unknown_words"):
+        return []
+    lines = []
+    for caption in dict.fromkeys(s["text"].split("|")):
+        unknown = text.unknown_words(caption)
+        if unknown:
+            shown = ", ".join(f"'{w}' (tokens {' '.join(p)})" for w, p in unknown.items())
+            lines.append(f"text='{caption}': {len(unknown)} word(s) the model's tokenizer does not know: {shown}; "
+                         "the training captions never held them, so the model will most likely ignore them")
+    return lines
+
+
 def conditions(pipe: Any, s: dict[str, Any], n: int) -> dict[str, Any] | None:
     """The model's conditions for ``n`` samples: ``class=`` and ``text=`` settings (cycled), the rest from
     the modality's held-out items (:func:`mmldm.pipeline.sample_conditions`)."""
@@ -233,6 +253,8 @@ def main(argv: Sequence[str]) -> int:
         check_model_settings(pipe, s)
     except (ExportError, ValueError, RegistryError) as e:
         return _fail(str(e))
+    for line in unknown_word_warnings(pipe, s):
+        print(f"mmldm sample: warning: {line}", file=sys.stderr)
     n = s.get("n", 16)
     try:
         cond = conditions(pipe, s, n)

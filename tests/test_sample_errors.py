@@ -318,3 +318,59 @@ def test_encode_and_evaluate_name_a_missing_or_damaged_export(export, tmp_path):
     lines = _hydra_verb("evaluate", tmp_path, f"phase1.checkpoint={damaged}")
     assert len(lines) == 1 and lines[0].startswith(
         f"mmldm evaluate: error: cannot read weights file {damaged / 'autoencoder.safetensors'} (corrupted or truncated?)")
+
+
+@pytest.fixture(scope="module")
+def text_export(tmp_path_factory, one_thread):
+    """A tiny untrained text-conditioned image model whose tokenizer learned 'a {red,blue} {star,ring}'."""
+    from mmldm.build import build_autoencoder, build_conditioners, build_denoiser, build_modality
+    from mmldm.configuration import compose
+    from mmldm.latents import LatentStats
+    from mmldm.pipeline import LatentDiffusion
+
+    torch.manual_seed(0)
+    cfg = compose(["modality=image", "modality.num_samples=12", "autoencoder.channels=8", "autoencoder.norm_groups=8",
+                   "denoiser.model_channels=16", "denoiser.channel_mult=[1,2]", "denoiser.attention_levels=[1]",
+                   "conditioner=text", "conditioner.hidden_size=16", "conditioner.num_heads=2",
+                   "conditioner.num_layers=1", "sampler.steps=1"])
+    modality = build_modality(cfg.modality)
+    autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
+    shape = autoencoder.latent_shape(modality.sample_shape)
+    conditioners = build_conditioners(cfg.conditioner, modality, shape)
+    conditioners[0].fit([f"a {c} {s}" for c in ("red", "blue") for s in ("star", "ring")] * 4)
+    denoiser = build_denoiser(cfg.denoiser, shape, conditioners)
+    keys = ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler")
+    pipe = LatentDiffusion(modality, autoencoder, LatentStats.identity(shape[0]), {k: cfg[k] for k in keys},
+                           denoiser, conditioners)
+    return pipe.save_pretrained(tmp_path_factory.mktemp("model") / "export")
+
+
+def test_sample_warns_about_words_the_training_captions_never_held(capsys, text_export, tmp_path):
+    code, err = _sample(capsys, text_export, "text=a purple star|A BLUE ring.|a red ring", "n=3", "steps=1",
+                        f"out={tmp_path / 'samples'}")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("mmldm sample:")]  # not the progress bar
+    assert len(lines) == 1, err  # one caption of three has a word the tokenizer does not know
+    assert lines[0].startswith("mmldm sample: warning: text='a purple star': 1 word(s) the model's tokenizer does "
+                               "not know: 'purple' (tokens ")
+    assert len(list((tmp_path / "samples").glob("*.png"))) >= 3  # a warning, not an error: the samples are written
+    code, err = _sample(capsys, text_export, "text=a red star", "n=1", "steps=1", f"out={tmp_path / 'more'}")
+    assert code == 0 and "warning" not in err
+
+
+def test_unknown_words_of_each_tokenizer():
+    from transformers import BertTokenizerFast
+
+    from mmldm_conditioners.text import TextConditioner
+
+    bpe = TextConditioner(vocab_size=300, hidden_size=16, num_heads=2, num_layers=1)
+    bpe.fit(["a small red star on the left", "a large blue ring on the right"] * 3)
+    assert bpe.unknown_words("A small RED star, on the left!") == {}
+    assert list(bpe.unknown_words("a tiny red star on the far left")) == ["tiny", "far"]
+    byte = TextConditioner(tokenizer="byte", vocab_size=300, hidden_size=16, num_heads=2, num_layers=1)
+    assert byte.unknown_words("anything at all") == {}  # bytes: no vocabulary of words to check against
+    wordpiece = BertTokenizerFast(vocab=dict((w, i) for i, w in enumerate(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red", "star"])), do_lower_case=True)
+    bpe._tokenizer = wordpiece  # a pretrained encoder's tokenizer: only [UNK] pieces are unknown
+    bpe.tokenizer_kind = "given"
+    assert bpe.unknown_words("a red star") == {} and bpe.unknown_words("a red moon") == {"moon": ["[UNK]"]}

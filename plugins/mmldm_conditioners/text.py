@@ -67,6 +67,28 @@ class TextConditionerBase(Conditioner):
             )
         return ["" if t is None else t for t in texts]
 
+    #: whether the tokenizer's vocabulary was learned from the training captions, so that a word it does not
+    #: hold as one token is a word the captions never had (see :meth:`unknown_words`)
+    vocabulary_from_captions = False
+
+    def unknown_words(self, text: str) -> dict[str, list[str]]:
+        """The words of ``text`` the model cannot know, each with the tokens it becomes.
+
+        A word is unknown when the tokenizer maps any piece of it to its unknown token (``[UNK]``); with a
+        vocabulary learned from the training captions (:attr:`vocabulary_from_captions`), also when it is not
+        one token of that vocabulary: the captions never held it, so the denoiser never saw it. Words are
+        split at whitespace, punctuation stripped from their ends.
+        """
+        tokenizer, out = self.tokenizer, {}
+        for word in dict.fromkeys(w.strip(".,;:!?\"'()[]") for w in text.split()):
+            if not word:
+                continue
+            pieces = tokenizer.tokenize(" " + word)  # as inside a sentence (byte-level BPE marks the space)
+            unknown = tokenizer.unk_token is not None and tokenizer.unk_token in pieces
+            if unknown or (self.vocabulary_from_captions and len(pieces) != 1):
+                out[word] = pieces
+        return out
+
     def encode(self, texts: Sequence[str]) -> Conditioning:
         ids, mask = self.batcher(self.tokenizer, texts, f"text conditioner '{self.key}'")
         device = anchor_device(self)
@@ -124,6 +146,10 @@ class TextConditioner(TextConditionerBase):
                 "(mmldm train does it with the training captions) or load trained weights"
             )
         return self._tokenizer
+
+    @property
+    def vocabulary_from_captions(self) -> bool:  # type: ignore[override]
+        return self.tokenizer_kind == "bpe"
 
     def fit(self, values: Sequence[Any]) -> None:
         """Learn the BPE vocabulary from the training captions (once; a learned or loaded one is kept)."""
