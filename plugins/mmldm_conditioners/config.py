@@ -24,8 +24,11 @@ PRETRAINED_MODEL_CLASSES = ("auto", "clip", "t5")
 TOKEN_OUTPUTS = ("crossattn", "vector")
 #: How a segmentation map is brought to the latent grid.
 SEGMENTATION_RESIZE = ("nearest", "area")
-#: Random mask families of the trained inpainting conditioner (on the latent grid, any dims).
-INPAINT_MASKS = ("box", "half", "slab")
+#: Random mask families of the trained inpainting conditioner (on the latent grid, any dims; see
+#: :func:`mmldm_conditioners.inpaint.random_masks`).
+INPAINT_MASKS = ("box", "half", "slab", "stroke", "scan")
+#: The families drawn by default (what models trained before ``stroke`` and ``scan`` existed were trained on).
+DEFAULT_INPAINT_MASKS = ("box", "half", "slab")
 
 
 @dataclass
@@ -152,11 +155,17 @@ class InpaintConditionerConfig(ConditionerConfig):
     Args:
         masks: the random mask families drawn in training, one family per sample, uniformly: ``box`` (an
             axis-aligned box of 25-75% of each axis), ``half`` (a half-space behind a random plane through
-            the central half of the grid), ``slab`` (a band of 10-50% of the last axis: a time gap for audio).
+            the central half of the grid), ``slab`` (a band of 10-50% of the last axis: a time gap for audio),
+            ``stroke`` (free-form brush strokes, random polylines of random thickness added until 15-60% of the
+            grid is masked, fewer in 3D where 16 thin tubes mask about 25-30%; as image inpainting is trained on), ``scan`` (the cells beyond a smooth random depth surface
+            seen along a random axis, what a depth sensor does not see: 20-80% of the grid). The default is
+            ``[box, half, slab]``; per modality, ``[box, stroke]`` for images, ``[box, half, scan]`` for voxels
+            and ``[slab]`` for audio (time gaps).
         dropout: the share of training samples whose whole latent is to be generated (the null condition:
             generation from scratch, and the unconditional branch of guidance); None takes
             ``diffusion.cond_dropout``.
     """
 
     key: str = "inpaint"
-    masks: list[str] = checked(factory=lambda: list(INPAINT_MASKS), each=True, nonempty=True, choices=INPAINT_MASKS)
+    masks: list[str] = checked(factory=lambda: list(DEFAULT_INPAINT_MASKS), each=True, nonempty=True,
+                               choices=INPAINT_MASKS)
