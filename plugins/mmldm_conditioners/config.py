@@ -157,8 +157,9 @@ class InpaintConditionerConfig(ConditionerConfig):
             axis-aligned box of 25-75% of each axis), ``half`` (a half-space behind a random plane through
             the central half of the grid), ``slab`` (a band of 10-50% of the last axis: a time gap for audio),
             ``stroke`` (free-form brush strokes, random polylines of random thickness added until 15-60% of the
-            grid is masked, fewer in 3D where 16 thin tubes mask about 25-30%; as image inpainting is trained on), ``scan`` (the cells beyond a smooth random depth surface
-            seen along a random axis, what a depth sensor does not see: 20-80% of the grid). The default is
+            grid is masked, about 25-30% in 3D where the 16 strokes are thin tubes; as image inpainting is
+            trained on), ``scan`` (the cells beyond a smooth random depth surface seen along a random axis,
+            what a depth sensor does not see: 20-80% of the grid). The default is
             ``[box, half, slab]``; per modality, ``[box, stroke]`` for images, ``[box, half, scan]`` for voxels
             and ``[slab]`` for audio (time gaps).
         dropout: the share of training samples whose whole latent is to be generated (the null condition:
