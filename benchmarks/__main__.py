@@ -170,7 +170,7 @@ def step_memory(resolution: int, batch: int) -> dict[str, float]:
     on the second step (the first also allocates the optimizer state)."""
     parts, peak = latent_vs_pixel.build(resolution), {}
     for side in ("latent", "pixel"):
-        step = latent_vs_pixel.train_step(*parts[side], batch, parts["schedule"])
+        step = latent_vs_pixel.train_step(*parts[side], batch, parts["process"])
         step()
         peak[side] = utilization.peak_tensor_memory(step) / 2**20
     return peak
@@ -205,7 +205,8 @@ def samplers_section(plan: Plan, out: Path, args: argparse.Namespace) -> tuple[d
 
 
 SECTIONS: dict[str, Callable[[Plan, Path, argparse.Namespace], tuple[dict, list[Row], str]]] = {
-    "unet_vs_diffusers": unet_section, "unet_vs_monai": unet3d_section, "utilization": utilization_section, "latent_cache": latent_cache_section,
+    "unet_vs_diffusers": unet_section, "unet_vs_monai": unet3d_section, "utilization": utilization_section,
+    "latent_cache": latent_cache_section,
     "latent_vs_pixel": latent_vs_pixel_section, "samplers": samplers_section,
 }
 
@@ -228,6 +229,7 @@ def run(plan: Plan, out: Path, args: argparse.Namespace, sections: Sequence[str]
                                "sections": {}, "seconds": {}, "memory": {}, "errors": {}}
     rows: list[Row] = []
     reports: list[str] = []
+    results["rows"], results["reports"] = {}, {}
     for name in sections:
         t0 = time.perf_counter()
         with utilization.peak_rss() as memory:
@@ -238,21 +240,66 @@ def run(plan: Plan, out: Path, args: argparse.Namespace, sections: Sequence[str]
                 print(results["errors"][name], flush=True)
                 result, section_rows, md = {}, [row(name, "FAILED (see errors in results.json)", None)], ""
         results["seconds"][name], results["memory"][name] = time.perf_counter() - t0, memory
-        results["sections"][name] = result
-        rows += section_rows
-        reports.append(md)
-    total = time.perf_counter() - start
-    rows.append(row("Entry point", "wall time of this run, s", total, "< 600", total < 600))
+        results["sections"][name], results["rows"][name], results["reports"][name] = result, section_rows, md
+    results["run_seconds"] = time.perf_counter() - start
+    return finish(results, args.quick)
+
+
+#: what a section leaves in results.json, keyed by section name
+PER_SECTION = ("sections", "seconds", "memory", "rows", "reports")
+
+
+def check_previous(previous: dict[str, Any], source: Path, quick: bool) -> None:
+    """Refuse (``SystemExit``, before any section runs) an earlier results file ``--only`` cannot complete."""
+    missing = [k for k in PER_SECTION if k not in previous]
+    if missing:
+        raise SystemExit(f"--only keeps the other sections of {source}, but it has no per-section {missing} (written "
+                         "by an older version): run every section once, or pass --out to another folder")
+    if previous.get("quick") != quick:
+        raise SystemExit(f"--only: {source} holds a {'quick' if previous.get('quick') else 'full'} run and this is "
+                         f"{'quick' if quick else 'full'}; pass --out to another folder")
+
+
+def carry_over(results: dict[str, Any], previous: dict[str, Any], source: Path) -> dict[str, Any]:
+    """``results`` of some sections (``--only``) completed with the other sections of an earlier run
+    (``previous``, read from ``source``), which are listed in ``carried_over``; the table is rebuilt."""
+    check_previous(previous, source, results["quick"])
+    carried = [name for name in SECTIONS if name not in results["sections"] and name in previous["sections"]]
+    for name in carried:
+        for key in PER_SECTION:
+            results[key][name] = previous[key][name]
+        if name in previous.get("errors", {}):
+            results["errors"][name] = previous["errors"][name]
+    results["carried_over"] = carried
+    return finish(results, results["quick"])
+
+
+def finish(results: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """The table (each section's rows in :data:`SECTIONS` order, then the wall time of all sections) and the
+    markdown report of ``results``."""
+    order = [name for name in SECTIONS if name in results["sections"]]
+    rows = [r for name in order for r in results["rows"][name]]
+    total = sum(results["seconds"][name] for name in order)
+    carried = results.get("carried_over", [])
+    figure = "wall time of all sections, s" + (
+        f" (sum of each section's own run; carried over from an earlier run: {', '.join(carried)})" if carried else "")
+    rows.append(row("Entry point", figure, total, "< 600", total < 600))
     results.update(total_seconds=total, table=rows)
-    return {**results, "markdown": markdown(results, rows, reports, args.quick)}
+    reports = [results["reports"][name] for name in order]
+    return {**results, "markdown": markdown(results, rows, reports, quick)}
 
 
 def markdown(results: dict[str, Any], rows: list[Row], reports: list[str], quick: bool) -> str:
-    mem = "\n".join(f"| {k} | {results['seconds'][k]:.0f} | {m.get('rss_before_mb') or float('nan'):.0f} "
-                    f"| {m.get('peak_rss_mb') or float('nan'):.0f} |" for k, m in results["memory"].items())
+    order = [k for k in SECTIONS if k in results["memory"]]
+    memory = results["memory"]
+    mem = "\n".join(f"| {k} | {results['seconds'][k]:.0f} | {memory[k].get('rss_before_mb') or float('nan'):.0f} "
+                    f"| {memory[k].get('peak_rss_mb') or float('nan'):.0f} |" for k in order)
     method = next(iter(results["memory"].values()), {}).get("method", "")
     head = "Quick smoke run at tiny sizes: the figures do not test the targets." if quick else (
         "Ratios are measured side by side in this run; absolute times are context only.")
+    if results.get("carried_over"):
+        head += (f" Sections carried over from an earlier run of this file (`--only` ran the others): "
+                 f"{', '.join(results['carried_over'])}.")
     return "\n\n".join([
         "# mmldm performance", f"{head} {results['threads']} CPU threads, torch {results['torch']}.",
         table(rows, quick), f"Per section: wall time and peak resident memory ({method}).",
@@ -264,13 +311,21 @@ def markdown(results: dict[str, Any], rows: list[Row], reports: list[str], quick
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="every section at tiny sizes (about a minute)")
-    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="sections to run")
+    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
+                   help="sections to run; the others' results are kept from --out's results.json, and the "
+                   "report says which were carried over")
     p.add_argument("--no-compile", action="store_true",
                    help="leave out the U-Nets' torch.compile setting (compiling takes minutes)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "perf")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    previous_file = args.out / "results.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else None
+    if set(args.only) != set(SECTIONS) and previous is not None:  # check before spending the run's time
+        check_previous(previous, previous_file, args.quick)
     results = run(QUICK if args.quick else FULL, args.out, args, args.only)
+    if set(args.only) != set(SECTIONS) and previous is not None:
+        results = carry_over({k: v for k, v in results.items() if k != "markdown"}, previous, previous_file)
     (args.out / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "markdown"},
                                                       indent=2, default=str))
     (args.out / "results.md").write_text(results["markdown"])

@@ -146,8 +146,43 @@ def test_entry_point_table_and_sampler_quote(tmp_path, monkeypatch):
         rows = entry.run(entry.QUICK, tmp_path, args, ["samplers"])["table"]
         assert next(r for r in rows if r["figure"].startswith("class accuracy"))["met"] is met
     assert "| Samplers | Frechet distance, DPM-Solver++(2M) 25 / DDPM 250 steps | 0.8 |  |  |" in results["markdown"]
-    assert "| Entry point | wall time of this run, s |" in results["markdown"] and "yes |" in results["markdown"]
+    assert "| Entry point | wall time of all sections, s |" in results["markdown"] and "yes |" in results["markdown"]
     assert entry.table([entry.row("b", "f", 2.0, "<= 1", False)], quick=True).endswith("| b | f | 2 | <= 1 |  |")
+
+
+def test_only_keeps_the_other_sections_of_the_results_file_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(entry, "GENERATION", tmp_path / "none.json")  # the samplers section: a note, at once
+    monkeypatch.setattr(entry, "REPO", tmp_path)
+    first = entry.main(["--quick", "--only", "samplers", "--out", str(tmp_path)])
+    assert list(first["sections"]) == ["samplers"] and "carried_over" not in first
+    saved = json.loads((tmp_path / "results.json").read_text())
+    fake = entry.row("Utilization", "U-Net forward FLOP/s / matmul FLOP/s (float32)", 0.5, ">= 0.40", True)
+    saved["sections"]["utilization"], saved["rows"]["utilization"] = {"utilization": 0.5}, [fake]
+    saved["reports"]["utilization"], saved["seconds"]["utilization"] = "# U-Net utilization (earlier)", 100.0
+    saved["memory"]["utilization"] = {"rss_before_mb": 1.0, "peak_rss_mb": 2.0, "method": "m"}
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    second = entry.main(["--quick", "--only", "samplers", "--out", str(tmp_path)])
+    assert second["carried_over"] == ["utilization"] and second["sections"]["utilization"] == {"utilization": 0.5}
+    assert [r["benchmark"] for r in second["table"]] == ["Utilization", "Samplers", "Entry point"]  # SECTIONS order
+    total = second["table"][-1]
+    assert total["value"] == pytest.approx(100.0 + second["seconds"]["samplers"])
+    assert "carried over from an earlier run: utilization" in total["figure"]
+    md = (tmp_path / "results.md").read_text()
+    assert "Sections carried over from an earlier run of this file (`--only` ran the others): utilization." in md
+    assert "# U-Net utilization (earlier)" in md
+    del saved["rows"]  # a file written before sections kept their rows: refused before any section runs
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match=r"has no per-section \['rows'\].*run every section once"):
+        entry.main(["--quick", "--only", "samplers", "--out", str(tmp_path)])
+    saved["rows"], saved["quick"] = {}, False
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="holds a full run and this is quick"):
+        entry.main(["--quick", "--only", "samplers", "--out", str(tmp_path)])
+
+
+def test_step_memory_of_the_latent_vs_pixel_sides():
+    peak = entry.step_memory(16, 1)
+    assert set(peak) == {"latent", "pixel"} and peak["pixel"] > peak["latent"] > 0
 
 
 @pytest.mark.slow
