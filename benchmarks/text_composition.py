@@ -315,6 +315,8 @@ def report(results: dict[str, Any]) -> str:
               "| items | " + " | ".join(keys) + " |", "| --- " * (len(keys) + 1) + "|",
               _row("samples, held-out captions", results["samples"]["held_out"]["scores"], keys),
               _row("samples, training captions", results["samples"]["seen"]["scores"], keys),
+              *([_row("autoencoder reconstructions of the held-out items sampled (what phase 1 allows)",
+                      results["reconstructed"], keys)] if "reconstructed" in results else []),
               _row("real held-out items (the judges)", results["real"], keys), "",
               "Samples of held-out captions, every attribute right, per held-out pair:", "",
               "| pair | all attributes right |", "| --- | --- |"]
@@ -357,6 +359,25 @@ def judge_run(args: argparse.Namespace, export: Path,
     return held, seen, samples, captions
 
 
+def judge_reconstructions(args: argparse.Namespace, export: Path, data: dict[str, Any],
+                          batch: int = 200) -> dict[str, Any]:
+    """The judges on the autoencoder's reconstructions (posterior mode, decoded) of the held-out items whose
+    captions are sampled: what phase 1 lets the samples reach, whatever phase 2 learns."""
+    import torch
+
+    from mmldm import LatentDiffusion
+
+    task, val = TASKS[args.task], data["val"]
+    pipe = LatentDiffusion.from_pretrained(export)
+    idx = pick(len(val), args.samples, args.seed)
+    predicted: list[dict[str, Any]] = []
+    for start in range(0, len(idx), batch):
+        x = torch.stack([val[i]["x"] for i in idx[start:start + batch]])
+        predicted += data["judge"](pipe.modality.finalize(pipe.decode(pipe.encode(x)).float().cpu()))
+    expected = task.expected(val)
+    return score(predicted, [expected[i] for i in idx], task.attributes)
+
+
 def _settings(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     task = TASKS[args.task]
     return {"task": args.task, "holdout": task.holdout, "attributes": list(task.attributes),
@@ -382,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     held, seen, samples, captions = judge_run(args, out / "run" / "export", data)
     save_samples(data["modality"], samples, captions, out / "samples")
     results = {"settings": _settings(args, data), "training": training, "judges": data["judges"],
-               "real": data["real"], "samples": {"held_out": held, "seen": seen}}
+               "real": data["real"], "reconstructed": judge_reconstructions(args, out / "run" / "export", data),
+               "samples": {"held_out": held, "seen": seen}}
     save_results(out, results, report(results))
     return results
 

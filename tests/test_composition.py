@@ -247,6 +247,8 @@ def test_benchmark_quick_run_writes_the_report(tmp_path):
     assert results["real"]["colour"]["accuracy"] == 1.0 and results["real"]["place"]["accuracy"] == 1.0
     text = (out / "results.md").read_text()
     assert "| items | shape | colour | size | place | all |" in text and re.search(r"real held-out items", text)
+    assert saved["reconstructed"]["all"]["accuracy_n"] == 8  # the sampled items, through the autoencoder
+    assert "| autoencoder reconstructions of the held-out items sampled (what phase 1 allows) |" in text
     assert (out / "samples" / "grid.png").is_file()
 
 
