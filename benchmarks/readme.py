@@ -336,17 +336,22 @@ def composition_row(r: dict[str, Any]) -> Row:
     cells.append(_marked(f"all {len(s['attributes'])} at once {share(held['all']['accuracy'], held['all']['accuracy_n'])}",
                          held["all"]["accuracy"] >= 0.6, ">= 60%"))
     real = min(r["real"][a]["accuracy"] for a in s["attributes"])
+    rec = r.get("reconstructed")
+    ceiling = ("" if not rec else "; the same items through the autoencoder, what phase 1 allows: "
+               + ", ".join(f"{a} {share(rec[a]['accuracy'], rec[a]['accuracy_n'])}" for a in s["attributes"]))
     return (f"text-conditioned scenes, captions whose (shape, colour) or (shape, place) pair never occurred in "
             f"training ({len(s['holdout'])} pairs held out), both phases in {s['ae_minutes']:g} + "
-            f"{s['diffusion_minutes']:g} min", f"`python -m benchmarks.text_composition --task {s['task']}`",
+            f"{s['diffusion_minutes']:g} min",
+            f"`python -m benchmarks.text_composition --task {s['task']} --ae-minutes {s['ae_minutes']:g} "
+            f"--diffusion-minutes {s['diffusion_minutes']:g}`",
             "; ".join(cells) + f" (the judges on the {s['held_out_items']:,} real held-out items: lowest attribute "
-            f"{real:.1%})")
+            f"{real:.1%}{ceiling})")
 
 
 def conditioning_rows() -> list[Row]:
     t = load("benchmarks/results/conditioning_text/results.json")
     n = t["settings"]["samples"]
-    comp = load("benchmarks/results/text_composition_scenes/results.json")
+    comp = load("benchmarks/results/text_composition_scenes_30min/results.json")
     seg = load("benchmarks/results/conditioning_segmentation/results.json")
     return [
         ("text-conditioned MNIST, 10 fixed captions (\"a handwritten digit 7\"): class conditioning through a "
