@@ -71,7 +71,8 @@ def perf_rows() -> list[Row]:
     r = load("benchmarks/results/perf/results.json")
     rows, s = [], r["sections"]
     peers = (("unet_vs_diffusers", "2D, diffusers `UNet2DConditionModel`"),
-             ("unet_vs_monai", "3D, MONAI `DiffusionModelUNet`"))
+             ("unet_vs_monai", "3D, MONAI `DiffusionModelUNet`, the voxel preset's U-Net with MONAI's additive time "
+              "conditioning on both sides (`denoiser.time_conditioning=additive`)"))
     for key, title in peers:
         u = s[key]
         p = u["parameters"]
