@@ -13,9 +13,9 @@ from .conftest import run_cli
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory, one_thread):
-    """A tiny untrained class-conditioned image model (3 classes), exported."""
+def _tiny_export(directory, *overrides, captions=None):
+    """A tiny untrained image model of ``overrides``, exported to ``directory``; ``captions`` teach a text
+    conditioner's tokenizer."""
     from mmldm.build import build_autoencoder, build_conditioners, build_denoiser, build_modality
     from mmldm.configuration import compose
     from mmldm.latents import LatentStats
@@ -24,16 +24,24 @@ def export(tmp_path_factory, one_thread):
     torch.manual_seed(0)
     cfg = compose(["modality=image", "modality.num_samples=12", "autoencoder.channels=8", "autoencoder.norm_groups=8",
                    "denoiser.model_channels=16", "denoiser.channel_mult=[1,2]", "denoiser.attention_levels=[1]",
-                   "conditioner.num_classes=3", "sampler.steps=2"])
+                   *overrides])
     modality = build_modality(cfg.modality)
     autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
     shape = autoencoder.latent_shape(modality.sample_shape)
     conditioners = build_conditioners(cfg.conditioner, modality, shape)
+    if captions:
+        conditioners[0].fit(captions)
     denoiser = build_denoiser(cfg.denoiser, shape, conditioners)
     keys = ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler")
     pipe = LatentDiffusion(modality, autoencoder, LatentStats.identity(shape[0]), {k: cfg[k] for k in keys},
                            denoiser, conditioners)
-    return pipe.save_pretrained(tmp_path_factory.mktemp("model") / "export")
+    return pipe.save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory, one_thread):
+    """A tiny untrained class-conditioned image model (3 classes), exported."""
+    return _tiny_export(tmp_path_factory.mktemp("model") / "export", "conditioner.num_classes=3", "sampler.steps=2")
 
 
 def _sample(capsys, *args):
@@ -323,26 +331,9 @@ def test_encode_and_evaluate_name_a_missing_or_damaged_export(export, tmp_path):
 @pytest.fixture(scope="module")
 def text_export(tmp_path_factory, one_thread):
     """A tiny untrained text-conditioned image model whose tokenizer learned 'a {red,blue} {star,ring}'."""
-    from mmldm.build import build_autoencoder, build_conditioners, build_denoiser, build_modality
-    from mmldm.configuration import compose
-    from mmldm.latents import LatentStats
-    from mmldm.pipeline import LatentDiffusion
-
-    torch.manual_seed(0)
-    cfg = compose(["modality=image", "modality.num_samples=12", "autoencoder.channels=8", "autoencoder.norm_groups=8",
-                   "denoiser.model_channels=16", "denoiser.channel_mult=[1,2]", "denoiser.attention_levels=[1]",
-                   "conditioner=text", "conditioner.hidden_size=16", "conditioner.num_heads=2",
-                   "conditioner.num_layers=1", "sampler.steps=1"])
-    modality = build_modality(cfg.modality)
-    autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
-    shape = autoencoder.latent_shape(modality.sample_shape)
-    conditioners = build_conditioners(cfg.conditioner, modality, shape)
-    conditioners[0].fit([f"a {c} {s}" for c in ("red", "blue") for s in ("star", "ring")] * 4)
-    denoiser = build_denoiser(cfg.denoiser, shape, conditioners)
-    keys = ("modality", "autoencoder", "regularizer", "denoiser", "conditioner", "diffusion", "sampler")
-    pipe = LatentDiffusion(modality, autoencoder, LatentStats.identity(shape[0]), {k: cfg[k] for k in keys},
-                           denoiser, conditioners)
-    return pipe.save_pretrained(tmp_path_factory.mktemp("model") / "export")
+    return _tiny_export(tmp_path_factory.mktemp("model") / "export", "conditioner=text", "conditioner.hidden_size=16",
+                        "conditioner.num_heads=2", "conditioner.num_layers=1", "sampler.steps=1",
+                        captions=[f"a {c} {s}" for c in ("red", "blue") for s in ("star", "ring")] * 4)
 
 
 def test_sample_warns_about_words_the_training_captions_never_held(capsys, text_export, tmp_path):
