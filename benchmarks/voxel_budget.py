@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         total = w1 + w2
         (run_dir / "training.json").write_text(json.dumps(
-            {"wall_seconds": total, "phase1_seconds": w1, "phase2_seconds": w2, "diffusion_max_minutes": minutes,
+            {"wall_seconds": total, "phase1_seconds": w1, "phase2_seconds": w2, "budget_minutes": args.budget,
+             "margin_minutes": args.margin, "diffusion_max_minutes": minutes,
              "metrics": {**phase1, **metrics}}, indent=2, default=float))
         out = args.out / name
         if classifier is not None:  # one judge for every setting (same data, seed and recipe)
@@ -128,15 +129,23 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     phase1 = json.loads((runs / "autoencoder" / "metrics.json").read_text())
     summary: dict[str, Any] = {"budget_minutes": args.budget, "phase1_reconstruction":
                                phase1["autoencoder"]["reconstruction"], "settings": {}}
+    budgets: list[float] = []
     for name in sorted(_PROCESSES, key=lambda n: (n not in args.settings, n)):
         training, judged = runs / name / "training.json", args.out / name / "results.json"
         if not (training.is_file() and judged.is_file()):
             continue
         t, j = json.loads(training.read_text()), json.loads(judged.read_text())
         head = j["samples"]["dpmpp_2m-25-g3"]
+        # the budget the run had, as it recorded it (files written before it did: --budget and --margin)
+        budget = t.get("budget_minutes", args.budget)
+        if budgets and budget not in budgets:
+            raise SystemExit(f"{training} was trained with a {budget:g}-minute budget, other settings in {args.out} "
+                             f"with {budgets[0]:g}: their results cannot share one table; move one of them away")
+        budgets.append(budget)
+        summary["budget_minutes"] = budget
         summary["phase1_seconds"] = round(t["phase1_seconds"], 1)
-        summary["diffusion_max_minutes"] = round(t.get("diffusion_max_minutes", args.budget - t["phase1_seconds"] / 60
-                                                       - args.margin), 2)
+        summary["diffusion_max_minutes"] = round(t.get("diffusion_max_minutes", budget - t["phase1_seconds"] / 60
+                                                       - t.get("margin_minutes", args.margin)), 2)
         summary["settings"][name] = {
             "overrides": _PROCESSES[name], "phase2_steps": t["metrics"]["diffusion"]["steps"],
             "phase2_seconds": round(t["phase2_seconds"], 1), "total_minutes": round(t["wall_seconds"] / 60, 2),

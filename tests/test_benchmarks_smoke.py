@@ -283,3 +283,16 @@ def test_voxel_budget_summarize_rebuilds_the_table_from_the_settings_judged(tmp_
     assert summary["settings"]["flow"]["phase2_steps"] == 8536 and summary["settings"]["flow"]["total_minutes"] == 39.1
     text = (tmp_path / "results.md").read_text()
     assert "| flow | `process=flow` | 8536 | 39.1 | 70.0% (84/120, 95% CI 61.3-77.5%) | 13.9 |" in text
+    # the budget a run recorded wins over the command line's; settings of two budgets are refused
+    training = json.loads((tmp_path / "runs" / "flow" / "training.json").read_text())
+    (tmp_path / "runs" / "flow" / "training.json").write_text(json.dumps(
+        {**training, "budget_minutes": 60.0, "margin_minutes": 1.5, "diffusion_max_minutes": 50.17}))
+    summary = voxel_budget.main(["--summarize", "--out", str(tmp_path)])
+    assert summary["budget_minutes"] == 60.0 and summary["diffusion_max_minutes"] == 50.17
+    assert (tmp_path / "results.md").read_text().startswith("# Voxel generation in 60 minutes")
+    (tmp_path / "runs" / "edm").mkdir()
+    (tmp_path / "runs" / "edm" / "training.json").write_text(json.dumps({**training, "budget_minutes": 40.0}))
+    (tmp_path / "edm").mkdir()
+    (tmp_path / "edm" / "results.json").write_text((tmp_path / "flow" / "results.json").read_text())
+    with pytest.raises(SystemExit, match=r"trained with a 40-minute budget, other settings .* with 60"):
+        voxel_budget.main(["--summarize", "--out", str(tmp_path)])
