@@ -283,6 +283,46 @@ def generation_rows() -> list[Row]:
     return rows
 
 
+def vocoder_rows() -> list[Row]:
+    """The trained vocoder against Griffin-Lim on the unseen speaker's real clips (``benchmarks.vocoder``)."""
+    v = load("benchmarks/results/vocoder/results.json")
+    r, t = v["results"], v["settings"].get("vocoder_training") or {}
+    trained = next(k for k in r["vocoders"] if not k.startswith("griffinlim"))
+    gl = {k: m for k, m in r["vocoders"].items() if k.startswith("griffinlim")}
+    me = r["vocoders"][trained]
+
+    def vs(key: str) -> str:
+        return " / ".join(f"{m[key]['mean']:.3f}" for m in gl.values())
+
+    lower = all(me["mr_stft"]["mean"] < m["mr_stft"]["mean"] for m in gl.values())
+    lower_floor = all(me["mr_stft_feature_floor"]["mean"] < m["mr_stft_feature_floor"]["mean"] for m in gl.values())
+    judged = "judge_accuracy" in me
+    at_least = judged and all(round(me["judge_accuracy"] * me["judge_accuracy_n"]) >=
+                              round(m["judge_accuracy"] * m["judge_accuracy_n"]) for m in gl.values())
+    judge = ""
+    if judged:
+        pairs = [(k.split(" vs ")[1], p) for k, p in r.get("judge_paired", {}).items() if k.startswith(trained)]
+        paired = "; ".join(f"{p['a_only']} vs {p['b_only']} clips right only under one of {trained} / {b}, McNemar p "
+                           f"{p['p_value']:.2f}" for b, p in pairs if b.startswith("griffinlim"))
+        judge = ("; " + _marked(f"the judge on vocoded clips {share(me['judge_accuracy'], me['judge_accuracy_n'])} "
+                                "vs " + " / ".join(share(m["judge_accuracy"], m["judge_accuracy_n"]) for m in gl.values())
+                                + (f" ({paired})" if paired else ""), at_least, "at least Griffin-Lim's")
+                 + (f", on the real clips {share(r['real']['judge_accuracy'], r['real']['judge_accuracy_n'])}"
+                    if r.get("real") else ""))
+    steps = f", {t['steps']:,} steps in {t['train_seconds'] / 60:.1f} min" if t.get("steps") else ""
+    return [(f"trained Vocos-style vocoder ({trained}{steps}) against Griffin-Lim with "
+             + " and ".join(k.split("_")[-1] for k in gl) + f" iterations, the unseen speaker's {r['clips']} real clips",
+             "`mmldm train-vocoder` (audio guide), then `python -m benchmarks.vocoder --vocoder-path <folder> "
+             "--train-judge`",
+             _marked(f"multi-resolution STFT distance {me['mr_stft']['mean']:.3f} (95% CI {me['mr_stft']['low']:.3f}-"
+                     f"{me['mr_stft']['high']:.3f}) vs {vs('mr_stft')}", lower, "lower than Griffin-Lim's")
+             + "; " + (f"with the features' power floor {me['mr_stft_feature_floor']['mean']:.3f} vs "
+                       f"{vs('mr_stft_feature_floor')}" + ("" if lower_floor else " (**higher**: loud harmonics less "
+                                                           "exact, see the audio guide)"))
+             + f"; real-time factor on one thread {me['rtf']['rtf']:.4f} vs "
+             + " / ".join(f"{m['rtf']['rtf']:.4f}" for m in gl.values()) + judge)]
+
+
 def fsdd_references(f: dict[str, Any], m: dict[str, Any]) -> str:
     """The judge on each real held-out subset and the samples' Frechet distance to it beside the floor."""
     refs = m.get("references")
@@ -442,7 +482,7 @@ def streaming_rows() -> list[Row]:
 
 
 SECTIONS: Sequence[Callable[[], list[Row]]] = (perf_rows, upsample_rows, precision_rows, demo_rows, phase1_rows,
-                                               generation_rows, time_to_quality_rows, voxel_budget_rows,
+                                               generation_rows, vocoder_rows, time_to_quality_rows, voxel_budget_rows,
                                                conditioning_rows, editing_rows, streaming_rows, ablation_rows)
 
 

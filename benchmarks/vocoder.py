@@ -131,8 +131,8 @@ def compare_vocoders(modality: Any, vocoders: Mapping[str, Any], *, split: str =
         ``{"clips", "split", "settings", "real": {...}, "vocoders": {name: {"mr_stft", "mr_stft_feature_floor",
         "lsd_db", "logmel_l1": mean_interval, "mr_stft_sc", "mr_stft_log_mag": means of the two terms of
         "mr_stft", "n", "rtf": real_time_factor result[,
-        "judge_accuracy", "judge_accuracy_n", "judge_accuracy_ci"]}}}``; ``"real"`` holds the judge's share on
-        the real clips themselves; ``"settings"`` the feature and STFT settings and ``"silent_share"``, the share
+        "judge_accuracy", "judge_accuracy_n", "judge_accuracy_ci"]}}[, "judge_paired": judge_paired(...)]}``;
+        ``"real"`` holds the judge's share on the real clips themselves; ``"settings"`` the feature and STFT settings and ``"silent_share"``, the share
         of the real clips' samples that are exactly 0 (padding).
     """
     from mmldm.evaluation.classifier import accuracy_stats
@@ -146,18 +146,34 @@ def compare_vocoders(modality: Any, vocoders: Mapping[str, Any], *, split: str =
         "hop_length": modality.cfg.hop_length, "n_mels": modality.cfg.n_mels, "lsd_power_floor": modality.cfg.log_floor,
         "mr_stft_resolutions": metrics.stft_resolutions(modality.cfg.sample_rate), "rtf_clips": rtf_clips,
         "rtf_repeats": rtf_repeats}}
+    hits: dict[str, Any] = {}  # per-clip verdicts, for the paired comparisons below
     if judge is not None and labels is not None:
-        out["real"] = accuracy_stats(judge.hits(modality.logmel(waves), labels), "judge_accuracy")
+        hits["real"] = judge.hits(modality.logmel(waves), labels)
+        out["real"] = accuracy_stats(hits["real"], "judge_accuracy")
     for name, vocoder in vocoders.items():
         print(f"[vocoder] {name}: {len(waves)} clips ...", flush=True)
         values = _measure(modality, vocoder, waves, x, labels, judge, batch_size)
         row: dict[str, Any] = {k: mean_interval(values[k].numpy()) for k in INTERVALS}
         row |= {k: float(values[k].mean()) for k in ("mr_stft_sc", "mr_stft_log_mag")} | {"n": len(waves)}
         if "judge_hits" in values:
+            hits[name] = values["judge_hits"]
             row |= accuracy_stats(values["judge_hits"], "judge_accuracy")
         row["rtf"] = metrics.real_time_factor(vocoder, x[:rtf_clips], modality.cfg.sample_rate, rtf_repeats)
         out["vocoders"][name] = row
+    if hits:
+        out["judge_paired"] = judge_paired(hits)
     return out
+
+
+def judge_paired(hits: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every vocoder's judge verdicts against Griffin-Lim's and the real clips' on the same clips
+    (:func:`mmldm.evaluation.stats.paired_comparison`, exact McNemar): ``{"<a> vs <b>": {...}}`` for each
+    vocoder ``a`` that is not Griffin-Lim and each reference ``b`` (the Griffin-Lim rows and ``real``)."""
+    from mmldm.evaluation.stats import paired_comparison
+
+    refs = [k for k in hits if k == "real" or k.startswith("griffinlim")]
+    return {f"{a} vs {b}": paired_comparison(hits[a].numpy(), hits[b].numpy())
+            for a in hits if a not in refs for b in refs}
 
 
 # ---------------------------------------------------------------------------- vocoders and judges
@@ -187,6 +203,16 @@ def trained_vocoder_overrides(path: Path) -> list[str]:
     if not name:
         raise SystemExit(f"--vocoder-path {path}: {record} names no vocoder (vocoder.name)")
     return [f"modality.vocoder={name}", f"modality.vocoder_path={path}"]
+
+
+def training_record(path: Path) -> dict[str, Any]:
+    """What the trained vocoder's folder says of its training (``config.yaml``'s provenance: steps, seconds,
+    threads where recorded, when and on how many clips), kept in the results so a figure names its model."""
+    from omegaconf import OmegaConf
+
+    prov = OmegaConf.to_container(OmegaConf.load(Path(path) / "config.yaml")).get("provenance") or {}
+    keep = ("producer", "created", "steps", "train_seconds", "seconds_per_step", "threads", "seed")
+    return {**{k: prov[k] for k in keep if k in prov}, "clips": (prov.get("data") or {}).get("clips")}
 
 
 def load_judge(path: Path, data: Path) -> Judge:
@@ -279,11 +305,24 @@ def report(results: Mapping[str, Any]) -> str:
         f"{r['settings']['rtf_clips']} clips per call, one warm-up, {r['settings']['rtf_repeats']} timed repeats, "
         "torch.set_num_threads(1), on a CPU shared with other work.",
     ]
+    if r.get("judge_paired"):
+        lines += ["", "The judge's verdicts paired clip by clip (the same clips under both; exact McNemar test on the "
+                  "clips only one of the two gets right):", "",
+                  "| comparison | right only under the first | right only under the second | difference | "
+                  "p (two-sided) |", "| --- | --- | --- | --- | --- |"]
+        for pair, m in r["judge_paired"].items():
+            lines.append(f"| {pair} | {m['a_only']} | {m['b_only']} | {100 * m['difference']:+.1f} points | "
+                         f"{m['p_value']:.2f} |")
     if "judge" in results:
         j = results["judge"]
         low, high = j["report"].get("val_accuracy_ci", [math.nan, math.nan])
         lines += ["", f"Judge: {j['source']}; its own held-out accuracy {100 * j['report']['val_accuracy']:.1f}% "
                   f"(n={j['report'].get('val_accuracy_n', '?')}, 95% CI {100 * low:.1f}-{100 * high:.1f}%)."]
+    if s.get("vocoder_training"):
+        t = s["vocoder_training"]
+        lines += ["", f"The trained vocoder ({s['vocoder_path']}): {t.get('steps')} steps in "
+                  f"{t.get('train_seconds', 0) / 60:.1f} min on {t.get('clips')} training clips"
+                  + (f", {t['threads']} threads" if t.get("threads") else "") + f" ({t.get('producer')})."]
     lines += ["", f"Overrides: `{' '.join(s['overrides'])}`", ""]
     return "\n".join(lines)
 
@@ -333,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     r = compare_vocoders(modality, vocoders, max_clips=args.max_clips, rtf_repeats=args.rtf_repeats, judge=judge)
     settings = {"overrides": [_portable(o) for o in overrides], "max_clips": args.max_clips, "quick": args.quick,
                 "seed": args.seed, "data_note": f"FSDD, val_pattern {modality.cfg.val_pattern!r}",
-                "vocoder_path": _portable(str(args.vocoder_path)) if args.vocoder_path else None}
+                "vocoder_path": _portable(str(args.vocoder_path)) if args.vocoder_path else None,
+                "vocoder_training": training_record(args.vocoder_path) if args.vocoder_path else None}
     results: dict[str, Any] = {"settings": settings, "results": r}
     if judge is not None:
         results["judge"] = {"source": judge.source, "report": judge.report}

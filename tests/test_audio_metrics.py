@@ -111,7 +111,8 @@ def test_save_reconstructions_writes_listening_files(tmp_path, layout):
 def test_vocoder_benchmark_core_on_synthesized_clips(tmp_path):
     m = make()
     vocoders = {"griffinlim_4": m.vocoder(GriffinLimConfig(name="griffinlim", n_iter=4)),
-                "griffinlim_8": m.vocoder(GriffinLimConfig(name="griffinlim", n_iter=8))}
+                "griffinlim_8": m.vocoder(GriffinLimConfig(name="griffinlim", n_iter=8)),
+                "other": m.vocoder(GriffinLimConfig(name="griffinlim", n_iter=2))}  # stands in for a trained one
     torch.manual_seed(0)
     judge = bench.Judge(FeatureClassifier(1, 16, m.num_classes, width=4, levels=1).eval(), m.stats, "1d", {}, "test")
     waves, labels = bench.held_out(m)  # the "val" clips as the dataset's items are made
@@ -125,8 +126,16 @@ def test_vocoder_benchmark_core_on_synthesized_clips(tmp_path):
             assert row[key]["n"] == 3 and row[key]["low"] <= row[key]["mean"] <= row[key]["high"]
         assert row["mr_stft"]["mean"] == pytest.approx(row["mr_stft_sc"] + row["mr_stft_log_mag"], rel=1e-5)
         assert row["judge_accuracy_n"] == 3 and row["rtf"]["rtf"] > 0
+    # the vocoder that is not Griffin-Lim, paired clip by clip with each reference on the same 3 clips
+    assert set(r["judge_paired"]) == {"other vs real", "other vs griffinlim_4", "other vs griffinlim_8"}
+    for pair, m_ in r["judge_paired"].items():
+        b = pair.split(" vs ")[1]
+        share_a, share_b = r["vocoders"]["other"]["judge_accuracy"], (r["real"] if b == "real" else
+                                                                        r["vocoders"][b])["judge_accuracy"]
+        assert m_["n"] == 3 and m_["difference"] == pytest.approx(share_a - share_b, abs=1e-6)
     text = bench.report({"settings": {"data_note": "synth", "overrides": []}, "results": r})
     assert "| griffinlim_8 | 3 |" in text and "| real clips, no vocoder | 3 |" in text
+    assert "| other vs griffinlim_4 |" in text and "exact McNemar" in text
 
 
 def test_a_trained_judge_is_saved_with_its_statistics(tmp_path):

@@ -166,3 +166,21 @@ def test_difference_interval_matches_newcombes_worked_example():
     assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
     low, high = difference_interval(1000, 1000, 1000, 1000)  # identical perfect scores: an interval around 0
     assert low < 0 < high and -0.01 < low
+
+
+def test_paired_comparison_counts_discordant_items_and_gives_the_exact_mcnemar_p():
+    from mmldm.evaluation.stats import paired_comparison
+
+    # 21 items: 9 right under both, 9 wrong under both, 2 right only under a (items 1 and 20), 1 only under b (3)
+    a = np.array([1, 1, 0, 0] + [1] * 8 + [0] * 8 + [1], dtype=bool)
+    b = np.array([1, 0, 0, 1] + [1] * 8 + [0] * 8 + [0], dtype=bool)
+    r = paired_comparison(a, b)
+    assert (r["n"], r["a_only"], r["b_only"]) == (21, 2, 1)
+    assert r["difference"] == pytest.approx(1 / 21)
+    assert r["p_value"] == pytest.approx(1.0)  # binomial(2 of 3, 1/2), two-sided: 1
+    many = paired_comparison(np.array([1] + [0] * 8, dtype=bool), np.array([0] + [1] * 8, dtype=bool))
+    assert (many["a_only"], many["b_only"]) == (1, 8)
+    assert many["p_value"] == pytest.approx(2 * (1 + 9) / 2**9)  # exact: 2 P(X <= 1), X ~ Bin(9, 1/2)
+    assert paired_comparison([True, False], [True, False])["p_value"] == 1.0  # no discordant pair
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_comparison([True], [True, False])

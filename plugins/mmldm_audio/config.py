@@ -257,7 +257,7 @@ class VocosConfig(ComponentConfig):
     lr: float = positive(1.0e-3)
     weight_decay: float = non_negative(0.01)
     warmup_steps: int = non_negative(100)
-    max_steps: int = positive(20000)
+    max_steps: int = positive(100000)  # above what 30 minutes hold on a CPU (~25,000 steps on 2 threads): time binds
     max_minutes: Optional[float] = positive(30.0)  # null: max_steps alone
     mel_weight: float = non_negative(1.0)
     eval_clips: int = positive(200)

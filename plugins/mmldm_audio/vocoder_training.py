@@ -133,6 +133,7 @@ def train_vocoder(vocoder: Any, modality: Any, directory: Path, *, seed: int = 0
             "producer": "mmldm train-vocoder", "mmldm_version": __version__,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "steps": steps, "train_seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(steps, 1), 4),
+            "threads": torch.get_num_threads(),
             "seed": seed, "final_loss": logs,
             "data": {"source": acfg.source, "root": str(Path(acfg.root).resolve()) if acfg.root else None,
                      "split": "train", "clips": len(waves), "peak_level": acfg.peak_level,
