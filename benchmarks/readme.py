@@ -246,7 +246,7 @@ def voxel_budget_rows() -> list[Row]:
                      v["class_accuracy"] >= 0.85, ">= 85%")
              for r in runs for name, v in r["settings"].items()]
     return [(f"voxel 32^3 class-conditional, both phases in a {budgets.pop():g}-minute budget (the preset's "
-             "autoencoder trained for 8 minutes, then phase 2 in what is left), class accuracy of an independent 3D "
+             "autoencoder for a fixed phase-1 budget, then phase 2 in what is left), class accuracy of an independent 3D "
              "classifier (25 steps, guidance 3)", "`python -m benchmarks.voxel_budget --settings <process>`",
              "; ".join(cells))]
 

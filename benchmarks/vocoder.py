@@ -132,8 +132,8 @@ def compare_vocoders(modality: Any, vocoders: Mapping[str, Any], *, split: str =
         "lsd_db", "logmel_l1": mean_interval, "mr_stft_sc", "mr_stft_log_mag": means of the two terms of
         "mr_stft", "n", "rtf": real_time_factor result[,
         "judge_accuracy", "judge_accuracy_n", "judge_accuracy_ci"]}}[, "judge_paired": judge_paired(...)]}``;
-        ``"real"`` holds the judge's share on the real clips themselves; ``"settings"`` the feature and STFT settings and ``"silent_share"``, the share
-        of the real clips' samples that are exactly 0 (padding).
+        ``"real"`` holds the judge's share on the real clips themselves; ``"settings"`` the feature and STFT
+        settings and ``"silent_share"``, the share of the real clips' samples that are exactly 0 (padding).
     """
     from mmldm.evaluation.classifier import accuracy_stats
     from mmldm_audio import metrics

@@ -217,4 +217,5 @@ def paired_comparison(hits_a: Any, hits_b: Any) -> dict[str, Any]:
 
 
 __all__: Sequence[str] = ["Proportion", "difference_interval", "equal_set_size", "format_mean_sd", "format_share",
-                          "means", "paired_comparison", "proportion", "proportion_from_share", "proportion_interval", "repeated_set_metrics", "summarize"]
+                          "means", "paired_comparison", "proportion", "proportion_from_share", "proportion_interval",
+                          "repeated_set_metrics", "summarize"]
