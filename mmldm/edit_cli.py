@@ -53,6 +53,10 @@ settings are key=value pairs:
   resample=1        inpaint, training_free: RePaint resampling, times each stretch of steps is taken
                     (>= 1; 1 = none)
   jump_length=1     inpaint, training_free: steps per resampled stretch (>= 1)
+  reconstruction_guidance=0
+                    inpaint, training_free: weight (>= 0) of the reconstruction guidance that steers
+                    the generated region to agree with the kept one (1 = the published weighting;
+                    each step then costs a backward pass too; 0 = off)
   mask_rule=any     inpaint: a latent cell partly masked is generated (any), kept (all) or blended (soft)
   class=3           condition on class 3 (inpaint, vary: class=0,1 cycles over the results; interpolate:
                     one class); class-conditioned models only. Without class= or text= the edit is
@@ -79,13 +83,13 @@ examples:
 OPS = ("inpaint", "vary", "interpolate")
 #: The settings of ``mmldm edit`` beyond those it shares with ``mmldm sample``, with their types.
 _EDIT_TYPES = {"op": str, "input": str, "input2": str, "mask": str, "strength": float, "method": str,
-               "resample": int, "jump_length": int, "mask_rule": str}
+               "resample": int, "jump_length": int, "reconstruction_guidance": float, "mask_rule": str}
 #: Every setting, in the order ``--help`` lists them.
-SETTINGS = ("op", "input", "input2", "mask", "strength", "n", "method", "resample", "jump_length", "mask_rule",
-            "class", "text", "steps", "sampler", "guidance", "seed", "out")
+SETTINGS = ("op", "input", "input2", "mask", "strength", "n", "method", "resample", "jump_length",
+            "reconstruction_guidance", "mask_rule", "class", "text", "steps", "sampler", "guidance", "seed", "out")
 #: The settings only some ops take (every other one is taken by all).
 _OPS_OF = {"input2": ("interpolate",), "mask": ("inpaint",), "method": ("inpaint",), "resample": ("inpaint",),
-           "jump_length": ("inpaint",), "mask_rule": ("inpaint",), "strength": ("vary",),
+           "jump_length": ("inpaint",), "reconstruction_guidance": ("inpaint",), "mask_rule": ("inpaint",), "strength": ("vary",),
            "sampler": ("inpaint", "vary"), "seed": ("inpaint", "vary")}
 _DEFAULT_N = {"inpaint": 4, "vary": 4, "interpolate": 8}
 
@@ -95,7 +99,7 @@ def _limits() -> dict[str, Any]:
     from .schema import Check
 
     return {"op": Check(choices=OPS), "strength": Check(gt=0, le=1), "resample": Check(ge=1),
-            "jump_length": Check(ge=1)}
+            "jump_length": Check(ge=1), "reconstruction_guidance": Check(ge=0)}
 
 
 def _typed(key: str, value: str) -> Any:
@@ -143,9 +147,9 @@ def parse_edit(pairs: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any], di
         raise ValueError(f"op={op} needs {needs}=<{'region or file' if needs == 'mask' else 'file'}>")
     if op == "interpolate":
         _check_interpolation(settings, options)
-    if edit.get("method") == "trained" and ({"resample", "jump_length"} & set(edit)):
-        raise ValueError("resample= and jump_length= are RePaint's resampling of method=training_free; drop them "
-                         "with method=trained")
+    steering = sorted({"resample", "jump_length", "reconstruction_guidance"} & set(edit))
+    if edit.get("method") == "trained" and steering:
+        raise ValueError(f"{'= and '.join(steering)}= steer method=training_free; drop them with method=trained")
     return edit, settings, options
 
 
@@ -230,7 +234,8 @@ def run_edit(pipe: Any, edit: dict[str, Any], settings: dict[str, Any], options:
         result = pipe.vary(x.repeat(n, *[1] * (x.ndim - 1)), edit.get("strength", 0.6), cond, **common, **sampled)
     else:
         mask = resolve_mask(modality, edit["mask"])  # (1 or C, *s)
-        inpainting = {k: edit[k] for k in ("method", "resample", "jump_length", "mask_rule") if k in edit}
+        inpainting = {k: edit[k] for k in ("method", "resample", "jump_length", "reconstruction_guidance", "mask_rule")
+                      if k in edit}
         result = pipe.inpaint(x.repeat(n, *[1] * (x.ndim - 1)), mask, cond, **inpainting, **common, **sampled)
         paths += modality.save(modality.erase(x, mask), out, prefix="masked", titles=["masked"])
     paths += modality.save(x, out, prefix="input", titles=["input", "input2"][: len(x)])

@@ -192,6 +192,7 @@ class LatentDiffusion(nn.Module):
         method: str = "training_free",
         resample: int = 1,
         jump_length: int = 1,
+        reconstruction_guidance: float = 0.0,
         mask_rule: str = "any",
         progress: bool = True,
         return_latents: bool = False,
@@ -213,6 +214,10 @@ class LatentDiffusion(nn.Module):
             method (`str`, defaults to ``"training_free"``): ``training_free`` or ``trained``.
             resample (`int`, defaults to 1), jump_length (`int`, defaults to 1): RePaint's ``r`` and ``j``
                 (``training_free`` only).
+            reconstruction_guidance (`float`, defaults to 0): ``training_free`` only: the weight of ΠGDM's
+                reconstruction guidance (:mod:`mmldm.editing`), which steers the generated region towards what
+                agrees with the kept one through the gradient of the kept region's error; 1 is the published
+                weighting, 0 plain replacement. Each step then adds a backward pass through the denoiser.
             mask_rule (`str`, defaults to ``"any"``): how a latent cell partly masked is treated
                 (:func:`mmldm.editing.latent_mask`: ``any`` generates it, ``all`` keeps it, ``soft`` blends).
             return_latents (`bool`): return the normalized latents instead of the decoded, blended result.
@@ -228,6 +233,9 @@ class LatentDiffusion(nn.Module):
 
         if method not in INPAINT_METHODS:
             raise ValueError(f"unknown inpainting method '{method}'; expected one of {', '.join(INPAINT_METHODS)}")
+        if method == "trained" and (resample != 1 or jump_length != 1 or reconstruction_guidance):
+            raise ValueError("resample, jump_length and reconstruction_guidance steer method='training_free'; a "
+                             "model trained for inpainting (method='trained') samples as in generation: drop them")
         x = self._inputs(x)
         mask = check_mask(mask, x)
         z = self.encode(x)
@@ -242,7 +250,7 @@ class LatentDiffusion(nn.Module):
             z = sample_fn(model, start, sigmas, generator=generator, disable=not progress, **options)
         else:
             z = masked_sample(sample_fn, model, z, m, sigmas, generator, resample=resample, jump_length=jump_length,
-                              progress=progress, **options)
+                              progress=progress, reconstruction_guidance=reconstruction_guidance, **options)
         return z if return_latents else blend(x, self.decode(z), mask)
 
     def _inpaint_key(self) -> str:

@@ -112,3 +112,15 @@ def test_report_formats_every_task(task: str) -> None:
     assert "target one: **met**" in text and "target two: **not met**" in text
     if task == "fsdd":
         assert "frames 24-39 of 64" in text and "-2.0 points" in text
+
+
+def test_held_out_items_after_skip() -> None:
+    """``--skip K --n N`` completes held-out items K..K+N-1, so settings can be chosen on items a report of the
+    first K never completes; the report says which items it completed."""
+    args = editing.parse_args(["--task", "mnist", "--skip", "3", "--n", "2"])
+    assert editing.held_out(args, editing.TASKS["mnist"], list(range(10))).tolist() == [3, 4]
+    args = editing.parse_args(["--task", "mnist", "--n", "4"])
+    assert editing.held_out(args, editing.TASKS["mnist"], list(range(10))).tolist() == [0, 1, 2, 3]
+    results = _results("mnist")
+    results["settings"]["skip"] = 800
+    assert "held-out items (those after the first 800)" in editing.report(results)

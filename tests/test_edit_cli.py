@@ -379,8 +379,13 @@ def test_vary_and_interpolate(capsys, image_export, picture, tmp_path):
     (["op=vary", "input=a", "n=0"], "invalid value '0' for 'n': expected >= 1"),
     (["op=vary", "input=a", "oops"], "unknown setting 'oops'; valid keys: op, input, input2, mask, strength, n,"),
     (["op=vary", "input=a", "method=trained"], "'method=' is a setting of op=inpaint, not of op=vary"),
-    (["op=inpaint", "input=a", "mask=top", "method=trained", "resample=2"], "resample= and jump_length= are RePaint's "
-                                                                          "resampling of method=training_free"),
+    (["op=inpaint", "input=a", "mask=top", "method=trained", "resample=2"], "resample= steer method=training_free; "
+                                                                          "drop them with method=trained"),
+    (["op=inpaint", "input=a", "mask=top", "method=trained", "reconstruction_guidance=1", "jump_length=2"],
+     "jump_length= and reconstruction_guidance= steer method=training_free"),
+    (["op=inpaint", "input=a", "mask=top", "reconstruction_guidance=-1"],
+     "invalid value '-1' for 'reconstruction_guidance': expected >= 0"),
+    (["op=vary", "input=a", "reconstruction_guidance=1"], "'reconstruction_guidance=' is a setting of op=inpaint"),
 ])
 def test_bad_settings_fail_before_the_model_loads(capsys, tmp_path, settings, message):
     code, _, err = _edit(capsys, tmp_path / "nowhere", *settings)
