@@ -117,32 +117,43 @@ class KeepKnown(nn.Module):
     """The sigma-space denoiser ``model(x, sigma, **extra) -> z0`` with the kept region replaced by the known
     latent: ``keep z_known + (1 - keep) model(x, sigma)`` (``keep = 1 - latent mask``).
 
-    ``reconstruction_guidance = w > 0`` first corrects the estimate by ``w (1 + sigma^2) J^T (keep (z_known -
-    D))`` (ΠGDM's reconstruction guidance, module docstring), moving the generated region towards what agrees
-    with the kept one. It differentiates ``model`` in ``x``.
+    ``reconstruction_guidance = w > 0`` first adds ``w (1 + sigma^2) J^T (keep (z_known - D_l))`` (ΠGDM's
+    reconstruction guidance, module docstring), moving the generated region towards what agrees with the kept
+    one. ``D_l`` and ``J = dD_l/dx`` are those of ``likelihood_model`` (default: ``model``): under
+    classifier-free guidance pass the conditional model, whose estimate is a posterior mean, because the
+    guided combination's Jacobian is scaled up by the guidance weight and over-corrects.
     """
 
     def __init__(self, model: Callable[..., Tensor], z_known: Tensor, keep: Tensor,
-                 reconstruction_guidance: float = 0.0):
+                 reconstruction_guidance: float = 0.0, likelihood_model: Callable[..., Tensor] | None = None):
         super().__init__()
         if not reconstruction_guidance >= 0:
             raise ValueError(f"reconstruction_guidance must be >= 0 (0 = off), got {reconstruction_guidance}")
         self.model, self.z_known, self.keep = model, z_known, keep
         self.reconstruction_guidance = float(reconstruction_guidance)
+        self.likelihood_model = likelihood_model
 
     def forward(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
-        denoised = self._guided(x, sigma, **extra) if self.reconstruction_guidance else self.model(x, sigma, **extra)
+        if not self.reconstruction_guidance:
+            denoised = self.model(x, sigma, **extra)
+        elif self.likelihood_model is None:
+            denoised, correction = self._correction(self.model, x, sigma, **extra)
+            denoised = denoised + correction
+        else:
+            with torch.no_grad():
+                denoised = self.model(x, sigma, **extra)
+            denoised = denoised + self._correction(self.likelihood_model, x, sigma, **extra)[1]
         return torch.lerp(denoised, self.z_known.to(denoised.dtype), self.keep.to(denoised.dtype))
 
-    def _guided(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
-        """``D + w (1 + sigma^2) J^T (keep (z_known - D))``, the vector-Jacobian product by autograd."""
+    def _correction(self, model: Callable[..., Tensor], x: Tensor, sigma: Tensor, **extra: Any) -> tuple[Tensor, Tensor]:
+        """``(D, w (1 + sigma^2) J^T (keep (z_known - D)))`` of ``model``, the vector-Jacobian product by autograd."""
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            denoised = self.model(x_in, sigma, **extra)
+            denoised = model(x_in, sigma, **extra)
             residual = (self.keep.to(denoised.dtype) * (self.z_known.to(denoised.dtype) - denoised)).detach()
-            (correction,) = torch.autograd.grad(denoised, x_in, grad_outputs=residual)
+            (vjp,) = torch.autograd.grad(denoised, x_in, grad_outputs=residual)
         weight = self.reconstruction_guidance * (1 + append_dims(sigma.to(x.dtype), x.ndim) ** 2)
-        return denoised.detach() + weight * correction.to(denoised.dtype)
+        return denoised.detach(), weight * vjp.to(denoised.dtype)
 
 
 def masked_sample(
@@ -157,6 +168,7 @@ def masked_sample(
     progress: bool = False,
     extra_args: Mapping[str, Any] | None = None,
     reconstruction_guidance: float = 0.0,
+    likelihood_model: Callable[..., Tensor] | None = None,
     **sampler_options: Any,
 ) -> Tensor:
     """Inpaint latents with any sampler: keep ``z_known [B, c, *s]`` where ``mask [B, 1, *s]`` is 0, generate
@@ -173,11 +185,13 @@ def masked_sample(
         reconstruction_guidance (`float`, defaults to 0): the weight of ΠGDM's reconstruction guidance (module
             docstring); 0 is plain replacement, 1 the published weighting. Each evaluation of ``model`` then
             adds a backward pass through it.
+        likelihood_model: the denoiser whose estimate and Jacobian reconstruction guidance uses (default
+            ``model``); with classifier-free guidance, the conditional model (:class:`KeepKnown`).
     """
     if resample < 1 or jump_length < 1:
         raise ValueError(f"resample and jump_length must be >= 1, got resample={resample}, jump_length={jump_length}")
     keep = 1 - mask.to(z_known.dtype)
-    wrapped = KeepKnown(model, z_known, keep, reconstruction_guidance)
+    wrapped = KeepKnown(model, z_known, keep, reconstruction_guidance, likelihood_model)
     # the start: the known latent noised to sigmas[0] where kept, pure noise (as in generation) elsewhere
     x = keep * z_known + randn(z_known.shape, z_known, generator) * sigmas[0]
     options = {"extra_args": dict(extra_args or {}), "generator": generator, **sampler_options}

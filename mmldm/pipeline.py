@@ -218,6 +218,8 @@ class LatentDiffusion(nn.Module):
                 reconstruction guidance (:mod:`mmldm.editing`), which steers the generated region towards what
                 agrees with the kept one through the gradient of the kept region's error; 1 is the published
                 weighting, 0 plain replacement. Each step then adds a backward pass through the denoiser.
+                With a condition and ``guidance != 1`` the correction differentiates the conditional model
+                (one more forward pass), not the guided combination, whose Jacobian the weight scales up.
             mask_rule (`str`, defaults to ``"any"``): how a latent cell partly masked is treated
                 (:func:`mmldm.editing.latent_mask`: ``any`` generates it, ``all`` keeps it, ``soft`` blends).
             return_latents (`bool`): return the normalized latents instead of the decoded, blended result.
@@ -249,8 +251,14 @@ class LatentDiffusion(nn.Module):
             start = initial_noise(z.shape, generator, z.device, z.dtype) * sigmas[0]
             z = sample_fn(model, start, sigmas, generator=generator, disable=not progress, **options)
         else:
+            likelihood = None
+            if reconstruction_guidance and cond and guidance != 1:  # the conditional model's estimate and Jacobian
+                from .diffusion.sampling import guided_model
+
+                likelihood = guided_model(self.denoiser, list(self.conditioners), self.process, cond, 1.0, x.shape[0])
             z = masked_sample(sample_fn, model, z, m, sigmas, generator, resample=resample, jump_length=jump_length,
-                              progress=progress, reconstruction_guidance=reconstruction_guidance, **options)
+                              progress=progress, reconstruction_guidance=reconstruction_guidance,
+                              likelihood_model=likelihood, **options)
         return z if return_latents else blend(x, self.decode(z), mask)
 
     def _inpaint_key(self) -> str:

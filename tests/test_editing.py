@@ -151,6 +151,32 @@ def test_reconstruction_guidance_completes_a_correlated_cell_with_its_conditiona
     assert abs(means[1.0] - rho * 1.5) < 0.15, f"reconstruction guidance missed the conditional mean 1.35: {means}"
 
 
+
+def test_reconstruction_guidance_differentiates_the_likelihood_model_and_corrects_the_guided_estimate():
+    """With ``likelihood_model`` (the conditional model under classifier-free guidance) the estimate is the
+    guided model's, the correction ``w (1 + sigma^2) A^T keep (z - A x)`` that of the linear likelihood model
+    ``D_l(x) = A x``; the guided model is never differentiated."""
+    from mmldm.editing import KeepKnown
+
+    a = torch.tensor([[0.6, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    likelihood = lambda x, sigma: (x.flatten(1) @ a.T).reshape(x.shape)  # noqa: E731
+    seen_grad: list[bool] = []
+
+    def guided(x, sigma):
+        seen_grad.append(torch.is_grad_enabled())
+        return 3 * x
+
+    z = torch.tensor([[[1.5, 0.0]]], dtype=torch.float64)
+    keep = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    x, sigma, w = torch.tensor([[[0.2, -0.4]]], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64), 0.5
+    out = KeepKnown(guided, z, keep, w, likelihood_model=likelihood)(x, sigma)
+    residual = keep[0, 0] * (z[0, 0] - a @ x[0, 0])
+    expected = 3 * x[0, 0] + w * (1 + 4.0) * (a.T @ residual)
+    assert seen_grad == [False]
+    assert torch.allclose(out[0, 0, 1], expected[1]) and out[0, 0, 0] == 1.5  # generated cell; kept cell = z
+    alone = KeepKnown(likelihood, z, keep, w)(x, sigma)  # without: the model's own estimate and Jacobian
+    assert torch.allclose(alone[0, 0, 1], (a @ x[0, 0] + w * 5.0 * (a.T @ residual))[1])
+
 def test_reconstruction_guidance_refuses_a_negative_weight_and_the_trained_method(tiny):
     with pytest.raises(ValueError, match=r"reconstruction_guidance must be >= 0 \(0 = off\), got -1"):
         masked_sample(sample_euler, lambda x, s: x, torch.zeros(1, 1, 2), torch.ones(1, 1, 2),
