@@ -334,8 +334,7 @@ def held_out(args: argparse.Namespace, task: EditTask, val_set: Any) -> Any:
         idx = generation.reference_subsets(val_set, {task.reference: pattern})[task.reference]
     else:
         idx = torch.arange(len(val_set))
-    skip = getattr(args, "skip", 0)
-    return idx[skip:skip + (args.n or task.n)]
+    return idx[args.skip:args.skip + (args.n or task.n)]
 
 
 def judge_of(args: argparse.Namespace, task: EditTask, out: Path,
@@ -369,6 +368,8 @@ def judge_of(args: argparse.Namespace, task: EditTask, out: Path,
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.skip < 0:
+        raise SystemExit(f"--skip {args.skip}: expected a number of held-out items >= 0")
     task = TASKS[args.task]
     out = args.out or RESULTS / f"editing_{args.task}"
     source = RESULTS / task.reuse_from if (task.reuse_from and args.reuse) else out

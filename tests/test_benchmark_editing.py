@@ -124,3 +124,5 @@ def test_held_out_items_after_skip() -> None:
     results = _results("mnist")
     results["settings"]["skip"] = 800
     assert "held-out items (those after the first 800)" in editing.report(results)
+    with pytest.raises(SystemExit, match=r"--skip -1: expected a number of held-out items >= 0"):
+        editing.main(["--task", "mnist", "--skip", "-1"])

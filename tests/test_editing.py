@@ -115,7 +115,6 @@ def test_resampling_calls_the_model_resample_times_per_stretch_but_not_on_the_la
     assert calls == [8.0, 4.0] * 3 + [2.0, 1.0]
 
 
-
 def correlated_gaussian_denoiser(rho: float):
     """The exact denoiser ``E[z0 | x]`` of two unit-variance latent cells with correlation ``rho``."""
     cov = torch.tensor([[1.0, rho], [rho, 1.0]], dtype=torch.float64)
@@ -151,7 +150,6 @@ def test_reconstruction_guidance_completes_a_correlated_cell_with_its_conditiona
     assert abs(means[1.0] - rho * 1.5) < 0.15, f"reconstruction guidance missed the conditional mean 1.35: {means}"
 
 
-
 def test_reconstruction_guidance_differentiates_the_likelihood_model_and_corrects_the_guided_estimate():
     """With ``likelihood_model`` (the conditional model under classifier-free guidance) the estimate is the
     guided model's, the correction ``w (1 + sigma^2) A^T keep (z - A x)`` that of the linear likelihood model
@@ -177,6 +175,7 @@ def test_reconstruction_guidance_differentiates_the_likelihood_model_and_correct
     alone = KeepKnown(likelihood, z, keep, w)(x, sigma)  # without: the model's own estimate and Jacobian
     assert torch.allclose(alone[0, 0, 1], (a @ x[0, 0] + w * 5.0 * (a.T @ residual))[1])
 
+
 def test_reconstruction_guidance_refuses_a_negative_weight_and_the_trained_method(tiny):
     with pytest.raises(ValueError, match=r"reconstruction_guidance must be >= 0 \(0 = off\), got -1"):
         masked_sample(sample_euler, lambda x, s: x, torch.zeros(1, 1, 2), torch.ones(1, 1, 2),
@@ -201,6 +200,9 @@ def test_inpaint_keeps_the_input_where_the_mask_is_zero(tiny, reconstruction_gui
     keep = 1 - latent_mask(check_mask(mask, x), z.shape[2:])
     assert float(((z - pipe.encode(x)) * keep).abs().max()) <= 1e-5
     assert torch.equal(blend(x, pipe.decode(z), check_mask(mask, x)), out)
+    if reconstruction_guidance:  # the weight reaches the sampling: the generated region changes
+        plain = pipe.inpaint(x, mask, steps=4, seed=0, progress=False, return_latents=True)
+        assert not torch.allclose(z * (1 - keep), plain * (1 - keep))
 
 
 def test_inpaint_sample_i_depends_on_its_seed_and_input_only(tiny):
@@ -322,6 +324,37 @@ def test_phase2_makes_the_inpainting_condition_from_the_batch_latents():
     assert torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in denoiser.parameters() if p.requires_grad)
+
+
+def test_reconstruction_guidance_under_classifier_free_guidance_differentiates_the_conditional_model(monkeypatch):
+    """With a condition and guidance != 1, inpaint hands masked_sample the conditional model (guidance 1) as the
+    likelihood model; without a condition, or at guidance 1, the sampled model is its own likelihood model."""
+    import mmldm.editing
+
+    cfg, modality, autoencoder, conditioners, denoiser, shape = _inpaint_pipe()
+    keys = (*PIPE_KEYS, "conditioner")
+    pipe = LatentDiffusion(modality, autoencoder, LatentStats.identity(shape[0]), {k: cfg[k] for k in keys}, denoiser,
+                           conditioners).eval()
+    x = torch.stack([modality.dataset("train")[i]["x"] for i in range(2)])
+    seen: list = []
+
+    def recording(*args, likelihood_model=None, **kwargs):
+        seen.append(likelihood_model)
+        return masked_sample(*args, likelihood_model=likelihood_model, **kwargs)
+
+    monkeypatch.setattr(mmldm.editing, "masked_sample", recording)
+    common = {"steps": 2, "seed": 0, "progress": False, "reconstruction_guidance": 1.0}
+    pipe.inpaint(x, first_half_generated(x), {"class": [1, 2]}, guidance=3.0, **common)
+    pipe.inpaint(x, first_half_generated(x), {"class": [1, 2]}, guidance=1.0, **common)
+    pipe.inpaint(x, first_half_generated(x), guidance=3.0, **common)
+    assert seen[0] is not None and seen[1:] == [None, None]
+    z = pipe.encode(x)
+    sigma = torch.full((2,), 2.0)
+    from mmldm.diffusion.sampling import guided_model
+
+    conditional = guided_model(pipe.denoiser, list(pipe.conditioners), pipe.process, {"class": [1, 2]}, 1.0, 2)
+    with torch.no_grad():
+        assert torch.allclose(seen[0](z, sigma), conditional(z, sigma))
 
 
 def test_trained_inpainting_conditions_on_the_masked_latent_and_keeps_the_input():
