@@ -37,7 +37,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,6 +114,26 @@ TASKS = {
                                Setting("training-free on this model, class given, guidance 3, resample 3", True, 3.0,
                                        resample=3)],
                               n=200, judge_from="voxel"),
+    # the mnist budget trained with the inpainting conditioner beside the class (conditioner=class_inpaint, its
+    # default mask families: boxes, half-spaces and slabs); the mnist task's judge (same data)
+    "mnist_trained": EditTask("mnist", ["phase1.max_steps=700", "diffusion.max_steps=1500", "conditioner=class_inpaint"],
+                              [Setting("trained, class not given", method="trained"),
+                               Setting("trained, class not given, guidance 2", guidance=2.0, method="trained"),
+                               Setting("trained, class given, guidance 3", True, 3.0, method="trained"),
+                               Setting("training-free on this model, class not given, reconstruction guidance 1, "
+                                       "resample 3", resample=3, reconstruction_guidance=1.0)],
+                              n=1000, judge_from="mnist"),
+    # trained gap filling: the FSDD config with the inpainting conditioner beside the class, trained on time gaps
+    # (masks=[slab], bands of 10-50% of the clip: the family documented for audio), with step budgets (the
+    # earlier quiet machine's 500 + 1,614 steps of the 6 + 10 minute budgets); the fsdd task's judge
+    "fsdd_trained": EditTask("fsdd", ["phase1.max_steps=500", "diffusion.max_steps=1600", "conditioner=class_inpaint",
+                                      "conditioner.1.masks=[slab]"],
+                             [Setting("trained, class not given", method="trained"),
+                              Setting("trained, class not given, guidance 2", guidance=2.0, method="trained"),
+                              Setting("trained, class given, guidance 3", True, 3.0, method="trained")],
+                             n=400, extra_set=["modality.vocoder=vocos",
+                                               "modality.vocoder_path=benchmarks/results/vocoder/vocos_fsdd"],
+                             reference="training speakers' held-out clips (indices 40-49)", judge_from="fsdd"),
     # the generation benchmark's FSDD model and judge (trained with its vocos vocoder), reused when present;
     # completed: the training speakers' held-out clips (in distribution; 400 clips)
     "fsdd": EditTask("fsdd", [], [UNCOND, Setting("class given, guidance 3", True, 3.0),
@@ -352,7 +372,7 @@ def judge_of(args: argparse.Namespace, task: EditTask, out: Path,
         if not (source / "classifier.pt").is_file():
             raise SystemExit(f"run `python -m benchmarks.editing --task {args.task} --judge-only` first: "
                              f"{source / 'classifier.pt'} is this task's judge")
-        args.reuse, task = True, EditTask(task.base, task.budget, task.settings, task.n, reuse_from=f"editing_{args.task}")
+        args.reuse, task = True, replace(task, reuse_from=f"editing_{args.task}")
     gargs = generation_args(args)
     modality = build_modality(generation.compose_config(gargs).modality)
     train_set, val_set = modality.dataset("train"), modality.dataset("val")
@@ -635,10 +655,15 @@ def report(results: dict[str, Any]) -> str:
     titles = {"voxel": "Voxel shape completion (half of each held-out shape removed by a random plane)",
               "mnist": "MNIST: the lower half of held-out test digits completed",
               "fsdd": "Spoken digits (FSDD): a 0.25 s gap in the middle of the clip completed",
-              "voxel_trained": "Voxel shape completion by a model trained for inpainting (conditioner=class_inpaint)"}
+              "voxel_trained": "Voxel shape completion by a model trained for inpainting (conditioner=class_inpaint)",
+              "mnist_trained": "MNIST: the lower half of held-out test digits completed by a model trained for "
+                               "inpainting (conditioner=class_inpaint)",
+              "fsdd_trained": "Spoken digits (FSDD): a 0.25 s gap in the middle of the clip completed by a model "
+                              "trained for gap filling (conditioner=class_inpaint, time-gap masks)"}
+    base = TASKS[task].base
     resumed = " (the resumed invocation only)" if train.get("resumed") else ""
     reconstruction = train["autoencoder_reconstruction"] or {}
-    kind = "Inpainting" if task == "voxel_trained" else "Training-free inpainting"
+    kind = "Inpainting" if task.endswith("_trained") else "Training-free inpainting"
     lines = [f"# {kind}: {titles[task]}", ""]
     skipped = f" (those after the first {s['skip']})" if s.get("skip") else ""
     if s.get("note"):
@@ -656,7 +681,7 @@ def report(results: dict[str, Any]) -> str:
         "",
     ]
     real = format_proportion(results["real"]["judge"])
-    if task in ("voxel", "voxel_trained"):
+    if base == "voxel":
         lines += [f"Voxels removed per shape: {format_mean(results['removed_share'])} of the occupied ones.", "",
                   "| method | IoU with the full shape | IoU in the removed half | judge: true class | sampling s |",
                   "| --- | --- | --- | --- | --- |",
@@ -667,7 +692,7 @@ def report(results: dict[str, Any]) -> str:
         lines += ["", f"Gain over the better baseline ({results['best_baseline']}), paired per shape:", ""]
         lines += [f"- {name}: {format_mean(m['gain_over_best_baseline'])} IoU" for name, m in results["methods"].items()
                   if "gain_over_best_baseline" in m]
-    elif task == "mnist":
+    elif base == "mnist":
         lines += ["| input to the judge | judge: true class | mean abs. difference in the lower half | sampling s |",
                   "| --- | --- | --- | --- |", f"| full digits (real) | {real} | 0 | |"]
         for name, m in results["methods"].items():
@@ -697,7 +722,7 @@ def report(results: dict[str, Any]) -> str:
                              f"{100 * d['ci'][1]:+.1f})")
     lines += ["", f"Targets (headline: {results['headline']}):", ""]
     lines += [f"- {name}: {verdict(ok)}" for name, ok in results["targets"].items()]
-    if task in ("voxel", "voxel_trained"):
+    if base == "voxel":
         gain = results["methods"][results["headline"]]["gain_over_best_baseline"]
         lines.append(f"- (the gain's 95% interval, {gain['low']:.3f} to {gain['high']:.3f}, "
                      f"{'lies above' if gain['low'] >= 0.10 else 'reaches below'} 0.10)")

@@ -87,11 +87,12 @@ def _results(task: str) -> dict:
             "training": {"wall_seconds": 60.0, "diffusion_steps": 10, "autoencoder_reconstruction": {"iou": 0.9}},
             "judge": {"val_accuracy": 0.98, "epochs": 20}, "real": {"judge": judge}, "headline": "a",
             "targets": {"target one": True, "target two": False}}
-    if task == "voxel":
+    base_task = editing.TASKS[task].base
+    if base_task == "voxel":
         row = {"iou": mean, "iou_removed_half": mean, "judge": judge, "seconds": 1.0}
         base.update(removed_share=mean, best_baseline="b", methods={"b": {**row, "seconds": None},
                                                                      "a": {**row, "gain_over_best_baseline": mean}})
-    elif task == "mnist":
+    elif base_task == "mnist":
         base.update(picture_rows=["masked input", "a", "ground truth"],
                     methods={"a": {"judge": judge, "seconds": 2.0, "l1_removed_half": mean}})
     else:
@@ -103,14 +104,18 @@ def _results(task: str) -> dict:
     return base
 
 
-@pytest.mark.parametrize("task", ["voxel", "mnist", "fsdd"])
+@pytest.mark.parametrize("task", sorted(editing.TASKS))
 def test_report_formats_every_task(task: str) -> None:
     text = editing.report(_results(task))
-    assert text.startswith("# Training-free inpainting")
+    trained = task.endswith("_trained")
+    assert text.startswith("# Inpainting" if trained else "# Training-free inpainting")
+    if trained:  # a trained task trains with the inpainting conditioner and judges with its data's saved judge
+        assert "conditioner=class_inpaint" in editing.TASKS[task].budget
+        assert editing.TASKS[task].judge_from == editing.TASKS[task].base
     assert "75.0% (3/4, 95% CI" in text  # shares carry n and the Wilson interval
     assert "(n=3, 95% CI" in text  # means carry n and the t interval
     assert "target one: **met**" in text and "target two: **not met**" in text
-    if task == "fsdd":
+    if task.startswith("fsdd"):
         assert "frames 24-39 of 64" in text and "-2.0 points" in text
 
 
