@@ -285,6 +285,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", help="a paragraph for the top of results.md")
+    p.add_argument("--no-partial-reference", action="store_true",
+                   help="mnist, fsdd: skip the partial-input reference classifier (trained once, then loaded)")
+    p.add_argument("--partial-reference-only", action="store_true",
+                   help="mnist, fsdd: add the partial-input reference to the saved results.json (the same items) "
+                        "and write results.md again, completing nothing")
     return p.parse_args(argv)
 
 
@@ -399,6 +404,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         (out / "results.md").write_text(text)
         print(text)
         return {}
+    if args.partial_reference_only:  # the reference for the items a saved report completed
+        if task.base not in ("mnist", "fsdd"):
+            raise SystemExit(f"--partial-reference-only: the {args.task} task has no partial-input reference "
+                             "(mnist and fsdd tasks do)")
+        results = json.loads((out / "results.json").read_text())
+        import torch
+
+        from mmldm.build import build_modality
+
+        modality = build_modality(generation.compose_config(generation_args(args)).modality)
+        val_set = modality.dataset("val")
+        args.skip, args.n = results["settings"].get("skip", 0), results["settings"]["n"]
+        idx = held_out(args, task, val_set)
+        x = torch.stack([val_set[int(i)]["x"] for i in idx])
+        labels = torch.tensor([val_set[int(i)]["cond"]["class"] for i in idx])
+        results["partial_reference"] = partial_reference(task, args, modality, partial_input(task.base, modality, x)[0],
+                                                         labels, out)
+        save_results(out, results, report(results))
+        return results
     if args.judge_only:  # the judge alone (e.g. while the model trains)
         judge_of(args, task, out, source)
         return {}
@@ -440,6 +464,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     evaluate = {"voxel": evaluate_voxel, "mnist": evaluate_mnist, "fsdd": evaluate_fsdd}[task.base]
     results.update(evaluate(pipe, classifier, x, labels, chosen, args, out))
+    if task.base in ("mnist", "fsdd") and not args.no_partial_reference:
+        results["partial_reference"] = partial_reference(task, args, pipe.modality,
+                                                         partial_input(task.base, pipe.modality, x)[0], labels, out)
     save_results(out, results, report(results))
     return results
 
@@ -506,14 +533,88 @@ def evaluate_voxel(pipe: Any, classifier: Any, x: Any, labels: Any, chosen: Sequ
             "best_baseline": best_base, "headline": head, "targets": targets}
 
 
+#: The image modality's [-1, 1] black: what the masked half of an MNIST input holds.
+BACKGROUND = -1.0
+
+
+def partial_input(base: str, modality: Any, x: Any) -> tuple[Any, Any]:
+    """``(partial, mask)`` of inputs ``x [B, C, *s]`` as this benchmark removes a part of ``base``'s data (mnist: the
+    lower half set to background; fsdd: the centred gap set to the features of silence); ``mask`` 1 = removed."""
+    import torch
+
+    if base == "mnist":
+        mask = lower_half_mask(x.shape[1:]).expand(len(x), 1, *x.shape[2:]).clone()
+        return torch.where(mask.bool(), torch.full_like(x, BACKGROUND), x), mask
+    if base == "fsdd":
+        start, stop = gap_frames(x.shape[-1], modality.cfg.sample_rate, modality.cfg.hop_length)
+        one = time_mask(x.shape[1:], start, stop)
+        mask = one.expand(len(x), *one.shape).clone()
+        silence = modality.features(torch.zeros(1, modality.length))  # the features of silence, per mel bin
+        return torch.where(mask.bool(), silence.expand_as(x), x), mask
+    raise ValueError(f"no partial input of the '{base}' data; expected mnist or fsdd")
+
+
+class PartialDataset:
+    """Items of ``dataset`` with ``x`` replaced by its :func:`partial_input` (what the partial-input reference
+    classifier is trained and measured on)."""
+
+    def __init__(self, dataset: Any, base: str, modality: Any):
+        self.dataset, self.base, self.modality = dataset, base, modality
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        return {**item, "x": partial_input(self.base, self.modality, item["x"][None])[0][0]}
+
+
+def partial_reference(task: EditTask, args: argparse.Namespace, modality: Any, partial: Any, labels: Any,
+                      out: Path) -> dict[str, Any]:
+    """What the kept part says about the class: a classifier of the judge's architecture and recipe trained on
+    the training set's partial inputs (:func:`partial_input`), measured on the completed items' partial inputs.
+    Its accuracy is about what a completion that always drew the most likely class from the kept part could
+    reach; the mean probability it gives the true class is what a completion drawn from its posterior would
+    reach (when it is calibrated). A reference from one classifier, not a bound: a better one would read more.
+    Saved to ``out/partial_classifier.pt`` with its recipe and loaded when that matches."""
+    import torch
+
+    from mmldm.evaluation.classifier import FeatureClassifier, predict, train_classifier
+
+    gen_task = generation.TASKS[task.base]
+    options = {"epochs": 8, **gen_task.classifier}
+    recipe = json.dumps({"partial": task.base, "seed": args.seed, **options}, sort_keys=True)
+    saved = out / "partial_classifier.pt"
+    if saved.is_file() and torch.load(saved, weights_only=True)["recipe"] == recipe:
+        state = torch.load(saved, weights_only=True)
+        classifier = FeatureClassifier(**json.loads(state["config"]))
+        classifier.load_state_dict(state["weights"])
+        classifier.eval()
+        clf = json.loads(state["report"])
+    else:
+        started = time.perf_counter()
+        train_set, val_set = modality.dataset("train"), modality.dataset("val")
+        clf_train = gen_task.classifier_data(train_set, modality) if gen_task.classifier_data else train_set
+        classifier, clf = train_classifier(PartialDataset(clf_train, task.base, modality),
+                                           PartialDataset(val_set, task.base, modality), modality.dims,
+                                           modality.channels, modality.num_classes, seed=args.seed, **options)
+        print(f"partial-input classifier: held-out accuracy {clf['val_accuracy']:.4f} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"recipe": recipe, "config": json.dumps(classifier.config), "weights": classifier.state_dict(),
+                    "report": json.dumps(clf)}, saved)
+    logits, _ = predict(classifier, modality.finalize(partial))
+    p_true = logits.softmax(-1).gather(1, labels[:, None])[:, 0]
+    return {"accuracy": share(logits.argmax(-1) == labels), "p_true": mean_interval(p_true.tolist()),
+            "classifier": clf}
+
+
 def evaluate_mnist(pipe: Any, classifier: Any, x: Any, labels: Any, chosen: Sequence[Setting],
                    args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import torch
 
     modality = pipe.modality
-    mask = lower_half_mask(x.shape[1:]).expand(len(x), 1, *x.shape[2:]).clone()
-    background = -1.0  # the image modality's [-1, 1] black
-    partial = torch.where(mask.bool(), torch.full_like(x, background), x)
+    partial, mask = partial_input("mnist", modality, x)
     methods = {"masked input (lower half background)": (partial, None),
                "autoencoder of the masked input": (pipe.decode(pipe.encode(partial)), None)}
     for name, (done, seconds) in _run_settings(pipe, partial, mask, labels, chosen, args).items():
@@ -546,10 +647,7 @@ def evaluate_fsdd(pipe: Any, classifier: Any, x: Any, labels: Any, chosen: Seque
     cfg = modality.cfg
     frames = x.shape[-1]
     start, stop = gap_frames(frames, cfg.sample_rate, cfg.hop_length)
-    one = time_mask(x.shape[1:], start, stop)
-    mask = one.expand(len(x), *one.shape).clone()
-    silence = modality.features(torch.zeros(1, modality.length))  # the features of silence, per mel bin
-    partial = torch.where(mask.bool(), silence.expand_as(x), x)
+    partial, mask = partial_input("fsdd", modality, x)
     truth_mel = modality.to_logmel(x)
     interp_mel = interpolate_gap(truth_mel, start, stop)
     # the interpolation back in the modality's normalized layout, for the judge
@@ -720,6 +818,15 @@ def report(results: dict[str, Any]) -> str:
                 lines.append(f"- {name}: log-mel L1 minus interpolation's {format_mean(m['l1_minus_interpolation'])}; "
                              f"judge minus uncut {100 * d['value']:+.1f} points (95% CI {100 * d['ci'][0]:+.1f} to "
                              f"{100 * d['ci'][1]:+.1f})")
+    ref = results.get("partial_reference")
+    if ref:
+        what = "digit" if base == "mnist" else "spoken digit"
+        lines += ["", f"What the kept part says about the {what} (a reference, not a bound): a classifier of the judge's "
+                  f"architecture and recipe trained on the training set's partial inputs recognizes "
+                  f"{format_proportion(ref['accuracy'])} of these partial inputs ({100 * ref['classifier']['val_accuracy']:.1f}% "
+                  f"of the held-out set's), about what a completion that always drew the most likely {what} could "
+                  f"reach; the probability it gives the true {what} averages {format_mean(ref['p_true'])}, what a "
+                  f"completion drawn from its posterior would reach if it is calibrated."]
     lines += ["", f"Targets (headline: {results['headline']}):", ""]
     lines += [f"- {name}: {verdict(ok)}" for name, ok in results["targets"].items()]
     if base == "voxel":

@@ -71,6 +71,17 @@ def test_lower_half_mask_and_iou() -> None:
     assert editing.iou(a, b).tolist() == [0.5, 1.0]  # both empty: 1
 
 
+def test_partial_input_removes_the_benchmarks_part() -> None:
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    partial, mask = editing.partial_input("mnist", None, x)
+    assert mask.shape == (3, 1, 28, 28) and mask[:, :, 14:].eq(1).all() and mask[:, :, :14].eq(0).all()
+    assert torch.equal(partial[:, :, :14], x[:, :, :14]) and partial[:, :, 14:].eq(editing.BACKGROUND).all()
+    data = editing.PartialDataset([{"x": x[i], "cond": {"class": i}} for i in range(3)], "mnist", None)
+    assert len(data) == 3 and data[2]["cond"] == {"class": 2} and torch.equal(data[2]["x"], partial[2])
+    with pytest.raises(ValueError, match="no partial input of the 'voxel' data"):
+        editing.partial_input("voxel", None, x)
+
+
 def test_mean_interval_is_a_t_interval() -> None:
     m = editing.mean_interval([1.0, 2.0, 3.0, 4.0])
     assert m["n"] == 4 and m["mean"] == 2.5
@@ -87,6 +98,8 @@ def _results(task: str) -> dict:
             "training": {"wall_seconds": 60.0, "diffusion_steps": 10, "autoencoder_reconstruction": {"iou": 0.9}},
             "judge": {"val_accuracy": 0.98, "epochs": 20}, "real": {"judge": judge}, "headline": "a",
             "targets": {"target one": True, "target two": False}}
+    if editing.TASKS[task].base != "voxel":
+        base["partial_reference"] = {"accuracy": judge, "p_true": mean, "classifier": {"val_accuracy": 0.947}}
     base_task = editing.TASKS[task].base
     if base_task == "voxel":
         row = {"iou": mean, "iou_removed_half": mean, "judge": judge, "seconds": 1.0}
@@ -115,6 +128,8 @@ def test_report_formats_every_task(task: str) -> None:
     assert "75.0% (3/4, 95% CI" in text  # shares carry n and the Wilson interval
     assert "(n=3, 95% CI" in text  # means carry n and the t interval
     assert "target one: **met**" in text and "target two: **not met**" in text
+    if editing.TASKS[task].base != "voxel":  # what the kept part says about the class, beside the targets
+        assert "of these partial inputs (94.7% of the held-out set's)" in text
     if task.startswith("fsdd"):
         assert "frames 24-39 of 64" in text and "-2.0 points" in text
 
