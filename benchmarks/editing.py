@@ -53,7 +53,7 @@ class Setting:
 
     name: str
     class_given: bool = False
-    guidance: float = 1.0
+    guidance: float | dict[str, float] = 1.0  # a dict: a weight per condition key (e.g. {"inpaint": 2.0})
     resample: int = 1
     mask_rule: str = "any"
     # what the removed part holds in the input given to inpaint: "empty" (voxels 0, pixels background, audio
@@ -115,10 +115,12 @@ TASKS = {
                                        resample=3)],
                               n=200, judge_from="voxel"),
     # the mnist budget trained with the inpainting conditioner beside the class (conditioner=class_inpaint, its
-    # default mask families: boxes, half-spaces and slabs); the mnist task's judge (same data)
+    # default mask families: boxes, half-spaces and slabs); the mnist task's judge (same data). Class given, one
+    # guidance weight guides the class only (the unconditional branch keeps the known region, as SD's inpainting
+    # pipelines do): 88.0% vs 74.0% when it also nulled the known region (digits 800-999); guidance 2 towards the
+    # known region without the class did not help there (48.0% vs 49.5%)
     "mnist_trained": EditTask("mnist", ["phase1.max_steps=700", "diffusion.max_steps=1500", "conditioner=class_inpaint"],
                               [Setting("trained, class not given", method="trained"),
-                               Setting("trained, class not given, guidance 2", guidance=2.0, method="trained"),
                                Setting("trained, class given, guidance 3", True, 3.0, method="trained"),
                                Setting("training-free on this model, class not given, reconstruction guidance 1, "
                                        "resample 3", resample=3, reconstruction_guidance=1.0)],
@@ -129,7 +131,8 @@ TASKS = {
     "fsdd_trained": EditTask("fsdd", ["phase1.max_steps=500", "diffusion.max_steps=1600", "conditioner=class_inpaint",
                                       "conditioner.1.masks=[slab]"],
                              [Setting("trained, class not given", method="trained"),
-                              Setting("trained, class not given, guidance 2", guidance=2.0, method="trained"),
+                              Setting("trained, class not given, guidance 2 towards the known region",
+                                      guidance={"inpaint": 2.0}, method="trained"),
                               Setting("trained, class given, guidance 3", True, 3.0, method="trained")],
                              n=400, extra_set=["modality.vocoder=vocos",
                                                "modality.vocoder_path=benchmarks/results/vocoder/vocos_fsdd"],

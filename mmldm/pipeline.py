@@ -165,8 +165,10 @@ class LatentDiffusion(nn.Module):
         return x.to(device=param.device, dtype=torch.float32)
 
     def _edit_setup(self, n: int, cond: Mapping[str, Any] | None, guidance: float | Mapping[str, float],
-                    steps: int | None, sampler: str | None, seed: int | None, **sampler_options: Any):
-        """(sample_fn, model, sigmas, generator, options) of an edit of ``n`` samples, as :meth:`sample` sets up."""
+                    steps: int | None, sampler: str | None, seed: int | None, keep: Sequence[str] = (),
+                    **sampler_options: Any):
+        """(sample_fn, model, sigmas, generator, options) of an edit of ``n`` samples, as :meth:`sample` sets up;
+        ``keep``: condition keys the unconditional branch of one guidance weight keeps (:func:`guided_model`)."""
         from .diffusion.sampling import guided_model, resolve_sampler, sample_generators, sampler_settings
 
         settings = sampler_settings(self.config.get("sampler"), sampler, steps, **sampler_options)
@@ -175,7 +177,7 @@ class LatentDiffusion(nn.Module):
         sigmas = self.process.sigmas(settings.pop("steps"), settings.pop("spacing")).to(param.device, param.dtype)
         sample_fn = resolve_sampler(settings.pop("sampler"))
         generator = sample_generators(seed, n, param.device) if seed is not None else None
-        model = guided_model(self.denoiser, list(self.conditioners), self.process, cond, guidance, n)
+        model = guided_model(self.denoiser, list(self.conditioners), self.process, cond, guidance, n, keep)
         return sample_fn, model, sigmas, generator, settings
 
     @torch.no_grad()
@@ -203,7 +205,11 @@ class LatentDiffusion(nn.Module):
         ``method="training_free"`` (any model): masked sampling (:func:`mmldm.editing.masked_sample`, any
         sampler; RePaint resampling with ``resample > 1``). ``method="trained"``: a model trained with an
         inpainting conditioner (``conditioner=inpaint`` or ``class_inpaint``) gets the masked latent and the mask
-        as its condition (:func:`mmldm.editing.inpaint_condition`) and samples as usual.
+        as its condition (:func:`mmldm.editing.inpaint_condition`) and samples as usual. There one guidance weight
+        guides the conditions given beside the known region (the class, the text): the unconditional branch keeps
+        the known latent and mask, as Stable Diffusion's inpainting pipelines keep the masked image in both
+        branches, so with no other condition a weight other than 1 is refused; a weight per key, e.g.
+        ``{"inpaint": 2.0}``, guides towards the known region itself.
 
         Args:
             x (`Tensor [B, C, *s]` or `[C, *s]`): inputs in the modality's layout (a dataset item's ``"x"``,
@@ -242,11 +248,16 @@ class LatentDiffusion(nn.Module):
         mask = check_mask(mask, x)
         z = self.encode(x)
         m = latent_mask(mask, z.shape[2:], mask_rule).to(z.dtype)
+        keep: tuple[str, ...] = ()
         if method == "trained":
             key = self._inpaint_key()
-            cond = {**(cond or {}), key: inpaint_condition(z, m)}
+            if not isinstance(guidance, Mapping) and guidance != 1 and not [k for k in (cond or {}) if k != key]:
+                raise ValueError(f"guidance={guidance} with method='trained' guides the conditions given beside the "
+                                 f"known region, and none is: give one (e.g. cond={{'class': ...}}), or guide "
+                                 f"towards the known region with guidance={{'{key}': {guidance}}}")
+            cond, keep = {**(cond or {}), key: inpaint_condition(z, m)}, (key,)
         sample_fn, model, sigmas, generator, options = self._edit_setup(
-            x.shape[0], cond, guidance, steps, sampler, seed, **sampler_options)
+            x.shape[0], cond, guidance, steps, sampler, seed, keep=keep, **sampler_options)
         if method == "trained":
             start = initial_noise(z.shape, generator, z.device, z.dtype) * sigmas[0]
             z = sample_fn(model, start, sigmas, generator=generator, disable=not progress, **options)

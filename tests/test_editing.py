@@ -374,6 +374,44 @@ def test_trained_inpainting_conditions_on_the_masked_latent_and_keeps_the_input(
         pipe.inpaint(x, mask, method="magic", steps=2, progress=False)
 
 
+def test_trained_inpainting_guidance_keeps_the_known_region_in_the_unconditional_branch(monkeypatch):
+    """One weight guides the class, not the known latent (as SD's inpainting pipelines do); a weight per key can
+    guide the known region; with nothing beside the known region one weight other than 1 is refused."""
+    import mmldm.diffusion.guidance as guidance_module
+
+    cfg, modality, autoencoder, conditioners, denoiser, shape = _inpaint_pipe()
+    keys = (*PIPE_KEYS, "conditioner")
+    pipe = LatentDiffusion(modality, autoencoder, LatentStats.identity(shape[0]), {k: cfg[k] for k in keys},
+                           denoiser, conditioners).eval()
+    x = torch.stack([modality.dataset("train")[i]["x"] for i in range(2)])
+    mask = first_half_generated(x)
+    branches = []
+    original = guidance_module.guided_denoiser
+
+    def recording(model, uncond, conds, weights):
+        branches.append((uncond, conds, weights))
+        return original(model, uncond, conds, weights)
+
+    import mmldm.diffusion.sampling as sampling_module
+
+    monkeypatch.setattr(guidance_module, "guided_denoiser", recording)
+    monkeypatch.setattr(sampling_module, "guided_denoiser", recording)
+    key = pipe._inpaint_key()
+    known = [c for c in pipe.conditioners if c.key == key][0]
+    null_known = known.null(2)
+    common = {"method": "trained", "steps": 2, "seed": 0, "progress": False}
+    pipe.inpaint(x, mask, {"class": [1, 2]}, guidance=3.0, **common)
+    uncond, conds, weights = branches[-1]
+    assert weights == [3.0] and not torch.equal(uncond.concat, null_known.concat), "the known latent stays"
+    assert torch.equal(uncond.concat, conds[0].concat)
+    pipe.inpaint(x, mask, guidance={key: 2.0}, **common)
+    uncond, conds, weights = branches[-1]
+    assert weights == [2.0] and torch.equal(uncond.concat, null_known.concat)
+    with pytest.raises(ValueError, match=rf"guidance=2.0 with method='trained' guides the conditions given beside "
+                                         rf"the known region, and none is: .*guidance={{'{key}': 2.0}}"):
+        pipe.inpaint(x, mask, guidance=2.0, **common)
+
+
 def test_trained_method_on_a_model_without_an_inpainting_conditioner_says_what_to_train(tiny):
     pipe, x = tiny
     with pytest.raises(ValueError, match=r"method='trained' needs a model trained with an inpainting conditioner "

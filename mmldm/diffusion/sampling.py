@@ -136,12 +136,17 @@ def sample_latents(
 
 def guided_model(
     denoiser: nn.Module, conditioners: Sequence[Conditioner], process: Process, cond: Mapping[str, Any] | None,
-    guidance: float | Mapping[str, float], n: int,
+    guidance: float | Mapping[str, float], n: int, keep: Sequence[str] = (),
 ) -> Callable[..., Tensor]:
     """The sampler's model ``D(x, sigma) -> z0`` for ``n`` samples: the network in the process's sigma space
     (:meth:`Process.denoiser`) under classifier-free guidance (one weight, :func:`cfg_denoiser`) or
-    compositional guidance (a weight per condition key, :func:`guided_denoiser`)."""
+    compositional guidance (a weight per condition key, :func:`guided_denoiser`).
+
+    ``keep``: condition keys that one weight does not guide: the unconditional branch keeps what ``cond`` gives
+    them instead of their null (trained inpainting's known latent and mask, as Stable Diffusion's inpainting
+    pipelines keep the masked image in both branches). A weight per key guides only the keys it names anyway."""
     model = process.denoiser(denoiser)
     if isinstance(guidance, Mapping):
         return guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n))
-    return cfg_denoiser(model, condition(conditioners, cond, n), null_condition(conditioners, n), guidance)
+    kept = {k: v for k, v in (cond or {}).items() if k in keep}
+    return cfg_denoiser(model, condition(conditioners, cond, n), condition(conditioners, kept, n), guidance)
