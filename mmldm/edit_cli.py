@@ -150,6 +150,10 @@ def parse_edit(pairs: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any], di
     steering = sorted({"resample", "jump_length", "reconstruction_guidance"} & set(edit))
     if edit.get("method") == "trained" and steering:
         raise ValueError(f"{'= and '.join(steering)}= steer method=training_free; drop them with method=trained")
+    if (edit.get("method") == "trained" and settings.get("guidance", 1.0) != 1.0
+            and not {"class", "text"} & set(settings)):
+        raise ValueError(f"guidance={settings['guidance']:g} with method=trained guides the condition given beside "
+                         "the known region, and none is: give class= or text=, or drop guidance=")
     return edit, settings, options
 
 

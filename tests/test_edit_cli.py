@@ -381,6 +381,9 @@ def test_vary_and_interpolate(capsys, image_export, picture, tmp_path):
     (["op=vary", "input=a", "method=trained"], "'method=' is a setting of op=inpaint, not of op=vary"),
     (["op=inpaint", "input=a", "mask=top", "method=trained", "resample=2"], "resample= steer method=training_free; "
                                                                           "drop them with method=trained"),
+    (["op=inpaint", "input=a", "mask=top", "method=trained", "guidance=2"],
+     "guidance=2 with method=trained guides the condition given beside the known region, and none is: give class= "
+     "or text=, or drop guidance="),
     (["op=inpaint", "input=a", "mask=top", "method=trained", "reconstruction_guidance=1", "jump_length=2"],
      "jump_length= and reconstruction_guidance= steer method=training_free"),
     (["op=inpaint", "input=a", "mask=top", "reconstruction_guidance=-1"],
