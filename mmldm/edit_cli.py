@@ -65,7 +65,8 @@ settings are key=value pairs:
   steps=25          sampler steps (>= 1; default: the model's sampler config; vary takes strength x steps)
   sampler=dpmpp_2m  inpaint, vary: ddpm | ddim | euler | heun | dpmpp_2m (or any plugin's sampler);
                     interpolate inverts and samples with euler
-  guidance=3.0      classifier-free guidance weight, a finite number (default 3 with a condition, else 1)
+  guidance=3.0      classifier-free guidance weight, a finite number (default 3 with a condition, else 1);
+                    with method=trained it guides class=/text=, not the known region
   seed=0            inpaint, vary: random seed >= 0 (same seed, same results); interpolate is deterministic
   out=<dir>         output folder (default: <model>/edits/<op>)
 
