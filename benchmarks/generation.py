@@ -177,18 +177,21 @@ def train_model(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def task_judge(task_name: str, seed: int, overrides: Sequence[str], modality: Any, train_set: Any, val_set: Any,
-               saved: Path, reuse: bool, epochs: int | None = None, save: bool = True) -> tuple[Any, dict[str, Any]]:
+               saved: Path, reuse: bool, epochs: int | None = None, save: bool = True,
+               variant: tuple[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """The independent classifier of a task (its :attr:`Task.classifier` options, ``epochs`` overriding theirs) and
-    its report: loaded from ``saved`` when ``reuse`` and the file's recipe (task, seed, ``overrides``, options)
-    matches, else trained on the task's classifier data and, when ``save``, written to ``saved`` (so that a
-    ``--reuse`` run does not retrain it)."""
+    its report: loaded from ``saved`` when ``reuse`` and the file's recipe (task, seed, ``overrides``, options,
+    variant) matches, else trained on the task's classifier data and, when ``save``, written to ``saved`` (so that
+    a ``--reuse`` run does not retrain it). ``variant = (name, wrap)``: the same recipe on other inputs, ``wrap``
+    applied to the classifier data and the held-out set (e.g. the editing benchmark's partial inputs)."""
     import torch
 
     from mmldm.evaluation.classifier import FeatureClassifier, train_classifier
 
     task = TASKS[task_name]
     options = {"epochs": 8, **task.classifier, **({"epochs": epochs} if epochs else {})}
-    recipe = json.dumps({"task": task_name, "seed": seed, "overrides": list(overrides), **options}, sort_keys=True)
+    recipe = json.dumps({"task": task_name, "seed": seed, "overrides": list(overrides), **options,
+                         **({"variant": variant[0]} if variant else {})}, sort_keys=True)
     if reuse and saved.is_file() and torch.load(saved, weights_only=True)["recipe"] == recipe:
         state = torch.load(saved, weights_only=True)
         classifier = FeatureClassifier(**json.loads(state["config"]))
@@ -196,6 +199,8 @@ def task_judge(task_name: str, seed: int, overrides: Sequence[str], modality: An
         classifier.eval()
         return classifier, json.loads(state["report"])
     clf_train = task.classifier_data(train_set, modality) if task.classifier_data else train_set
+    if variant:
+        clf_train, val_set = variant[1](clf_train), variant[1](val_set)
     classifier, clf = train_classifier(clf_train, val_set, modality.dims, modality.channels, modality.num_classes,
                                        seed=seed, **options)
     if save:

@@ -498,7 +498,7 @@ def _partial(ref: dict[str, Any]) -> str:
     """The partial-input reference of an editing report: its accuracy and mean probability of the true class."""
     acc = ref["accuracy"]
     return (f"{share(acc['value'], acc['n'])} of the partial inputs and gives the true class "
-            f"{ref['p_true']['mean']:.3f} on average (what completions drawn from its posterior would reach)")
+            f"{_mean(ref['p_true'])} on average (what completions drawn from its posterior would reach)")
 
 
 def streaming_rows() -> list[Row]:
