@@ -6,6 +6,8 @@ denoiser in sigma space is ``E[z0 | x] = MU + S^2 / (S^2 + sigma^2) (x - MU)``.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -447,3 +449,40 @@ def test_ema_warmup_forgets_the_initialization():
     ema.n_averaged.fill_(10**6)
     ema.update_parameters(net)
     torch.testing.assert_close(ema.module.weight, torch.full((2, 2), 1.001), atol=1e-6, rtol=0)
+
+
+def test_phase2_learning_rate_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    import lightning as L
+
+    from mmldm.configuration import compose
+    from mmldm.training.run import phase_identity
+
+    constant = diffusion_module()  # the default: a bare optimizer, as before the schedule existed
+    assert isinstance(constant.configure_optimizers(), torch.optim.AdamW)
+    module = diffusion_module(warmup_steps=4, schedule="cosine", ema_decay=None)
+    lrs: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", callbacks=[Record()])
+    trainer.fit(module, torch.utils.data.DataLoader(MixtureData(n=64), batch_size=8))
+    assert len(lrs) == 20
+    torch.testing.assert_close(lrs[:4], [2e-3 * k / 4 for k in range(1, 5)])  # linear warm-up to lr
+    # cosine over the 16 steps after the warm-up: half way at step 12, near 0 at the last step
+    torch.testing.assert_close(lrs[12], 2e-3 * 0.5 * (1 + math.cos(math.pi * 8 / 16)))
+    assert lrs[-1] < 2e-3 * 0.01 and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    with pytest.raises(ValueError, match="schedule='linear' is not valid; choose one of: constant, cosine"):
+        diffusion_module(schedule="linear")
+    # set from the config; at their defaults the keys stay out of the checkpoint identity, so a run
+    # checkpointed before they existed still resumes, and a changed schedule is told apart
+    cfg = compose(["modality=image", "diffusion.schedule=cosine", "diffusion.warmup_steps=100"])
+    assert cfg.diffusion.schedule == "cosine" and cfg.diffusion.warmup_steps == 100
+    assert "schedule" not in phase_identity(compose(["modality=image"]), "diffusion")["config"]["diffusion"]
+    assert phase_identity(cfg, "diffusion")["config"]["diffusion"]["schedule"] == "cosine"
+    from mmldm.configuration import ConfigProblem
+
+    with pytest.raises(ConfigProblem, match="diffusion.schedule"):
+        compose(["diffusion.schedule=linear"])

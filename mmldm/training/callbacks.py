@@ -16,6 +16,34 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 
+#: Learning-rate schedules of both phases (``phase1.schedule``, ``diffusion.schedule``).
+SCHEDULES = ("constant", "cosine")
+
+
+def check_schedule(schedule: str) -> None:
+    """Raise a ValueError naming the choices when ``schedule`` is not one of :data:`SCHEDULES`."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not valid; choose one of: {', '.join(SCHEDULES)}")
+
+
+def lr_factor(module: L.LightningModule, step: int, warmup_steps: int, schedule: str) -> float:
+    """The learning-rate multiplier of ``step`` (a ``LambdaLR`` factor): linear warm-up over
+    ``warmup_steps``, then constant, or cosine decay to 0 at the trainer's last stepping batch.
+
+    The last step is read from the trainer at each call, so a :class:`TimeBudget` that refits
+    ``max_steps`` to the measured step rate also refits the decay: a wall-clock budget ends
+    with the learning rate near 0, as a step budget does.
+    """
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if schedule == "cosine":
+        total = module.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("schedule='cosine' needs a finite run: set trainer max_steps or max_epochs")
+        progress = min(1.0, max(0, step - warmup_steps) / max(1, total - warmup_steps))
+        factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
 def fused_ok(module: L.LightningModule) -> bool:
     """Whether ``module``'s optimizer may be a fused one: fused optimizers unscale gradients
     themselves, so Lightning refuses them under mixed precision (with gradient clipping)."""

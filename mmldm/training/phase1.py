@@ -12,7 +12,6 @@ clipping, accumulation and mixed precision all apply unchanged, and
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import lightning as L
@@ -20,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from mmldm.interfaces import Autoencoder, AutoencoderOutput
-from mmldm.training.callbacks import fused_ok
+from mmldm.training.callbacks import SCHEDULES, check_schedule, fused_ok, lr_factor
 
-SCHEDULES = ("constant", "cosine")
+__all__ = ["SCHEDULES", "AutoencoderModule", "Phase1Loss"]
 
 
 @runtime_checkable
@@ -78,8 +77,7 @@ class AutoencoderModule(L.LightningModule):
                 f"loss must be an nn.Module with forward(x, out, step=, last_layer=) and "
                 f"reconstruction_loss(x, x_rec) (the autoencoder plugin's build_loss), got {type(loss).__name__}"
             )
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule={schedule!r} is not valid; choose one of: {', '.join(SCHEDULES)}")
+        check_schedule(schedule)
         self.autoencoder = autoencoder
         self.loss_fn = loss
         self.lr, self.betas, self.disc_lr = lr, tuple(betas), disc_lr
@@ -131,11 +129,4 @@ class AutoencoderModule(L.LightningModule):
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then constant or cosine decay over the trainer's stepping batches."""
-        factor = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        if self.schedule == "cosine":
-            total = self.trainer.estimated_stepping_batches
-            if not math.isfinite(total):
-                raise ValueError("schedule='cosine' needs a finite run: set trainer max_steps or max_epochs")
-            progress = min(1.0, max(0, step - self.warmup_steps) / max(1, total - self.warmup_steps))
-            factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
-        return factor
+        return lr_factor(self, step, self.warmup_steps, self.schedule)

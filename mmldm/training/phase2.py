@@ -12,7 +12,7 @@ from torch.optim.swa_utils import AveragedModel
 from ..diffusion.process import Process, build_process, diffusion_loss
 from ..diffusion.sampling import condition, sample_latents, sampler_settings
 from ..interfaces import CONDITIONING_KINDS, Conditioner, Conditioning, Denoiser
-from .callbacks import fused_ok
+from .callbacks import check_schedule, fused_ok, lr_factor
 
 
 def _replace_rows(kept: Conditioning, null: Conditioning, drop: Tensor, key: str) -> Conditioning:
@@ -69,14 +69,20 @@ class DiffusionModule(L.LightningModule):
         lr (`float`): AdamW learning rate. ``weight_decay`` its decay.
         ema_decay (`float`, *optional*): EMA of denoiser and conditioner weights; the EMA copy is what
             :meth:`sample` and export use. None or 0 disables it.
+        warmup_steps (`int`): linear learning-rate warm-up (0: none).
+        schedule (`str`): ``constant`` or ``cosine`` (decay to 0 at the trainer's last step, refitted
+            when a time budget refits the steps).
     """
 
     def __init__(
         self, denoiser: Denoiser, conditioners: Sequence[Conditioner], process: Process,
         latent_shape: Sequence[int], cond_dropout: Mapping[str, float] | None = None, lr: float = 1e-4,
-        weight_decay: float = 0.0, ema_decay: float | None = 0.999,
+        weight_decay: float = 0.0, ema_decay: float | None = 0.999, warmup_steps: int = 0,
+        schedule: str = "constant",
     ):
         super().__init__()
+        check_schedule(schedule)
+        self.warmup_steps, self.schedule = warmup_steps, schedule
         self.model = nn.ModuleDict({"denoiser": denoiser, "conditioners": nn.ModuleList(conditioners)})
         self.process, self.latent_shape = process, tuple(latent_shape)
         self.cond_dropout = dict(cond_dropout or {})
@@ -99,7 +105,7 @@ class DiffusionModule(L.LightningModule):
         config); each conditioner's condition dropout is its own ``dropout`` when set, else ``cfg.cond_dropout``."""
         dropout = {c.key: cfg.cond_dropout if c.dropout is None else c.dropout for c in conditioners}
         return cls(denoiser, conditioners, build_process(cfg.process), latent_shape, dropout, cfg.lr,
-                   cfg.weight_decay, cfg.ema_decay)
+                   cfg.weight_decay, cfg.ema_decay, cfg.get("warmup_steps", 0), cfg.get("schedule", "constant"))
 
     @property
     def denoiser(self) -> Denoiser:
@@ -163,10 +169,15 @@ class DiffusionModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel for all parameters; ~6x faster optimizer step on CPU (benchmarks/unet_vs_diffusers.py)
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused_ok(self))
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused_ok(self))
+        if self.schedule == "constant" and self.warmup_steps == 0:
+            return optimizer  # no scheduler: runs and checkpoints of the constant rate stay as they were
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(self, step, self.warmup_steps, self.schedule))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def sampling_model(self) -> nn.ModuleDict:
         """The EMA copy of denoiser and conditioners when EMA is on, else the trained ones."""

@@ -72,6 +72,9 @@ def _component_configs(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]
 #: Keys of a phase's training config that a resumed run may change: the budget (a finished run can
 #: be extended), where phase 1 comes from, whether latents are cached.
 BUDGET_KEYS = ("max_steps", "max_minutes", "checkpoint", "latent_cache")
+#: Optimizer keys added after checkpoints recorded their identity, with the value that behaves as before:
+#: left out of the identity at that value, so a checkpoint written before the key existed still resumes.
+LATER_KEYS = {"diffusion": {"warmup_steps": 0, "schedule": "constant"}}
 
 
 def phase_identity(cfg: DictConfig, phase: str, phase1: LatentDiffusion | None = None) -> dict[str, Any]:
@@ -84,8 +87,9 @@ def phase_identity(cfg: DictConfig, phase: str, phase1: LatentDiffusion | None =
         keys, training = ("denoiser", "conditioner"), "diffusion"
         batch = cfg.diffusion.batch_size or cfg.data.batch_size
     config = _component_configs(cfg, keys)
+    later = LATER_KEYS.get(training, {})
     config[training] = {k: v for k, v in OmegaConf.to_container(cfg[training], resolve=True).items()
-                        if k not in BUDGET_KEYS}
+                        if k not in BUDGET_KEYS and not (k in later and v == later[k])}
     config["batch_size"], config["seed"] = int(batch), int(cfg.seed)
     identity: dict[str, Any] = {"phase": phase, "config": config}
     if phase1 is not None:
