@@ -228,9 +228,12 @@ def time_to_quality_rows() -> list[Row]:
              "; ".join(cells) + " (curves, intervals and 5/10/25/50-step tables in `docs/ablations.md`)")]
 
 
-#: ``benchmarks.voxel_budget`` summaries: the first run (flow) and a second invocation for VP-v + min-SNR, which
-#: trained its own phase 1 with the same recipe (the first run's autoencoder was not kept).
-VOXEL_BUDGETS = ("benchmarks/results/voxel_budget", "benchmarks/results/voxel_budget_vp_v_minsnr")
+#: ``benchmarks.voxel_budget`` summaries: the first run (flow), a second invocation for VP-v + min-SNR, which
+#: trained its own phase 1 with the same recipe (the first run's autoencoder was not kept), and a third that
+#: compares flow under the phase-2 recipe ``lr1e-3_cosine`` with flow under the preset's on one autoencoder.
+#: Each invocation ran on a different day at a different step rate: settings compare within one invocation.
+VOXEL_BUDGETS = ("benchmarks/results/voxel_budget", "benchmarks/results/voxel_budget_vp_v_minsnr",
+                 "benchmarks/results/voxel_budget_recipe")
 
 
 def voxel_budget_rows() -> list[Row]:
@@ -247,7 +250,9 @@ def voxel_budget_rows() -> list[Row]:
              for r in runs for name, v in r["settings"].items()]
     return [(f"voxel 32^3 class-conditional, both phases in a {budgets.pop():g}-minute budget (the preset's "
              "autoencoder for a fixed phase-1 budget, then phase 2 in what is left), class accuracy of an independent 3D "
-             "classifier (25 steps, guidance 3)", "`python -m benchmarks.voxel_budget --settings <process>`",
+             "classifier (25 steps, guidance 3); three invocations on different days, whose step rates differ "
+             "(`@lr1e-3_cosine`: phase 2 at lr 1e-3 with warm-up and cosine decay)",
+             "`python -m benchmarks.voxel_budget --settings <process>[@<recipe>]`",
              "; ".join(cells))]
 
 

@@ -255,7 +255,7 @@ NONFINITE = ("error", "skip")
 LATENT_SCALES = ("per_channel", "global", "none")
 #: Values of ``data.source``: the modality's in-memory readers, or litdata shards (:mod:`mmldm.streaming`).
 DATA_SOURCES = ("memory", "stream")
-#: ``phase1.schedule`` and ``diffusion.schedule`` (:data:`mmldm.training.callbacks.SCHEDULES`).
+#: ``phase1.schedule`` and ``diffusion.lr_schedule`` (:data:`mmldm.training.callbacks.SCHEDULES`).
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -361,7 +361,7 @@ class DiffusionConfig:
         cond_dropout: probability in [0, 1] of replacing a condition by the null condition
             in training, for classifier-free guidance.
         ema_decay: decay in [0, 1) of the EMA of the denoiser weights used for sampling and export.
-        warmup_steps, schedule: linear learning-rate warm-up, then ``constant`` (the default) or
+        warmup_steps, lr_schedule: linear learning-rate warm-up, then ``constant`` (the default) or
             ``cosine`` decay to 0 at the last step; with ``max_minutes`` the decay is fitted to the
             steps that fit in the time (:class:`~mmldm.training.callbacks.TimeBudget`), so a
             wall-clock budget ends at a low learning rate.
@@ -375,7 +375,8 @@ class DiffusionConfig:
     weight_decay: float = non_negative(0.0)
     ema_decay: float = unit_interval(0.999, open_high=True)
     warmup_steps: int = non_negative(0)
-    schedule: str = one_of("constant", LR_SCHEDULES)  # constant | cosine (to 0 at the last step)
+    # not `schedule`: diffusion.schedule was the beta schedule before it moved to diffusion.process.schedule
+    lr_schedule: str = one_of("constant", LR_SCHEDULES)  # constant | cosine (to 0 at the last step)
     max_steps: int = at_least(1, 2000)  # optimizer steps of phase 2 (trainer.max_steps caps them)
     # wall-clock budget of phase 2 (max_steps still ends it earlier)
     max_minutes: Optional[float] = positive(None)

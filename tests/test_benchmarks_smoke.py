@@ -248,7 +248,7 @@ def test_voxel_budget_shares_phase1_and_keeps_every_setting_within_the_budget(tm
 
     summary = voxel_budget.main(["--budget", "2.5", "--phase1-minutes", "0.4", "--margin", "0.6", "--quick",
                                  "--settings", "flow", "vp_eps", "--out", str(tmp_path),
-                                 "--set", "diffusion.schedule=cosine", "diffusion.warmup_steps=10"])
+                                 "--set", "diffusion.lr_schedule=cosine", "diffusion.warmup_steps=10"])
     assert set(summary["settings"]) == {"flow", "vp_eps"}
     for name, s in summary["settings"].items():
         assert s["total_minutes"] <= 2.5 and s["phase2_steps"] > 0 and s["class_accuracy_n"] == 2 * 6
@@ -259,9 +259,9 @@ def test_voxel_budget_shares_phase1_and_keeps_every_setting_within_the_budget(tm
     # one judge: the second setting reuses the first one's classifier file
     assert (tmp_path / "vp_eps" / "classifier.pt").read_bytes() == (tmp_path / "flow" / "classifier.pt").read_bytes()
     # the recipe given with --set is recorded with each setting
-    assert summary["settings"]["vp_eps"]["overrides"] == ["process=vp", "diffusion.schedule=cosine",
+    assert summary["settings"]["vp_eps"]["overrides"] == ["process=vp", "diffusion.lr_schedule=cosine",
                                                           "diffusion.warmup_steps=10"]
-    assert "| flow | `process=flow diffusion.schedule=cosine diffusion.warmup_steps=10` |" in \
+    assert "| flow | `process=flow diffusion.lr_schedule=cosine diffusion.warmup_steps=10` |" in \
         (tmp_path / "results.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(summary))
 

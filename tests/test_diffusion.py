@@ -478,11 +478,11 @@ def test_phase2_learning_rate_schedule_warms_up_then_decays_to_zero_at_the_last_
         diffusion_module(schedule="linear")
     # set from the config; at their defaults the keys stay out of the checkpoint identity, so a run
     # checkpointed before they existed still resumes, and a changed schedule is told apart
-    cfg = compose(["modality=image", "diffusion.schedule=cosine", "diffusion.warmup_steps=100"])
-    assert cfg.diffusion.schedule == "cosine" and cfg.diffusion.warmup_steps == 100
-    assert "schedule" not in phase_identity(compose(["modality=image"]), "diffusion")["config"]["diffusion"]
-    assert phase_identity(cfg, "diffusion")["config"]["diffusion"]["schedule"] == "cosine"
+    cfg = compose(["modality=image", "diffusion.lr_schedule=cosine", "diffusion.warmup_steps=100"])
+    assert cfg.diffusion.lr_schedule == "cosine" and cfg.diffusion.warmup_steps == 100
+    assert "lr_schedule" not in phase_identity(compose(["modality=image"]), "diffusion")["config"]["diffusion"]
+    assert phase_identity(cfg, "diffusion")["config"]["diffusion"]["lr_schedule"] == "cosine"
     from mmldm.configuration import ConfigProblem
 
-    with pytest.raises(ConfigProblem, match="diffusion.schedule"):
-        compose(["diffusion.schedule=linear"])
+    with pytest.raises(ConfigProblem, match="diffusion.lr_schedule"):
+        compose(["diffusion.lr_schedule=linear"])

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 
-#: Learning-rate schedules of both phases (``phase1.schedule``, ``diffusion.schedule``).
+#: Learning-rate schedules of both phases (``phase1.schedule``, ``diffusion.lr_schedule``).
 SCHEDULES = ("constant", "cosine")
 
 

@@ -105,7 +105,7 @@ class DiffusionModule(L.LightningModule):
         config); each conditioner's condition dropout is its own ``dropout`` when set, else ``cfg.cond_dropout``."""
         dropout = {c.key: cfg.cond_dropout if c.dropout is None else c.dropout for c in conditioners}
         return cls(denoiser, conditioners, build_process(cfg.process), latent_shape, dropout, cfg.lr,
-                   cfg.weight_decay, cfg.ema_decay, cfg.get("warmup_steps", 0), cfg.get("schedule", "constant"))
+                   cfg.weight_decay, cfg.ema_decay, cfg.get("warmup_steps", 0), cfg.get("lr_schedule", "constant"))
 
     @property
     def denoiser(self) -> Denoiser:

@@ -74,7 +74,7 @@ def _component_configs(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]
 BUDGET_KEYS = ("max_steps", "max_minutes", "checkpoint", "latent_cache")
 #: Optimizer keys added after checkpoints recorded their identity, with the value that behaves as before:
 #: left out of the identity at that value, so a checkpoint written before the key existed still resumes.
-LATER_KEYS = {"diffusion": {"warmup_steps": 0, "schedule": "constant"}}
+LATER_KEYS = {"diffusion": {"warmup_steps": 0, "lr_schedule": "constant"}}
 
 
 def phase_identity(cfg: DictConfig, phase: str, phase1: LatentDiffusion | None = None) -> dict[str, Any]:
