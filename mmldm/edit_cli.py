@@ -58,6 +58,10 @@ settings are key=value pairs:
                     the generated region to agree with the kept one (1 = the published weighting;
                     each step then costs a backward pass too; 0 = off)
   mask_rule=any     inpaint: a latent cell partly masked is generated (any), kept (all) or blended (soft)
+  infer=class       inpaint, vary: a class-conditioned model infers the input's class itself (inpaint:
+                    from the kept region) and is guided by it: the class whose denoising error of the
+                    input is lowest (LatentDiffusion.classify; 64 x classes model evaluations), printed
+                    with its probability. Instead of class=
   class=3           condition on class 3 (inpaint, vary: class=0,1 cycles over the results; interpolate:
                     one class); class-conditioned models only. Without class= or text= the edit is
                     unconditional (the input is the guide)
@@ -84,15 +88,18 @@ examples:
 OPS = ("inpaint", "vary", "interpolate")
 #: The settings of ``mmldm edit`` beyond those it shares with ``mmldm sample``, with their types.
 _EDIT_TYPES = {"op": str, "input": str, "input2": str, "mask": str, "strength": float, "method": str,
-               "resample": int, "jump_length": int, "reconstruction_guidance": float, "mask_rule": str}
+               "resample": int, "jump_length": int, "reconstruction_guidance": float, "mask_rule": str, "infer": str}
 #: Every setting, in the order ``--help`` lists them.
 SETTINGS = ("op", "input", "input2", "mask", "strength", "n", "method", "resample", "jump_length",
-            "reconstruction_guidance", "mask_rule", "class", "text", "steps", "sampler", "guidance", "seed", "out")
+            "reconstruction_guidance", "mask_rule", "infer", "class", "text", "steps", "sampler", "guidance", "seed", "out")
 #: The settings only some ops take (every other one is taken by all).
 _OPS_OF = {"input2": ("interpolate",), "mask": ("inpaint",), "method": ("inpaint",), "resample": ("inpaint",),
-           "jump_length": ("inpaint",), "reconstruction_guidance": ("inpaint",), "mask_rule": ("inpaint",), "strength": ("vary",),
+           "jump_length": ("inpaint",), "reconstruction_guidance": ("inpaint",), "mask_rule": ("inpaint",), "infer": ("inpaint", "vary"),
+           "strength": ("vary",),
            "sampler": ("inpaint", "vary"), "seed": ("inpaint", "vary")}
 _DEFAULT_N = {"inpaint": 4, "vary": 4, "interpolate": 8}
+#: The conditions ``infer=`` can infer (those whose candidates the model knows: every class of the data).
+INFERABLE = ("class",)
 
 
 def _limits() -> dict[str, Any]:
@@ -100,7 +107,7 @@ def _limits() -> dict[str, Any]:
     from .schema import Check
 
     return {"op": Check(choices=OPS), "strength": Check(gt=0, le=1), "resample": Check(ge=1),
-            "jump_length": Check(ge=1), "reconstruction_guidance": Check(ge=0)}
+            "jump_length": Check(ge=1), "reconstruction_guidance": Check(ge=0), "infer": Check(choices=INFERABLE)}
 
 
 def _typed(key: str, value: str) -> Any:
@@ -148,6 +155,9 @@ def parse_edit(pairs: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any], di
         raise ValueError(f"op={op} needs {needs}=<{'region or file' if needs == 'mask' else 'file'}>")
     if op == "interpolate":
         _check_interpolation(settings, options)
+    if "infer" in edit and edit["infer"] in settings:
+        raise ValueError(f"infer={edit['infer']} and {edit['infer']}= both given: the model infers the {edit['infer']} "
+                         f"or is told it; drop one")
     steering = sorted({"resample", "jump_length", "reconstruction_guidance"} & set(edit))
     if edit.get("method") == "trained" and steering:
         raise ValueError(f"{'= and '.join(steering)}= steer method=training_free; drop them with method=trained")
@@ -229,6 +239,9 @@ def run_edit(pipe: Any, edit: dict[str, Any], settings: dict[str, Any], options:
     x = modality.load(edit["input"])[None]  # (1, C, *s)
     n = settings.get("n", _DEFAULT_N[op])
     cond = edit_conditions(pipe, settings, 1 if op == "interpolate" else n)
+    mask = resolve_mask(modality, edit["mask"]) if op == "inpaint" else None  # (1 or C, *s)
+    if "infer" in edit:
+        cond = {**(cond or {}), edit["infer"]: _inferred(pipe, x, mask, edit["infer"], cond, settings.get("seed", 0), n)}
     common = {"steps": settings.get("steps"), "guidance": settings.get("guidance", 3.0 if cond else 1.0)}
     sampled = {"sampler": settings.get("sampler"), "seed": settings.get("seed", 0), **options}
     paths: list[Path] = []
@@ -238,7 +251,6 @@ def run_edit(pipe: Any, edit: dict[str, Any], settings: dict[str, Any], options:
     elif op == "vary":
         result = pipe.vary(x.repeat(n, *[1] * (x.ndim - 1)), edit.get("strength", 0.6), cond, **common, **sampled)
     else:
-        mask = resolve_mask(modality, edit["mask"])  # (1 or C, *s)
         inpainting = {k: edit[k] for k in ("method", "resample", "jump_length", "reconstruction_guidance", "mask_rule")
                       if k in edit}
         result = pipe.inpaint(x.repeat(n, *[1] * (x.ndim - 1)), mask, cond, **inpainting, **common, **sampled)
@@ -246,6 +258,20 @@ def run_edit(pipe: Any, edit: dict[str, Any], settings: dict[str, Any], options:
     paths += modality.save(x, out, prefix="input", titles=["input", "input2"][: len(x)])
     paths += modality.save(result, out, prefix=op, titles=_result_titles(pipe, op, cond, len(result)))
     return paths
+
+
+def _inferred(pipe: Any, x: Any, mask: Any, key: str, cond: dict[str, Any] | None, seed: int, n: int) -> Any:
+    """The ``key`` (a class) the model finds most likely for input ``x [1, C, *s]`` (its kept region with a
+    ``mask``) given the other conditions, for ``n`` results; prints it with its probability."""
+    import torch
+
+    log_p = pipe.classify(x, mask, key=key, cond={k: v[:1] for k, v in (cond or {}).items()}, seed=seed)
+    best = int(log_p[0].argmax())
+    names = pipe.modality.class_names
+    name = f" ({names[best]})" if names and best < len(names) and names[best] != str(best) else ""
+    region = "the kept region" if mask is not None else "the input"
+    print(f"mmldm edit: inferred {key} {best}{name} from {region}, probability {float(log_p[0, best].exp()):.2f}")
+    return torch.full((n,), best, dtype=torch.long)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -290,6 +290,12 @@ class Conditioner(nn.Module, abc.ABC):
         conditioner with :attr:`latent_derived` set (phase 2 calls it when the batch does not carry the key)."""
         raise NotImplementedError(f"conditioner '{self.key}' sets latent_derived but does not implement from_latents")
 
+    def values(self) -> Sequence[Any] | None:
+        """Every value of ``cond[self.key]`` it knows, when they are few (a class conditioner: its class indices),
+        else ``None`` (free text, maps). :meth:`LatentDiffusion.classify <mmldm.pipeline.LatentDiffusion.classify>`
+        chooses among them when given no candidates."""
+        return None
+
     def fit(self, values: Sequence[Any]) -> None:
         """Learn from the training set's values of ``cond[self.key]`` before phase 2 trains.
 

@@ -16,6 +16,7 @@ component by its registry name, so any installed plugin's component loads.
 
 from __future__ import annotations
 
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -282,6 +283,82 @@ class LatentDiffusion(nn.Module):
                              f"or conditioner=class_inpaint); this one has {[c.key for c in self.conditioners] or 'none'}: "
                              "use method='training_free'")
         return keys[0]
+
+    @torch.no_grad()
+    def classify(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        key: str = "class",
+        candidates: Sequence[Any] | None = None,
+        cond: Mapping[str, Any] | None = None,
+        *,
+        levels: int = 64,
+        seed: int | None = None,
+        mask_rule: str = "any",
+        progress: bool = True,
+    ) -> Tensor:
+        """Which condition explains ``x`` (or its kept part) best: the model as a zero-shot classifier of its own
+        condition ``key`` (Li et al. 2023, arXiv 2303.16203), with no classifier trained.
+
+        Each candidate's denoising error of ``x``'s latent is measured at ``levels`` noise levels of the process's
+        sampling grid, the same noise for every candidate, and summed into a variational bound on
+        ``-log p(latent | candidate)`` (:func:`mmldm.editing.condition_scores`). With a ``mask``, only the kept
+        region's error counts and the masked region is noise, so the answer is the condition that the kept part
+        supports: infer an input's class before completing it (``cond={"class": posterior.argmax(-1)}`` in
+        :meth:`inpaint`). Costs ``levels x len(candidates)`` denoiser evaluations per item.
+
+        Args:
+            x (`Tensor [B, C, *s]` or `[C, *s]`): inputs in the modality's layout.
+            mask (`Tensor`, *optional*): as for :meth:`inpaint` (**1 = unknown**, 0 = kept); none: all of ``x``.
+            key (`str`, defaults to ``"class"``): the condition to infer, one of the model's conditioners' keys.
+            candidates (`Sequence`, *optional*): its values to choose from (class indices, captions, ...); default:
+                every value its conditioner lists (:meth:`Conditioner.values <mmldm.interfaces.Conditioner.values>`;
+                a class conditioner's ``0 .. num_classes - 1``).
+            cond (`dict`, *optional*): other conditions, held fixed for every candidate.
+            levels (`int`, defaults to 64): noise levels (>= 2); fewer are faster and noisier.
+            seed (`int`, *optional*): makes the noise draws reproducible (a generator per item, as in :meth:`sample`).
+            mask_rule (`str`, defaults to ``"any"``): as for :meth:`inpaint`; a latent cell counts as kept where
+                the rule does not generate it.
+
+        Returns:
+            `Tensor [B, len(candidates)]`: log-probabilities of the candidates under a uniform prior
+            (``.argmax(-1)`` indexes the most likely one, ``.exp()`` is the posterior).
+        """
+        from .diffusion.sampling import condition, sample_generators
+        from .editing import check_mask, condition_scores, latent_mask
+
+        x = self._inputs(x)
+        readers = {c.key: c for c in self.conditioners if not c.latent_derived}
+        if key not in readers:
+            raise ValueError(f"classify(key='{key}'): the model has no conditioner reading '{key}' "
+                             f"(it reads {list(readers) or 'none'})")
+        if key in (cond or {}):
+            raise ValueError(f"classify(key='{key}'): '{key}' is what is inferred; drop it from cond")
+        if candidates is None:
+            candidates = readers[key].values()
+            if candidates is None:
+                raise ValueError(f"classify(key='{key}'): give candidates, the values of '{key}' to choose from (its "
+                                 "conditioner does not list them, as a class conditioner lists its classes)")
+        candidates = list(candidates)
+        if not candidates:
+            raise ValueError(f"classify(key='{key}'): candidates is empty")
+        if levels < 2:
+            raise ValueError(f"classify: levels must be >= 2, got {levels}")
+        z = self.encode(x)
+        n = z.shape[0]
+        keep = (1 - latent_mask(check_mask(mask, x), z.shape[2:], mask_rule)).to(z.dtype) if mask is not None \
+            else torch.ones(1, 1, *z.shape[2:], dtype=z.dtype, device=z.device)
+
+        def value(v: Any) -> Any:  # one candidate value for all n items
+            return torch.full((n,), v, dtype=torch.long, device=z.device) if isinstance(v, Integral) else _repeat(v, n)
+
+        fixed = dict(cond or {})
+        extras = [{"conditioning": condition(list(self.conditioners), {**fixed, key: value(v)}, n)} for v in candidates]
+        sigmas = self.process.sigmas(levels)[:-1].to(z.device, z.dtype)
+        generator = sample_generators(seed, n, z.device) if seed is not None else None
+        scores = condition_scores(self.process.denoiser(self.denoiser), z, keep, extras, sigmas, generator, progress)
+        return torch.log_softmax(-scores, dim=-1).float()
 
     @torch.no_grad()
     def vary(

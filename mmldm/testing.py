@@ -417,6 +417,24 @@ class ConditionerContract(DimsContract):
         with pytest.raises(ValueError, match=rf"cond\['{conditioner.key}'\]"):
             conditioner({conditioner.key: self.condition(dims, self.batch, 0)}, self.batch + 1)
 
+    def test_listed_values_are_accepted_and_distinct(self, dims):
+        """:meth:`~mmldm.interfaces.Conditioner.values` (what ``LatentDiffusion.classify`` chooses among) lists
+        values the conditioner takes, each for a whole batch, giving different conditionings; or is ``None``."""
+        conditioner = self.make(dims)
+        values = conditioner.values()
+        if values is None:
+            return
+        values = list(values)
+        assert values, "values() lists no value; return None when the values are not few"
+        with torch.no_grad():
+            outs = [conditioner({conditioner.key: torch.full((self.batch,), v) if isinstance(v, int) else [v] * self.batch},
+                                self.batch) for v in values[:2]]
+        for out in outs:
+            self.check_layout(conditioner, out, dims)
+        if len(outs) == 2:
+            assert any(not torch.equal(a, b) for (_, a), (_, b) in zip(*(o.items() for o in outs))), (
+                f"values {values[:2]} give the same conditioning")
+
 
 class ModalityContract:
     """Checks every :class:`~mmldm.interfaces.Modality` must pass. Subclass and implement :meth:`build`

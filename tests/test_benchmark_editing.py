@@ -146,3 +146,37 @@ def test_held_out_items_after_skip() -> None:
     assert "held-out items (those after the first 800)" in editing.report(results)
     with pytest.raises(SystemExit, match=r"--skip -1: expected a number of held-out items >= 0"):
         editing.main(["--task", "mnist", "--skip", "-1"])
+
+
+def test_add_merges_settings_into_the_saved_report_of_the_same_items(tmp_path) -> None:
+    """``--add --settings S`` completes only S, on the saved report's items and seed, and adds its rows (the
+    inferred-class share included) beside the saved ones; the headline moves only to the task's own headline."""
+    import json
+
+    saved = _results("mnist")
+    saved["settings"]["completion_settings"] = [{"name": "a"}]
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="--add: name the settings to add with --settings"):
+        editing.check_add(editing.parse_args(["--task", "mnist", "--add"]), tmp_path)
+    with pytest.raises(SystemExit, match=r"completed task mnist, n=3, skip=0, seed=0; this run asks for task mnist, "
+                                         r"n=1000, skip=0, seed=0: give the same --n, --skip and --seed"):
+        editing.check_add(editing.parse_args(["--task", "mnist", "--add", "--settings", "x"]), tmp_path)
+    with pytest.raises(SystemExit, match="does not exist; run the report without --add first"):
+        editing.check_add(editing.parse_args(["--task", "mnist", "--add", "--settings", "x"]), tmp_path / "none")
+    args = editing.parse_args(["--task", "mnist", "--add", "--settings", "x", "--n", "3"])
+    assert editing.check_add(args, tmp_path) == saved and editing.picture_name(args) == "examples_added1.png"
+    head = editing.TASKS["mnist"].settings[0]
+    assert head.class_inferred and not head.class_given
+    new = {"settings": {"completion_settings": [{"name": head.name}], "note": None},
+           "methods": {head.name: {**saved["methods"]["a"], "inferred_class": editing.share(torch.tensor([1, 1, 0]) > 0)}},
+           "headline": head.name, "targets": {"target one": False}, "picture_rows": ["masked input", head.name]}
+    merged = editing.merge_added(json.loads(json.dumps(saved)), new, editing.TASKS["mnist"], "examples_added1.png")
+    assert list(merged["methods"]) == ["a", head.name] and merged["headline"] == head.name
+    assert [c["name"] for c in merged["settings"]["completion_settings"]] == ["a", head.name]
+    text = editing.report(merged)
+    assert f"- {head.name}: 66.7% (2/3, 95% CI" in text and "target one: **not met**" in text
+    assert f"Added later with `--add` (same model, judge, items and seeds): {head.name}. Picture: " \
+           "`examples_added1.png`" in text
+    other = {**new, "headline": "b", "targets": {"x": True}}
+    kept = editing.merge_added(json.loads(json.dumps(saved)), other, editing.TASKS["mnist"], "p.png")
+    assert kept["headline"] == "a" and kept["targets"] == saved["targets"]

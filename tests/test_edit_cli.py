@@ -4,6 +4,8 @@ exports (one-line errors with exit code 2)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -345,6 +347,29 @@ def test_inpaint_keeps_the_rest_of_the_picture(capsys, image_export, picture, tm
     assert (masked[16:] == 128).all() and np.array_equal(masked[:16], given[:16])  # the region blanked grey
 
 
+def image_export_classes() -> list[str]:
+    from mmldm.build import build_modality
+    from mmldm.configuration import compose
+
+    return list(build_modality(compose(TINY["image"]).modality).class_names)
+
+
+def test_inpaint_and_vary_infer_the_class_and_say_which(capsys, image_export, picture, tmp_path):
+    code, out, err = _edit(capsys, image_export, "op=inpaint", f"input={picture[0]}", "mask=bottom", "n=2",
+                           "infer=class", "steps=2", f"out={tmp_path / 'inpaint'}")
+    assert code == 0, err
+    inferred = re.fullmatch(r"mmldm edit: inferred class (\d) \((\w+)\) from the kept region, probability "
+                            r"(0\.\d\d|1\.00)",
+                            out.splitlines()[0])
+    assert inferred and inferred[2] == image_export_classes()[int(inferred[1])] and out.splitlines()[1].startswith("mmldm edit: wrote 7 files")
+    given = _png(picture[0])
+    assert np.array_equal(_png(tmp_path / "inpaint" / "inpaint_0001.png")[:16], given[:16])
+    code, out, err = _edit(capsys, image_export, "op=vary", f"input={picture[0]}", "n=1", "infer=class", "steps=2",
+                           f"out={tmp_path / 'vary'}")
+    assert code == 0, err
+    assert re.match(r"mmldm edit: inferred class \d \(\w+\) from the input, probability ", out)
+
+
 def test_vary_and_interpolate(capsys, image_export, picture, tmp_path):
     code, out, err = _edit(capsys, image_export, "op=vary", f"input={picture[0]}", "n=3", "strength=0.5",
                            "sampler=ddim", "eta=0.5", f"out={tmp_path / 'vary'}")
@@ -389,6 +414,11 @@ def test_vary_and_interpolate(capsys, image_export, picture, tmp_path):
     (["op=inpaint", "input=a", "mask=top", "reconstruction_guidance=-1"],
      "invalid value '-1' for 'reconstruction_guidance': expected >= 0"),
     (["op=vary", "input=a", "reconstruction_guidance=1"], "'reconstruction_guidance=' is a setting of op=inpaint"),
+    (["op=interpolate", "input=a", "input2=b", "infer=class"], "'infer=' is a setting of op=inpaint and op=vary, "
+                                                               "not of op=interpolate"),
+    (["op=vary", "input=a", "infer=text"], "invalid value 'text' for 'infer': expected one of: class"),
+    (["op=vary", "input=a", "infer=class", "class=1"], "infer=class and class= both given: the model infers the "
+                                                       "class or is told it; drop one"),
 ])
 def test_bad_settings_fail_before_the_model_loads(capsys, tmp_path, settings, message):
     code, _, err = _edit(capsys, tmp_path / "nowhere", *settings)

@@ -417,3 +417,98 @@ def test_trained_method_on_a_model_without_an_inpainting_conditioner_says_what_t
     with pytest.raises(ValueError, match=r"method='trained' needs a model trained with an inpainting conditioner "
                                          r"\(conditioner=inpaint or conditioner=class_inpaint\)"):
         pipe.inpaint(x, first_half_generated(x), method="trained", steps=2, progress=False)
+
+
+# ---------------------------------------------------------------------------- the model as a classifier
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_condition_scores_give_the_exact_posterior_of_a_gaussian_class_model(dims):
+    """Latents ``z ~ N(mu_k, I)`` given class k: the exact denoiser is ``mu + (x - mu) / (1 + sigma^2)`` and the
+    exact posterior of the kept cells is ``softmax(-|keep (z - mu_k)|^2 / 2)``. The variational bound over many
+    levels recovers it, counts only the kept region, and does not depend on what the masked region holds."""
+    from mmldm.editing import condition_scores
+
+    torch.manual_seed(0)
+    spatial = {1: (16,), 2: (4, 4), 3: (2, 2, 4)}[dims]
+    means = [torch.full((2, *spatial), m) for m in (-0.3, 0.0, 0.4)]
+    truth = torch.tensor([0, 1, 2, 2, 0, 1])
+    z = torch.stack([means[k] for k in truth]) + torch.randn(len(truth), 2, *spatial)
+    keep = torch.ones(1, 1, *spatial)
+    keep[..., spatial[-1] // 2:] = 0
+    z_other = torch.where(keep.bool(), z, z + 5.0)  # the masked region holds anything
+
+    def exact(x, sigma, mu):
+        s2 = sigma.view(-1, *[1] * (x.ndim - 1)) ** 2
+        return mu + (x - mu) / (1 + s2)
+
+    candidates = [{"mu": m} for m in means]
+    sigmas = torch.exp(torch.linspace(torch.tensor(200.0).log(), torch.tensor(0.005).log(), 400))
+    generators = [torch.Generator().manual_seed(i) for i in range(len(truth))]
+    scores = condition_scores(exact, z, keep, candidates, sigmas, generators)
+    posterior = torch.softmax(-scores, -1)
+    exact_log = torch.stack([-(keep * (z - m) ** 2).flatten(1).sum(1) / 2 for m in means], -1)
+    assert scores.shape == (len(truth), 3)
+    assert torch.allclose(posterior, torch.softmax(exact_log, -1).double(), atol=0.06)
+    again = condition_scores(exact, z_other, keep, candidates, sigmas,
+                             [torch.Generator().manual_seed(i) for i in range(len(truth))])
+    assert torch.allclose(again, scores)
+
+
+def test_condition_scores_refuse_bad_levels_and_no_candidates():
+    from mmldm.editing import condition_scores
+
+    z, keep = torch.zeros(1, 1, 4), torch.ones(1, 1, 4)
+    with pytest.raises(ValueError, match="at least 2 descending noise levels > 0"):
+        condition_scores(lambda x, s: x, z, keep, [{}], torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="at least 2 descending noise levels > 0"):
+        condition_scores(lambda x, s: x, z, keep, [{}], torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="at least one candidate"):
+        condition_scores(lambda x, s: x, z, keep, [], torch.tensor([2.0, 1.0]))
+
+
+@pytest.fixture(scope="module")
+def class_pipe():
+    """An untrained class-conditional voxel model and three training inputs."""
+    torch.manual_seed(0)
+    cfg = compose([*MODELS[3], "conditioner=class", "autoencoder.channels=8", "denoiser.model_channels=16"])
+    from mmldm.build import build_conditioners
+
+    modality = build_modality(cfg.modality)
+    autoencoder = build_autoencoder(cfg.autoencoder, cfg.regularizer, modality)
+    shape = autoencoder.latent_shape(modality.sample_shape)
+    conditioners = build_conditioners(cfg.conditioner, modality, list(shape))
+    denoiser = build_denoiser(cfg.denoiser, list(shape), conditioners)
+    with torch.no_grad():
+        for p in [*denoiser.parameters(), *(q for c in conditioners for q in c.parameters())]:
+            p.add_(0.05 * torch.randn_like(p))
+    stats = LatentStats.identity(shape[0])
+    pipe = LatentDiffusion(modality, autoencoder, stats, {k: cfg[k] for k in PIPE_KEYS}, denoiser, conditioners).eval()
+    return pipe, torch.stack([modality.dataset("train")[i]["x"] for i in range(3)])
+
+
+def test_classify_returns_a_seeded_posterior_over_every_class_or_the_candidates_given(class_pipe):
+    pipe, x = class_pipe
+    k = pipe.modality.num_classes
+    log_p = pipe.classify(x, levels=4, seed=0, progress=False)
+    assert log_p.shape == (3, k) and torch.allclose(log_p.exp().sum(-1), torch.ones(3), atol=1e-5)
+    assert torch.equal(log_p, pipe.classify(x, levels=4, seed=0, progress=False))
+    assert not torch.equal(log_p, pipe.classify(x, levels=4, seed=1, progress=False))
+    two = pipe.classify(x, key="class", candidates=[1, 0], levels=4, seed=0, progress=False)
+    assert two.shape == (3, 2)
+    # with a mask only the kept latent cells count (condition_scores' test: the rest may hold anything)
+    masked = pipe.classify(x, first_half_generated(x), levels=4, seed=0, progress=False)
+    assert masked.shape == (3, k) and not torch.allclose(masked, log_p)
+
+
+def test_classify_errors_name_the_key_and_what_to_give(class_pipe, tiny):
+    pipe, x = class_pipe
+    with pytest.raises(ValueError, match=r"no conditioner reading 'text' \(it reads \['class'\]\)"):
+        pipe.classify(x, key="text", candidates=["a"], progress=False)
+    with pytest.raises(ValueError, match="'class' is what is inferred; drop it from cond"):
+        pipe.classify(x, cond={"class": torch.zeros(3, dtype=torch.long)}, progress=False)
+    with pytest.raises(ValueError, match="levels must be >= 2"):
+        pipe.classify(x, levels=1, progress=False)
+    with pytest.raises(ValueError, match="candidates is empty"):
+        pipe.classify(x, candidates=[], progress=False)
+    unconditional, y = tiny
+    with pytest.raises(ValueError, match="no conditioner reading 'class'"):
+        unconditional.classify(y, progress=False)

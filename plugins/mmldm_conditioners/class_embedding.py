@@ -59,6 +59,10 @@ class ClassConditioner(Conditioner):
         labels = torch.where(labels == DROPPED, torch.full_like(labels, self.num_classes), labels)
         return self._wrap(self.embedding(labels))
 
+    def values(self) -> range:
+        """The class indices ``0 .. num_classes - 1``."""
+        return range(self.num_classes)
+
     def null(self, batch_size: int) -> Conditioning:
         labels = torch.full((batch_size,), self.num_classes, dtype=torch.long, device=self.embedding.weight.device)
         return self._wrap(self.embedding(labels))
