@@ -103,14 +103,8 @@ TASKS = {
                        Setting("class given, guidance 3, reconstruction guidance 1", True, 3.0,
                                reconstruction_guidance=1.0)], n=1000),
     # the voxel preset (350 + 16,000 steps: ~2 h on one thread) cut to ~35 min on one thread
-    # headline: the class inferred by the model from the kept half (LatentDiffusion.classify), then the settings of
-    # the best row with the class given (guidance 3, resample 3)
     "voxel": EditTask("voxel", ["phase1.max_steps=250", "diffusion.max_steps=3000"],
-                      [Setting("class not given: inferred by the model from the kept half, guidance 3, resample 3",
-                               guidance=3.0, resample=3, class_inferred=True),
-                       Setting("class not given: inferred by the model from the kept half, guidance 3", guidance=3.0,
-                               class_inferred=True),
-                       UNCOND, Setting("class given, guidance 3", True, 3.0),
+                      [UNCOND, Setting("class given, guidance 3", True, 3.0),
                        Setting("class not given, resample 3", resample=3),
                        Setting("class not given, resample 5", resample=5),
                        Setting("class not given, ddpm 100 steps", sampler="ddpm", steps=100),
