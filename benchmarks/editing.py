@@ -318,6 +318,8 @@ def check_add(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     saved_path = out / "results.json"
     if not args.settings:
         raise SystemExit("--add: name the settings to add with --settings")
+    if not args.reuse:
+        raise SystemExit("--add: the rows added must come from the saved report's model: give --reuse")
     if not saved_path.is_file():
         raise SystemExit(f"--add: {saved_path} does not exist; run the report without --add first")
     saved = json.loads(saved_path.read_text())
@@ -329,6 +331,20 @@ def check_add(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                          f"skip={args.skip}, seed={args.seed}: give the same --n, --skip and --seed")
     args.picture = f"examples_added{len(saved.get('added', [])) + 1}.png"
     return saved
+
+
+def check_same_model(saved: dict[str, Any], results: dict[str, Any]) -> None:
+    """An ``--add`` run's model and judge are the saved report's: the same overrides and training record (a run
+    retrained since would otherwise add rows of another model), and the same judge."""
+    mine, theirs = results, saved
+    differ = [what for what, a, b in (
+        ("overrides", mine["settings"]["overrides"], theirs["settings"]["overrides"]),
+        ("training record", {k: mine["training"][k] for k in ("wall_seconds", "diffusion_steps")},
+         {k: theirs["training"].get(k) for k in ("wall_seconds", "diffusion_steps")}),
+        ("judge", mine["judge"].get("val_accuracy"), theirs["judge"].get("val_accuracy"))) if a != b]
+    if differ:
+        raise SystemExit(f"--add: not the saved report's {' and '.join(differ)}: the rows added would come from "
+                         "another model or judge; write a new report (without --add) instead")
 
 
 def merge_added(saved: dict[str, Any], results: dict[str, Any], task: EditTask, picture: str) -> dict[str, Any]:
@@ -523,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "autoencoder_reconstruction": training["metrics"].get("autoencoder", {}).get("reconstruction")},
         "judge": clf,
     }
+    if saved is not None:
+        check_same_model(saved, results)
     evaluate = {"voxel": evaluate_voxel, "mnist": evaluate_mnist, "fsdd": evaluate_fsdd}[task.base]
     results.update(evaluate(pipe, classifier, x, labels, chosen, args, out))
     if saved is not None:  # the saved report keeps its other rows and its partial-input reference

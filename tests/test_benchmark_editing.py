@@ -157,14 +157,29 @@ def test_add_merges_settings_into_the_saved_report_of_the_same_items(tmp_path) -
     saved["settings"]["completion_settings"] = [{"name": "a"}]
     (tmp_path / "results.json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit, match="--add: name the settings to add with --settings"):
-        editing.check_add(editing.parse_args(["--task", "mnist", "--add"]), tmp_path)
+        editing.check_add(editing.parse_args(["--task", "mnist", "--add", "--reuse"]), tmp_path)
+    with pytest.raises(SystemExit, match="--add: the rows added must come from the saved report's model: give --reuse"):
+        editing.check_add(editing.parse_args(["--task", "mnist", "--add", "--settings", "x", "--n", "3"]), tmp_path)
     with pytest.raises(SystemExit, match=r"completed task mnist, n=3, skip=0, seed=0; this run asks for task mnist, "
                                          r"n=1000, skip=0, seed=0: give the same --n, --skip and --seed"):
-        editing.check_add(editing.parse_args(["--task", "mnist", "--add", "--settings", "x"]), tmp_path)
+        editing.check_add(editing.parse_args(["--task", "mnist", "--add", "--reuse", "--settings", "x"]), tmp_path)
     with pytest.raises(SystemExit, match="does not exist; run the report without --add first"):
-        editing.check_add(editing.parse_args(["--task", "mnist", "--add", "--settings", "x"]), tmp_path / "none")
-    args = editing.parse_args(["--task", "mnist", "--add", "--settings", "x", "--n", "3"])
+        editing.check_add(editing.parse_args(["--task", "mnist", "--add", "--reuse", "--settings", "x"]),
+                          tmp_path / "none")
+    args = editing.parse_args(["--task", "mnist", "--add", "--reuse", "--settings", "x", "--n", "3"])
     assert editing.check_add(args, tmp_path) == saved and editing.picture_name(args) == "examples_added1.png"
+    # the rows must come from the saved report's model and judge: a retrained run is refused
+    same = json.loads(json.dumps(saved))
+    editing.check_same_model(saved, same)
+    retrained = json.loads(json.dumps(same))
+    retrained["training"]["wall_seconds"] = 61.0
+    with pytest.raises(SystemExit, match=r"--add: not the saved report's training record: the rows added would "
+                                         r"come from another model or judge"):
+        editing.check_same_model(saved, retrained)
+    other_judge = json.loads(json.dumps(same))
+    other_judge["judge"]["val_accuracy"] = 0.5
+    with pytest.raises(SystemExit, match="not the saved report's judge:"):
+        editing.check_same_model(saved, other_judge)
     head = editing.TASKS["mnist"].settings[0]
     assert head.class_inferred and not head.class_given
     new = {"settings": {"completion_settings": [{"name": head.name}], "note": None},
