@@ -255,7 +255,7 @@ NONFINITE = ("error", "skip")
 LATENT_SCALES = ("per_channel", "global", "none")
 #: Values of ``data.source``: the modality's in-memory readers, or litdata shards (:mod:`mmldm.streaming`).
 DATA_SOURCES = ("memory", "stream")
-#: ``phase1.schedule`` and ``diffusion.lr_schedule`` (:data:`mmldm.training.callbacks.SCHEDULES`).
+#: ``phase1.schedule`` and ``diffusion.lr_schedule`` (the learning-rate schedules of both phases' training).
 LR_SCHEDULES = ("constant", "cosine")
 
 

@@ -79,7 +79,7 @@ def sampler_options(cfg: SamplerConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ processes
-#: ``diffusion.process.schedule`` of ``vp`` (:data:`mmldm.diffusion.schedules.BETA_SCHEDULES`).
+#: ``diffusion.process.schedule`` of ``vp``: the beta schedules :func:`mmldm.diffusion.schedules.make_betas` makes.
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 #: ``diffusion.process.prediction`` of ``vp``: what the network predicts.
 PREDICTIONS = ("eps", "v", "x0")

@@ -15,9 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-
-#: Learning-rate schedules of both phases (``phase1.schedule``, ``diffusion.lr_schedule``).
-SCHEDULES = ("constant", "cosine")
+from mmldm.schema import LR_SCHEDULES as SCHEDULES  # one list: the schema validates the same names at composition
 
 
 def check_schedule(schedule: str) -> None:
