@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from benchmarks import text_composition
 from mmldm.configuration import ConfigProblem, validate
 from mmldm_audio.config import AudioConfig
-from mmldm_audio.metrics import clip_attributes, clip_statistics, train_speaker_judge
+from mmldm_audio.metrics import clip_attributes, clip_names, clip_statistics, train_speaker_judge
 from mmldm_audio.modality import AudioModality
 from mmldm_image.config import ImageConfig
 from mmldm_image.metrics import expected_areas, judge_attributes, segment_shape
@@ -164,6 +164,24 @@ def test_fsdd_digit_speaker_captions_and_pair_holdout(fsdd_grid):
     assert m.dataset("train")[0]["cond"]["text"] == "zero, spoken by jackson"
     plain = audio(source="folder", root=str(root), val_fraction=0.0)  # the default caption is unchanged
     assert set(plain.waveforms("train").texts) == {"a recording of 0", "a recording of 1", "a recording of 2"}
+
+
+def test_fsdd_judges_learn_from_even_takes_of_held_out_pairs_and_are_measured_on_odd_ones(tmp_path, fsdd):
+    from torch.utils.data import ConcatDataset, Subset
+
+    for name in [f"{d}_{s}_{t}.wav" for d in range(2) for s in ("george", "jackson") for t in range(3)]:
+        (tmp_path / name).symlink_to(fsdd / name)
+    m = audio(source="folder", root=str(tmp_path), caption="digit_speaker", holdout=["0:george"])
+    train, val = m.dataset("train"), m.dataset("val")
+    taught, kept = text_composition.fsdd_judge_split(val)
+    names = clip_names(val)
+    assert sorted(names) == ["0_george_0.wav", "0_george_1.wav", "0_george_2.wav"]
+    assert sorted(names[i] for i in taught) == ["0_george_0.wav", "0_george_2.wav"] and [names[i] for i in kept] == ["0_george_1.wav"]
+    learn = ConcatDataset([train, Subset(val, taught)])  # what the judges learn from: names and attributes follow
+    assert clip_names(learn) == clip_names(train) + [names[i] for i in taught] and len(learn) == 11
+    assert clip_attributes(Subset(val, kept)) == [{"digit": "0", "speaker": "george"}]
+    with pytest.raises(ValueError, match="need the clips' file names"):
+        clip_names([{"x": None}])
 
 
 @pytest.mark.parametrize("holdout, message", [

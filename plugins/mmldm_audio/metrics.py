@@ -334,15 +334,28 @@ class SpeakerJudge:
         return [str(s) for s in self.model.classes_]
 
 
+def clip_names(dataset: Any) -> list[str]:
+    """The file name of each item of an audio dataset (its ``data.names``), through torch's ``Subset`` and
+    ``ConcatDataset`` of such datasets; ``ValueError`` when the clips have none."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    if isinstance(dataset, Subset):
+        names = clip_names(dataset.dataset)
+        return [names[int(i)] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [n for part in dataset.datasets for n in clip_names(part)]
+    names = getattr(getattr(dataset, "data", None), "names", None)
+    if not names:
+        raise ValueError("digit and speaker attributes need the clips' file names (source 'folder', FSDD names)")
+    return list(names)
+
+
 def clip_attributes(dataset: Any) -> list[dict[str, str]]:
-    """``{"digit", "speaker"}`` of each item of an audio dataset read from FSDD-named files (its ``data.names``,
+    """``{"digit", "speaker"}`` of each item of an audio dataset read from FSDD-named files (:func:`clip_names`,
     :func:`.sources.digit_speaker`)."""
     from .sources import digit_speaker
 
-    names = dataset.data.names
-    if not names:
-        raise ValueError("digit and speaker attributes need the clips' file names (source 'folder', FSDD names)")
-    return [dict(zip(("digit", "speaker"), digit_speaker(n))) for n in names]
+    return [dict(zip(("digit", "speaker"), digit_speaker(n))) for n in clip_names(dataset)]
 
 
 def _features(dataset: Any) -> Tensor:

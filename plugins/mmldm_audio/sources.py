@@ -32,7 +32,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 #: (+24 dBFS). A larger or non-finite sample rejects the file before it reaches the dataset statistics.
 MAX_ABS_SAMPLE = 16.0
 #: An FSDD file name: ``{digit}_{speaker}_{index}.{suffix}``.
-FSDD_NAME = re.compile(r"^([0-9])_([A-Za-z]+)_[0-9]+[.][A-Za-z0-9]+$")
+FSDD_NAME = re.compile(r"^([0-9])_([A-Za-z]+)_([0-9]+)[.][A-Za-z0-9]+$")
 #: Digit -> its English word, as :func:`digit_speaker_caption` writes it.
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -147,6 +147,12 @@ def digit_speaker(name: str) -> tuple[str, str]:
         raise ValueError(f"file name '{name}' is not '<digit>_<speaker>_<index>.wav' (the FSDD naming that "
                          "modality.caption=digit_speaker and modality.holdout read)")
     return match.group(1), match.group(2).lower()
+
+
+def recording_index(name: str) -> int:
+    """``"7_george_12.wav"`` -> ``12``: the take of that digit by that speaker; errors as :func:`digit_speaker`."""
+    digit_speaker(name)  # the same check and message
+    return int(FSDD_NAME.match(Path(name).name).group(3))
 
 
 def digit_speaker_caption(name: str) -> str:
