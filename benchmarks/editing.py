@@ -17,6 +17,9 @@ the ground truth.
            inside the gap (and the spectral convergence there), beside linear interpolation of the log-mel
            across the gap; the FSDD judge on completed, gapped and uncut clips.
 
+Every task also reports what the kept part alone says about the class: a classifier of the judge's recipe
+trained on partial inputs of the training set (:func:`partial_reference`), beside the completions' judge score.
+
 Results go to ``benchmarks/results/editing_<task>/results.{json,md}`` with a picture (``examples.png``:
 masked input, completion(s), ground truth).
 
@@ -29,6 +32,7 @@ Examples::
     python -m benchmarks.editing --task mnist --train-only --resume   # an interrupted run, its phase 1 kept
     python -m benchmarks.editing --task voxel --judge-only            # the judge alone (while the model trains)
     python -m benchmarks.editing --task voxel --report-only           # results.md again from results.json
+    python -m benchmarks.editing --task voxel --partial-reference-only  # the kept part's reference, added
 """
 
 from __future__ import annotations
@@ -300,9 +304,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", help="a paragraph for the top of results.md")
     p.add_argument("--no-partial-reference", action="store_true",
-                   help="mnist, fsdd: skip the partial-input reference classifier (trained once, then loaded)")
+                   help="skip the partial-input reference classifier (trained once, then loaded)")
     p.add_argument("--partial-reference-only", action="store_true",
-                   help="mnist, fsdd: add the partial-input reference to the saved results.json (the same items) "
+                   help="add the partial-input reference to the saved results.json (the same items) "
                         "and write results.md again, completing nothing")
     return p.parse_args(argv)
 
@@ -481,9 +485,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(text)
         return {}
     if args.partial_reference_only:  # the reference for the items a saved report completed
-        if task.base not in ("mnist", "fsdd"):
-            raise SystemExit(f"--partial-reference-only: the {args.task} task has no partial-input reference "
-                             "(mnist and fsdd tasks do)")
         results = json.loads((out / "results.json").read_text())
         import torch
 
@@ -495,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         idx = held_out(args, task, val_set)
         x = torch.stack([val_set[int(i)]["x"] for i in idx])
         labels = torch.tensor([val_set[int(i)]["cond"]["class"] for i in idx])
-        results["partial_reference"] = partial_reference(task, args, modality, partial_input(task.base, modality, x)[0],
-                                                         labels, out)
+        partial = partial_input(task.base, modality, x, eval_seeds(args, len(x)))[0]
+        results["partial_reference"] = partial_reference(task, args, modality, partial, labels, out)
         save_results(out, results, report(results))
         return results
     if args.judge_only:  # the judge alone (e.g. while the model trains)
@@ -545,9 +546,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results.update(evaluate(pipe, classifier, x, labels, chosen, args, out))
     if saved is not None:  # the saved report keeps its other rows and its partial-input reference
         results = merge_added(saved, results, task, picture_name(args))
-    elif task.base in ("mnist", "fsdd") and not args.no_partial_reference:
-        results["partial_reference"] = partial_reference(task, args, pipe.modality,
-                                                         partial_input(task.base, pipe.modality, x)[0], labels, out)
+    elif not args.no_partial_reference:
+        partial = partial_input(task.base, pipe.modality, x, eval_seeds(args, len(x)))[0]
+        results["partial_reference"] = partial_reference(task, args, pipe.modality, partial, labels, out)
     save_results(out, results, report(results))
     return results
 
@@ -586,8 +587,7 @@ def evaluate_voxel(pipe: Any, classifier: Any, x: Any, labels: Any, chosen: Sequ
 
     modality = pipe.modality
     truth = modality.finalize(x)  # the real grids are 0/1 already
-    mask = torch.stack([plane_mask(g[0], args.seed * 100003 + i)[None] for i, g in enumerate(truth)])
-    partial = truth * (1 - mask)
+    partial, mask = partial_input("voxel", modality, x, eval_seeds(args, len(x)))
     removed = (truth * mask).flatten(1).sum(1) / truth.flatten(1).sum(1).clamp(min=1)
     ae = modality.finalize(pipe.decode(pipe.encode(partial)))
     inside = mask.bool()
@@ -629,9 +629,11 @@ def evaluate_voxel(pipe: Any, classifier: Any, x: Any, labels: Any, chosen: Sequ
 BACKGROUND = -1.0
 
 
-def partial_input(base: str, modality: Any, x: Any) -> tuple[Any, Any]:
+def partial_input(base: str, modality: Any, x: Any, seeds: Sequence[int] | None = None) -> tuple[Any, Any]:
     """``(partial, mask)`` of inputs ``x [B, C, *s]`` as this benchmark removes a part of ``base``'s data (mnist: the
-    lower half set to background; fsdd: the centred gap set to the features of silence); ``mask`` 1 = removed."""
+    lower half set to background; fsdd: the centred gap set to the features of silence; voxel: the grid emptied
+    on one side of a random plane, :func:`plane_mask`, one plane per item from ``seeds``, and ``partial`` as the
+    modality's finalized 0/1 grid); ``mask`` 1 = removed."""
     import torch
 
     if base == "mnist":
@@ -643,12 +645,29 @@ def partial_input(base: str, modality: Any, x: Any) -> tuple[Any, Any]:
         mask = one.expand(len(x), *one.shape).clone()
         silence = modality.features(torch.zeros(1, modality.length))  # the features of silence, per mel bin
         return torch.where(mask.bool(), silence.expand_as(x), x), mask
-    raise ValueError(f"no partial input of the '{base}' data; expected mnist or fsdd")
+    if base == "voxel":
+        if seeds is None or len(seeds) != len(x):
+            raise ValueError(f"the voxel partial input needs one plane seed per item: {len(x)} items, "
+                             f"{'no' if seeds is None else len(seeds)} seeds")
+        truth = modality.finalize(x)
+        mask = torch.stack([plane_mask(g[0], seed)[None] for g, seed in zip(truth, seeds)])
+        return truth * (1 - mask), mask
+    raise ValueError(f"no partial input of the '{base}' data; expected mnist, fsdd or voxel")
+
+
+def eval_seeds(args: argparse.Namespace, n: int) -> list[int]:
+    """The plane seeds of the ``n`` completed voxel items (``args.seed`` picks the set)."""
+    return [args.seed * 100003 + i for i in range(n)]
+
+
+#: The first plane seed of the partial-input reference classifier's training and held-out items (item ``i`` of a
+#: set is cut by seed ``PARTIAL_SEED + i``): planes that no completed item uses at the default seed.
+PARTIAL_SEED = 7_000_003
 
 
 class PartialDataset:
     """Items of ``dataset`` with ``x`` replaced by its :func:`partial_input` (what the partial-input reference
-    classifier is trained and measured on)."""
+    classifier is trained and measured on; a voxel item ``i`` is cut by the plane of seed ``PARTIAL_SEED + i``)."""
 
     def __init__(self, dataset: Any, base: str, modality: Any):
         self.dataset, self.base, self.modality = dataset, base, modality
@@ -658,7 +677,8 @@ class PartialDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.dataset[i]
-        return {**item, "x": partial_input(self.base, self.modality, item["x"][None])[0][0]}
+        seeds = [PARTIAL_SEED + i] if self.base == "voxel" else None
+        return {**item, "x": partial_input(self.base, self.modality, item["x"][None], seeds)[0][0]}
 
 
 def partial_reference(task: EditTask, args: argparse.Namespace, modality: Any, partial: Any, labels: Any,
@@ -906,7 +926,7 @@ def report(results: dict[str, Any]) -> str:
         lines += [f"- {name}: {format_proportion(p)}" for name, p in inferred.items()]
     ref = results.get("partial_reference")
     if ref:
-        what = "digit" if base == "mnist" else "spoken digit"
+        what = {"mnist": "digit", "fsdd": "spoken digit"}.get(base, "class")
         lines += ["", f"What the kept part says about the {what} (a reference, not a bound): a classifier of the judge's "
                   f"architecture and recipe trained on the training set's partial inputs recognizes "
                   f"{format_proportion(ref['accuracy'])} of these partial inputs ({100 * ref['classifier']['val_accuracy']:.1f}% "

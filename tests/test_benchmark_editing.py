@@ -78,8 +78,26 @@ def test_partial_input_removes_the_benchmarks_part() -> None:
     assert torch.equal(partial[:, :, :14], x[:, :, :14]) and partial[:, :, 14:].eq(editing.BACKGROUND).all()
     data = editing.PartialDataset([{"x": x[i], "cond": {"class": i}} for i in range(3)], "mnist", None)
     assert len(data) == 3 and data[2]["cond"] == {"class": 2} and torch.equal(data[2]["x"], partial[2])
-    with pytest.raises(ValueError, match="no partial input of the 'voxel' data"):
-        editing.partial_input("voxel", None, x)
+    with pytest.raises(ValueError, match="no partial input of the 'cloud' data"):
+        editing.partial_input("cloud", None, x)
+
+
+def test_voxel_partial_input_cuts_each_grid_by_its_seeds_plane() -> None:
+    class Grids:  # the voxel modality's finalize: occupancy 0/1
+        def finalize(self, x: torch.Tensor) -> torch.Tensor:
+            return (x > 0.5).float()
+
+    x = torch.zeros(2, 1, 8, 8, 8)
+    x[:, :, 2:6, 2:6, 2:6] = 1
+    partial, mask = editing.partial_input("voxel", Grids(), x, [3, 4])
+    assert mask.shape == (2, 1, 8, 8, 8)
+    assert torch.equal(mask[0, 0], editing.plane_mask(x[0, 0], 3)) and torch.equal(mask[1, 0], editing.plane_mask(x[1, 0], 4))
+    assert torch.equal(partial, x * (1 - mask)) and 0 < float(partial.sum()) < float(x.sum())
+    data = editing.PartialDataset([{"x": x[i], "cond": {"class": i}} for i in range(2)], "voxel", Grids())
+    expected = x[1, 0] * (1 - editing.plane_mask(x[1, 0], editing.PARTIAL_SEED + 1))
+    assert torch.equal(data[1]["x"][0], expected) and data[1]["cond"] == {"class": 1}
+    with pytest.raises(ValueError, match="one plane seed per item: 2 items, 1 seeds"):
+        editing.partial_input("voxel", Grids(), x, [3])
 
 
 def test_mean_interval_is_a_t_interval() -> None:
