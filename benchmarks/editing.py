@@ -665,6 +665,12 @@ def eval_seeds(args: argparse.Namespace, n: int) -> list[int]:
 PARTIAL_SEED = 7_000_003
 
 
+def partial_variant(base: str) -> str:
+    """The partial-input reference's recipe variant: a saved classifier of voxel halves cut by another plane range
+    (another :data:`PARTIAL_SEED`) is stale and retrained, not loaded."""
+    return f"partial input, planes from seed {PARTIAL_SEED}" if base == "voxel" else "partial input"
+
+
 class PartialDataset:
     """Items of ``dataset`` with ``x`` replaced by its :func:`partial_input` (what the partial-input reference
     classifier is trained and measured on; a voxel item ``i`` is cut by the plane of seed ``PARTIAL_SEED + i``)."""
@@ -697,7 +703,7 @@ def partial_reference(task: EditTask, args: argparse.Namespace, modality: Any, p
     classifier, clf = generation.task_judge(
         task.base, args.seed, generation.task_overrides(gargs), modality, train_set, val_set,
         out / "partial_classifier.pt", reuse=True,
-        variant=("partial input", lambda data: PartialDataset(data, task.base, modality)))
+        variant=(partial_variant(task.base), lambda data: PartialDataset(data, task.base, modality)))
     print(f"partial-input classifier: held-out accuracy {clf['val_accuracy']:.4f}", flush=True)
     logits, _ = predict(classifier, modality.finalize(partial))
     p_true = logits.softmax(-1).gather(1, labels[:, None])[:, 0]

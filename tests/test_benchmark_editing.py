@@ -96,6 +96,8 @@ def test_voxel_partial_input_cuts_each_grid_by_its_seeds_plane() -> None:
     data = editing.PartialDataset([{"x": x[i], "cond": {"class": i}} for i in range(2)], "voxel", Grids())
     expected = x[1, 0] * (1 - editing.plane_mask(x[1, 0], editing.PARTIAL_SEED + 1))
     assert torch.equal(data[1]["x"][0], expected) and data[1]["cond"] == {"class": 1}
+    # a saved reference classifier of other cuts does not match the voxel recipe, mnist and fsdd keep theirs
+    assert str(editing.PARTIAL_SEED) in editing.partial_variant("voxel") and editing.partial_variant("mnist") == "partial input"
     with pytest.raises(ValueError, match="one plane seed per item: 2 items, 1 seeds"):
         editing.partial_input("voxel", Grids(), x, [3])
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import BETA_SCHEDULES  # noqa: F401 - names accepted by make_betas; the torch-free config lists them
+from .config import BETA_SCHEDULES  # names accepted by make_betas; the torch-free config lists them
 #: Names accepted by :meth:`DiscreteSchedule.sigmas_for`.
 SPACINGS = ("leading", "trailing", "linspace", "karras")
 #: ``alphas_cumprod`` floor used for sigmas, so a zero-terminal-SNR step has a
