@@ -292,6 +292,50 @@ def test_every_study_variant_composes_and_replaces_the_tasks_key(fsdd):
     assert text_composition.INGREDIENTS["twice the phase-2 compute"].compute == 2.0
 
 
+def test_study_variants_are_picked_by_slug_and_an_unknown_one_is_named():
+    names = list(text_composition.INGREDIENTS)
+    picked = text_composition.study_variants(["default", "trainable_encoder_cross_attention_and_vector"])
+    assert list(picked) == [names[0], "trainable encoder, cross-attention and vector"]
+    assert list(text_composition.study_variants(None)) == names
+    with pytest.raises(SystemExit, match=r"--variants: unknown \['vectr'\]; choices: .*'default'"):
+        text_composition.study_variants(["vectr"])
+
+
+def test_study_phase_two_composes_on_a_shared_autoencoder(fsdd):
+    """Every variant's phase 2 runs on the one exported autoencoder (``stage=diffusion phase1.checkpoint=``)."""
+    args = text_composition.parse_args(["--task", "fsdd", "--quick", "--data", str(fsdd.parent)])
+    args.set = ["conditioner.outputs=[crossattn,vector]"]
+    cfg = text_composition.compose_config(args, ["stage=diffusion", "phase1.checkpoint=/some/export"])
+    assert cfg.stage.autoencoder is False and cfg.stage.diffusion is True
+    assert cfg.phase1.checkpoint == "/some/export" and list(cfg.conditioner.outputs) == ["crossattn", "vector"]
+
+
+def test_a_saved_judge_is_reused_only_for_the_same_recipe(tmp_path):
+    """``--reuse-judges``: the saved classifier comes back when the recipe matches; another recipe (or no
+    flag) trains again and overwrites the file."""
+    from mmldm.evaluation.classifier import FeatureClassifier
+
+    args = text_composition.parse_args(["--task", "fsdd", "--quick", "--out", str(tmp_path), "--reuse-judges"])
+    calls = []
+
+    def train():
+        calls.append(1)
+        torch.manual_seed(len(calls))
+        model = FeatureClassifier(dims=2, in_channels=1, num_classes=3)
+        return model, {"val_accuracy": 0.5 + len(calls) / 10}
+
+    first, report = text_composition.saved_judge(args, "digit", {"seed": 0}, train)
+    assert (tmp_path / "judge_digit_quick.pt").is_file() and report["val_accuracy"] == 0.6
+    again, report = text_composition.saved_judge(args, "digit", {"seed": 0}, train)
+    assert len(calls) == 1 and report["val_accuracy"] == 0.6
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    _, report = text_composition.saved_judge(args, "digit", {"seed": 1}, train)
+    assert len(calls) == 2 and report["val_accuracy"] == 0.7
+    args.reuse_judges = False
+    text_composition.saved_judge(args, "digit", {"seed": 1}, train)
+    assert len(calls) == 3
+
+
 @pytest.mark.slow
 def test_study_compares_variants_on_the_same_judges(tmp_path, monkeypatch):
     """``--study --quick`` with two of the variants: one row per variant and guidance weight, one report."""
