@@ -393,6 +393,11 @@ COMPOSITION_WHAT = {
 }
 
 
+def _quoted(override: str) -> str:
+    """A ``KEY=VALUE`` override as typed in a shell (brackets quoted)."""
+    return f"'{override}'" if any(c in override for c in "[]*?") else override
+
+
 def composition_row(r: dict[str, Any]) -> Row:
     """``benchmarks.text_composition``: per attribute of samples of held-out captions against its target
     (:data:`COMPOSITION_TARGETS`), and every attribute at once (for scenes against >= 60%, stricter than the
@@ -414,10 +419,13 @@ def composition_row(r: dict[str, Any]) -> Row:
     ceiling = ("" if not rec else "; the same items through the autoencoder, what phase 1 allows: "
                + ", ".join(f"{a} {share(rec[a]['accuracy'], rec[a]['accuracy_n'])}" for a in s["attributes"]))
     steps = r.get("training", {}).get("metrics", {}).get("diffusion", {}).get("steps")
-    return (f"{COMPOSITION_WHAT[s['task']]} ({len(s['holdout'])} pairs held out), both phases in {s['ae_minutes']:g} + "
+    recipe = next((o.split("=", 1)[1] for o in s.get("set", []) if o.startswith("preset=")), None)
+    return (f"{COMPOSITION_WHAT[s['task']]} ({len(s['holdout'])} pairs held out)"
+            + (f", the recipe of `preset={recipe}`" if recipe else "") + f", both phases in {s['ae_minutes']:g} + "
             f"{s['diffusion_minutes']:g} min" + (f" ({steps:,} phase-2 steps on this machine)" if steps else ""),
             f"`python -m benchmarks.text_composition --task {s['task']} --ae-minutes {s['ae_minutes']:g} "
-            f"--diffusion-minutes {s['diffusion_minutes']:g}`",
+            f"--diffusion-minutes {s['diffusion_minutes']:g}"
+            + (f" --set {' '.join(_quoted(o) for o in s['set'])}" if s.get("set") else "") + "`",
             "; ".join(cells) + f" ({judged}: " + ", ".join(f"{a} {share(real[a]['accuracy'], real[a]['accuracy_n'])}"
                                                            for a in s["attributes"]) + f"{ceiling})")
 
@@ -426,7 +434,7 @@ def conditioning_rows() -> list[Row]:
     t = load("benchmarks/results/conditioning_text/results.json")
     n = t["settings"]["samples"]
     comp = load("benchmarks/results/text_composition_scenes_30min/results.json")
-    comp_fsdd = load("benchmarks/results/text_composition_fsdd/results.json")
+    comp_fsdd = load("benchmarks/results/text_composition_fsdd_text_preset/results.json")
     seg = load("benchmarks/results/conditioning_segmentation/results.json")
     return [
         ("text-conditioned MNIST, 10 fixed captions (\"a handwritten digit 7\"): class conditioning through a "

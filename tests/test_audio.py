@@ -364,6 +364,17 @@ def test_presets_compose_audio_defaults_and_the_fsdd_holdout(fsdd):
     cfg = compose(["modality=audio", "preset=audio_fsdd", f"modality.root={fsdd}"])
     m = load_plugins(report=False).registry.build("modality", cfg.modality)
     assert (m.cfg.val_pattern, m.cfg.peak_level, m.sample_rate, m.length) == ("_theo_", 0.5, 8000, 63 * 128)
+    # the text recipe: captions from the file names, every speaker in training (takes 40-49 are "val")
+    cfg = compose(["modality=audio", "preset=audio_fsdd_text", f"modality.root={fsdd}"])
+    assert (cfg.conditioner.name, list(cfg.conditioner.outputs), cfg.diffusion.process.name) == (
+        "text", ["crossattn", "vector"], "flow")
+    m = load_plugins(report=False).registry.build("modality", cfg.modality)
+    train, val = m.dataset("train"), m.dataset("val")
+    assert (len(train), len(val)) == (2000, 500)
+    from mmldm_audio.metrics import clip_attributes
+
+    assert {a["speaker"] for a in clip_attributes(train)} == {a["speaker"] for a in clip_attributes(val)}
+    assert train[0]["cond"]["text"] == "zero, spoken by george"
 
 
 @pytest.mark.parametrize("layout", ["1d", "2d"])

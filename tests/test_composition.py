@@ -285,6 +285,8 @@ def test_every_study_variant_composes_and_replaces_the_tasks_key(fsdd):
                 key, value = override.split("=", 1)
                 if key == "conditioner":
                     assert cfg.conditioner.name == value, name
+                elif key == "process":
+                    assert cfg.diffusion.process.name == value, name
                 else:
                     got = OmegaConf.select(cfg, key)
                     got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
