@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -393,11 +394,6 @@ COMPOSITION_WHAT = {
 }
 
 
-def _quoted(override: str) -> str:
-    """A ``KEY=VALUE`` override as typed in a shell (brackets quoted)."""
-    return f"'{override}'" if any(c in override for c in "[]*?") else override
-
-
 def composition_row(r: dict[str, Any]) -> Row:
     """``benchmarks.text_composition``: per attribute of samples of held-out captions against its target
     (:data:`COMPOSITION_TARGETS`), and every attribute at once (for scenes against >= 60%, stricter than the
@@ -425,7 +421,7 @@ def composition_row(r: dict[str, Any]) -> Row:
             f"{s['diffusion_minutes']:g} min" + (f" ({steps:,} phase-2 steps on this machine)" if steps else ""),
             f"`python -m benchmarks.text_composition --task {s['task']} --ae-minutes {s['ae_minutes']:g} "
             f"--diffusion-minutes {s['diffusion_minutes']:g}"
-            + (f" --set {' '.join(_quoted(o) for o in s['set'])}" if s.get("set") else "") + "`",
+            + (f" --set {' '.join(shlex.quote(o) for o in s['set'])}" if s.get("set") else "") + "`",
             "; ".join(cells) + f" ({judged}: " + ", ".join(f"{a} {share(real[a]['accuracy'], real[a]['accuracy_n'])}"
                                                            for a in s["attributes"]) + f"{ceiling})")
 

@@ -513,6 +513,23 @@ def study_variants(names: Sequence[str] | None) -> dict[str, Ingredient]:
     return {slugs[n]: INGREDIENTS[slugs[n]] for n in names}
 
 
+def check_autoencoder(export: Path, cfg: Any) -> None:
+    """Refuse an ``--autoencoder`` whose run had other data settings than the task's: phase 2 reads its items
+    through the exported modality, so another holdout would train on the pairs the study calls held out."""
+    from omegaconf import OmegaConf
+
+    if not (export / "config.yaml").is_file():
+        raise SystemExit(f"--autoencoder {export}: no config.yaml there; give the exported autoencoder folder of "
+                         "a run of this task (<run>/autoencoder/export)")
+    saved = OmegaConf.to_container(OmegaConf.load(export / "config.yaml").get("modality", {}), resolve=True)
+    wanted = OmegaConf.to_container(cfg.modality, resolve=True)
+    differ = sorted(k for k in {*saved, *wanted} - {"root"} if saved.get(k) != wanted.get(k))
+    if differ:
+        raise SystemExit(f"--autoencoder {export}: its modality differs from the task's in "
+                         + ", ".join(f"{k} ({saved.get(k)!r} vs {wanted.get(k)!r})" for k in differ)
+                         + "; train phase 1 with the task's settings (leave --autoencoder out)")
+
+
 def study(args: argparse.Namespace) -> dict[str, Any]:
     """``--study``: phase 1 once (or ``--autoencoder``), then phase 2 per :data:`INGREDIENTS` variant on that
     autoencoder, the same split, budget and judges; each run's held-out scores per guidance weight, with its
@@ -527,9 +544,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     data = judged_data(args, compose_config(args))
     if args.autoencoder is not None:
         export = args.autoencoder.resolve()
-        if not (export / "config.yaml").is_file():
-            raise SystemExit(f"--autoencoder {args.autoencoder}: no config.yaml there; give the exported "
-                             "autoencoder folder of a run of this task (<run>/autoencoder/export)")
+        check_autoencoder(export, compose_config(args))
         phase1 = {"autoencoder": str(args.autoencoder), "wall_seconds": None}
     else:
         print(f"phase 1 once ({args.ae_minutes} min) in {out / 'autoencoder'}", flush=True)

@@ -312,6 +312,22 @@ def test_study_phase_two_composes_on_a_shared_autoencoder(fsdd):
     assert cfg.phase1.checkpoint == "/some/export" and list(cfg.conditioner.outputs) == ["crossattn", "vector"]
 
 
+def test_a_shared_autoencoder_of_other_data_settings_is_refused(tmp_path, fsdd):
+    """Phase 2 reads its items through the exported modality: an ``--autoencoder`` trained with another holdout
+    would train on the pairs the study calls held out, so it is refused, naming the key; the root may differ."""
+    args = text_composition.parse_args(["--task", "fsdd", "--quick", "--data", str(fsdd.parent)])
+    cfg = text_composition.compose_config(args)
+    saved = {"modality": {**OmegaConf.to_container(cfg.modality, resolve=True), "root": "elsewhere"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    text_composition.check_autoencoder(tmp_path, cfg)  # same settings: accepted
+    saved["modality"]["holdout"] = ["0:george"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(SystemExit, match=r"modality differs from the task's in holdout \(\['0:george'\] vs"):
+        text_composition.check_autoencoder(tmp_path, cfg)
+    with pytest.raises(SystemExit, match="no config.yaml there"):
+        text_composition.check_autoencoder(tmp_path / "missing", cfg)
+
+
 def test_a_saved_judge_is_reused_only_for_the_same_recipe(tmp_path):
     """``--reuse-judges``: the saved classifier comes back when the recipe matches; another recipe (or no
     flag) trains again and overwrites the file."""
