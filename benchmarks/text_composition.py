@@ -213,6 +213,11 @@ INGREDIENTS = {
     # the process that reached MNIST's 97% soonest of the four (`mmldm ablate process`, docs/ablations.md)
     "rectified flow, cross-attention": Ingredient(("process=flow",)),
     "rectified flow, cross-attention and vector": Ingredient(("process=flow", "conditioner.outputs=[crossattn,vector]")),
+    # each comma-separated part of a training caption left out with probability 0.3 (conditioner.tag_dropout):
+    # "seven, spoken by george" also trains as "seven" and as "spoken by george" (captions without commas,
+    # as the scenes', are unchanged)
+    "rectified flow, cross-attention and vector, tag dropout 0.3": Ingredient(
+        ("process=flow", "conditioner.outputs=[crossattn,vector]", "conditioner.tag_dropout=0.3")),
 }
 
 

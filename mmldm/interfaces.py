@@ -290,6 +290,15 @@ class Conditioner(nn.Module, abc.ABC):
         conditioner with :attr:`latent_derived` set (phase 2 calls it when the batch does not carry the key)."""
         raise NotImplementedError(f"conditioner '{self.key}' sets latent_derived but does not implement from_latents")
 
+    def augment(self, value: Any, batch_size: int) -> Any:
+        """A training batch's ``cond[self.key]`` as the denoiser should learn from it (e.g. a caption with some
+        of its parts left out, :class:`~mmldm_conditioners.text.TextConditionerBase`'s ``tag_dropout``).
+
+        Phase 2 calls it on training batches only (before condition dropout), never in validation or sampling;
+        draws from torch's global generator, as condition dropout does. The value unchanged by default.
+        """
+        return value
+
     def values(self) -> Sequence[Any] | None:
         """Every value of ``cond[self.key]`` it knows, when they are few (a class conditioner: its class indices),
         else ``None`` (free text, maps). :meth:`LatentDiffusion.classify <mmldm.pipeline.LatentDiffusion.classify>`

@@ -394,6 +394,14 @@ class ConditionerContract(DimsContract):
         sizes = {k: v.shape[0] for k, v in stacked.items()}
         assert all(n == 2 * self.batch for n in sizes.values()), f"stacked batch sizes {sizes}, not {2 * self.batch}"
 
+    def test_an_augmented_training_value_is_accepted(self, dims):
+        """Phase 2 gives the denoiser :meth:`~mmldm.interfaces.Conditioner.augment`'s value in training."""
+        conditioner = self.make(dims)
+        torch.manual_seed(0)
+        value = conditioner.augment(self.condition(dims, self.batch, 0), self.batch)
+        with torch.no_grad():
+            self.check_layout(conditioner, conditioner({conditioner.key: value}, self.batch), dims)
+
     def test_missing_key_means_null(self, dims):
         conditioner = self.make(dims)
         with torch.no_grad():

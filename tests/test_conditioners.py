@@ -248,6 +248,28 @@ def test_text_tokenizer_is_learned_from_captions_once_and_needs_them():
     assert c.tokenizer.get_vocab() == vocab
 
 
+def test_tag_dropout_leaves_out_comma_separated_parts_and_never_a_whole_caption():
+    c = build({"name": "text", "tokenizer": "byte", "hidden_size": 16, "num_heads": 2, "tag_dropout": 0.5})
+    texts = ["seven, spoken by george", "a small red star", "a,  b ,c"] * 200
+    torch.manual_seed(0)
+    out = c.augment(texts, len(texts))
+    pairs, single, triples = out[0::3], out[1::3], out[2::3]
+    assert set(single) == {"a small red star"}  # no comma: never changed
+    assert set(pairs) == {"seven, spoken by george", "seven", "spoken by george"}
+    # each of two parts drops with 0.5; both dropped (1/4) keeps the caption whole: 1/2 whole, 1/4 each part
+    assert 0.4 < pairs.count("seven, spoken by george") / 200 < 0.6
+    assert 0.15 < pairs.count("seven") / 200 < 0.35
+    assert set(triples) <= {"a,  b ,c", "a, b", "a, c", "b, c", "a", "b", "c"} and len(set(triples)) == 7
+    off = build({"name": "text", "tokenizer": "byte", "hidden_size": 16, "num_heads": 2})
+    assert off.augment(texts, len(texts)) is texts  # off by default
+    assert c.augment("one, two", 1) in (["one, two"], ["one"], ["two"])  # one string for the batch
+    with pytest.raises(ValueError, match=r"must be a string or a list of 3 strings"):
+        c.augment(["a, b"], 3)
+    with pytest.raises(ValueError, match=r"conditioner.tag_dropout.*expected in \[0, 1\]"):
+        from mmldm.configuration import compose
+        compose(["modality=image", "conditioner=text", "conditioner.tag_dropout=1.5"])
+
+
 def test_bpe_tokenizer_is_the_same_in_another_process():
     """Every DDP rank learns its own tokenizer: the result must not depend on the process."""
     from mmldm_conditioners.tokenizer import train_bpe

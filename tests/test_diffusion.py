@@ -390,6 +390,22 @@ def test_condition_dropout_uses_null_rows():
         diffusion_module(cond_dropout={"text": 0.1})
 
 
+def test_training_steps_augment_conditions_and_validation_steps_do_not():
+    module = diffusion_module(cond_dropout={"class": 0.0}, ema_decay=None)  # validation uses these conditioners
+    assert module.sampling_model() is module.model
+    seen = []
+    conditioner = module.model["conditioners"][0]
+    conditioner.augment = lambda value, n: seen.append(value.tolist()) or 1 - value  # flips the class
+    batch = {"z": torch.randn(2, 1, 8), "cond": {"class": torch.tensor([0, 1])}}
+    calls = []
+    forward = conditioner.forward
+    conditioner.forward = lambda cond, n: calls.append(cond["class"].tolist()) or forward(cond, n)
+    module.training_step(batch, 0)
+    assert seen == [[0, 1]] and calls == [[1, 0]]  # the denoiser learned from the augmented value
+    module.validation_step(batch, 0)
+    assert seen == [[0, 1]] and calls[-1] == [0, 1]  # validation: the data's value, not augmented
+
+
 def test_sample_uses_ema_weights_and_generator():
     module = diffusion_module()
     assert module.sampling_model() is module.ema.module

@@ -140,7 +140,11 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         z = batch["z"]
-        cond = self.conditioning(self.model, self.batch_conditions(self.model, batch), z.shape[0], dropout=True)
+        cond = self.batch_conditions(self.model, batch)
+        for conditioner in self.model["conditioners"]:  # training-time augmentation (Conditioner.augment)
+            if conditioner.key in cond:
+                cond[conditioner.key] = conditioner.augment(cond[conditioner.key], z.shape[0])
+        cond = self.conditioning(self.model, cond, z.shape[0], dropout=True)
         loss = diffusion_loss(lambda x_t, c_noise: self.denoiser(x_t, c_noise, cond), z, self.process).mean()
         self.loss_terms = {"diffusion": loss.detach()}  # read by NonFiniteGuard
         self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])

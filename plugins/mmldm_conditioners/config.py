@@ -67,7 +67,22 @@ class ClassConditionerConfig(ConditionerConfig):
 
 
 @dataclass
-class TextConditionerConfig(ConditionerConfig):
+class CaptionConditionerConfig(ConditionerConfig):
+    """Options of every text conditioner.
+
+    Args:
+        tag_dropout: probability that each comma-separated part of a training caption is left
+            out ("seven, spoken by george" also trains as "seven" or "spoken by george"), so
+            the model learns what each part says alone; 0 turns it off. A caption whose parts
+            all drop is kept whole. Captions without commas are never changed.
+    """
+
+    key: str = "text"
+    tag_dropout: float = unit_interval(0.0)
+
+
+@dataclass
+class TextConditionerConfig(CaptionConditionerConfig):
     """Captions -> a small BERT-like transformer trained with the denoiser (LDM's text encoder).
 
     Args:
@@ -83,7 +98,6 @@ class TextConditionerConfig(ConditionerConfig):
             "vector" (the mean over the caption's tokens, ``[B, d_tau]``).
     """
 
-    key: str = "text"
     tokenizer: str = checked("bpe", choices=TEXT_TOKENIZERS)
     vocab_size: int = positive(1024)
     max_length: int = checked(32, ge=3)  # [CLS] + a token + [SEP]; the embedded datasets' captions have <= 8 words
@@ -95,7 +109,7 @@ class TextConditionerConfig(ConditionerConfig):
 
 
 @dataclass
-class PretrainedTextConditionerConfig(ConditionerConfig):
+class PretrainedTextConditionerConfig(CaptionConditionerConfig):
     """Captions -> a pretrained Hugging Face text encoder read from a local folder (frozen by default).
 
     Args:
@@ -111,7 +125,6 @@ class PretrainedTextConditionerConfig(ConditionerConfig):
         trainable: fine-tune the pretrained encoder too (default: frozen).
     """
 
-    key: str = "text"
     path: Optional[str] = None
     model_class: str = checked("auto", choices=PRETRAINED_MODEL_CLASSES)
     max_length: int = checked(77, ge=3)

@@ -67,6 +67,26 @@ class TextConditionerBase(Conditioner):
             )
         return ["" if t is None else t for t in texts]
 
+    #: probability that each comma-separated part of a training caption is left out (:meth:`augment`)
+    tag_dropout: float = 0.0
+
+    def augment(self, value: Any, batch_size: int) -> Any:
+        """Caption tag dropout (``tag_dropout``, as kohya's ``caption_tag_dropout_rate``): each comma-separated part
+        of each training caption is left out with probability ``tag_dropout``, so the denoiser also learns what
+        each part says alone ("seven, spoken by george" also trains as "seven" and "spoken by george"). A caption
+        whose parts all drop, or that has one part, is kept whole: condition dropout alone decides the null."""
+        if not self.tag_dropout:
+            return value
+        texts = self.texts({self.key: value}, batch_size)
+        out = []
+        for text in texts:
+            parts = [p.strip() for p in text.split(",")]
+            parts = [p for p in parts if p]
+            keep = (torch.rand(len(parts)) >= self.tag_dropout).tolist()
+            whole = len(parts) < 2 or all(keep) or not any(keep)
+            out.append(text if whole else ", ".join(p for p, k in zip(parts, keep) if k))
+        return out
+
     #: whether the tokenizer's vocabulary was learned from the training captions, so that a word it does not
     #: hold as one token is a word the captions never had (see :meth:`unknown_words`)
     vocabulary_from_captions = False
@@ -187,4 +207,5 @@ def build_text_conditioner(cfg: TextConditionerConfig, *, modality: Modality | N
         cfg.tokenizer, cfg.vocab_size, cfg.max_length, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
         cfg.embed_dim, tuple(cfg.outputs),
     )
+    conditioner.tag_dropout = cfg.tag_dropout
     return apply_options(conditioner, cfg)

@@ -110,4 +110,5 @@ def build_pretrained_text_conditioner(
     conditioner = PretrainedTextConditioner(
         encoder, tokenizer, cfg.max_length, cfg.embed_dim, tuple(cfg.outputs), cfg.trainable
     )
+    conditioner.tag_dropout = cfg.tag_dropout
     return apply_options(conditioner, cfg, freeze=False)
