@@ -299,6 +299,13 @@ class Conditioner(nn.Module, abc.ABC):
         """
         return value
 
+    def parts(self, value: Any, batch_size: int) -> list[Any] | None:
+        """``cond[self.key]`` split into parts that guidance can weigh one by one (Composable Diffusion, Liu et
+        al. 2022: each part its own branch, ``compose`` of :func:`~mmldm.diffusion.sampling.sample_latents`), as
+        a list of values of the same batch size; a sample with fewer parts fills the rest with values whose
+        encoding is the null condition (so their branch adds nothing). ``None`` (the default): not divisible."""
+        return None
+
     def values(self) -> Sequence[Any] | None:
         """Every value of ``cond[self.key]`` it knows, when they are few (a class conditioner: its class indices),
         else ``None`` (free text, maps). :meth:`LatentDiffusion.classify <mmldm.pipeline.LatentDiffusion.classify>`

@@ -118,6 +118,7 @@ class LatentDiffusion(nn.Module):
         seed: int | None = None,
         progress: bool = True,
         return_latents: bool = False,
+        compose: Sequence[str] = (),
         **sampler_options: Any,
     ) -> Tensor:
         """Generate ``n`` samples ``[n, C, *s]`` (decoded, in the modality's layout).
@@ -137,6 +138,10 @@ class LatentDiffusion(nn.Module):
                 ``n=2`` and one with ``n=4``, for every sampler: the stochastic ones (``ddpm``, ``ddim``
                 with ``eta > 0``) draw their fresh noise from the same per-sample generators.
             return_latents (`bool`): return normalized latents instead of decoded samples.
+            compose (`Sequence[str]`): condition keys guided part by part, each part its own branch with the
+                key's weight (Composable Diffusion; a caption's comma-separated parts:
+                ``compose=["text"]`` guides "seven, spoken by george" as "seven" AND "spoken by george").
+                Models trained with ``conditioner.tag_dropout`` have learned the parts alone.
         """
         if self.denoiser is None:
             raise RuntimeError("this export holds an autoencoder only (no denoiser): train phase 2 to sample")
@@ -147,7 +152,7 @@ class LatentDiffusion(nn.Module):
         device = next(self.denoiser.parameters()).device
         generator = sample_generators(seed, n, device) if seed is not None else None
         z = sample_latents(self.denoiser, list(self.conditioners), self.process, (n, *self.latent_shape), cond,
-                           guidance=guidance, generator=generator, progress=progress, **settings)
+                           guidance=guidance, generator=generator, progress=progress, compose=compose, **settings)
         return z if return_latents else self.decode(z)
 
     # ----------------------------------------------------------------- editing

@@ -21,6 +21,10 @@ settings are key=value pairs:
                     class-conditioned models only, indices 0..classes-1
   text="a red star"  the caption of every sample of a text-conditioned model ("a|b" cycles); words the
                     model's tokenizer does not know (never in the training captions) are named in a warning
+  compose=text      guide the named condition part by part (Composable Diffusion): each comma-separated
+                    part of the caption is its own guidance branch with the guidance weight, so
+                    text="seven, spoken by george" is guided as "seven" AND "spoken by george"
+                    (compose=text,class names several); for models trained with conditioner.tag_dropout
 Conditions not given (a text model without text=, a segmentation model's masks) come from the
 held-out items of the model's modality, as in the samples a training run leaves.
   seed=0            random seed >= 0 (same seed, same samples)
@@ -35,7 +39,7 @@ A sampler without the option refuses it, listing the options it has (`mmldm plug
 """
 
 _TYPES = {"n": int, "steps": int, "sampler": str, "guidance": float, "class": str, "text": str, "seed": int,
-          "out": str}
+          "out": str, "compose": str}
 #: What a sampler option of a config field's type must be, as an error says it.
 _KIND_OF = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "text"}
 
@@ -259,7 +263,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         cond = conditions(pipe, s, n)
         samples = pipe.sample(n, cond=cond, steps=s.get("steps"), sampler=s.get("sampler"),
-                              guidance=s.get("guidance", 3.0 if cond else 1.0), seed=s.get("seed", 0), **options)
+                              guidance=s.get("guidance", 3.0 if cond else 1.0), seed=s.get("seed", 0),
+                              compose=[k for k in s.get("compose", "").split(",") if k], **options)
         out = Path(s.get("out", model / "samples"))
         from .preview import save_samples
 

@@ -361,10 +361,14 @@ def test_study_compares_variants_on_the_same_judges(tmp_path, monkeypatch):
         "default": text_composition.Ingredient(guidance=(1.0, 3.0)),
         "pooled vector": text_composition.Ingredient(("conditioner.outputs=[vector]",))})
     out = tmp_path / "study"
-    results = text_composition.main(["--task", "scenes", "--quick", "--study", "--out", str(out)])
-    assert [(r["variant"], r["guidance"]) for r in results["rows"]] == [
-        ("default", 1.0), ("default", 3.0), ("pooled vector", 3.0)]
+    results = text_composition.main(["--task", "scenes", "--quick", "--study", "--compose", "--out", str(out)])
+    assert [(r["variant"], r["guidance"], r["compose"]) for r in results["rows"]] == [
+        ("default", 1.0, False), ("default", 1.0, True), ("default", 3.0, False), ("default", 3.0, True),
+        ("pooled vector", 3.0, False), ("pooled vector", 3.0, True)]
     assert all(r["held_out"]["all"]["accuracy_n"] == 8 and r["phase2_steps"] for r in results["rows"])
+    plain, composed = results["rows"][2], results["rows"][3]  # scene captions have no commas: one part each
+    assert plain["held_out"] == composed["held_out"] and plain["seen"] == composed["seen"]
     text = (out / "results.md").read_text()
     assert "| pooled vector | 0.1 min" in text and "real held-out items (the judges)" in text
+    assert "| 3, composed over the caption's parts |" in text and "Composable Diffusion" in text
     assert (out / "pooled_vector" / "judged_samples" / "grid.png").is_file()

@@ -417,6 +417,57 @@ def test_per_condition_guidance_weights_match_a_hand_computation():
         guidance_branches(cs, cond, {"colour": 1.0}, 3)
 
 
+def test_composed_caption_guidance_sums_one_branch_per_part():
+    """compose=["text"]: Composable Diffusion over a caption's comma-separated parts (Liu et al. 2022, Eq. 11):
+    D_u + w * sum_j (D_part_j - D_u); a caption with fewer parts adds nothing for the missing ones."""
+    from mmldm.diffusion.sampling import guided_model
+
+    cs = [c.eval() for c in composed()]
+    text = next(c for c in cs if c.key == "text")
+    assert text.parts(["seven, spoken by george", "one", " , "], 3) == [
+        ["seven", "one", ""], ["spoken by george", "", ""]]
+    calls = []
+
+    def denoiser(x, sigma, conditioning):
+        calls.append(x.shape[0])
+        scale = 1 + conditioning.vector.mean(1) + conditioning.crossattn.mean((1, 2)) + conditioning.concat.mean((1, 2, 3))
+        return x * scale[:, None, None, None] + sigma[:, None, None, None]
+
+    cond = {"class": torch.tensor([0, 1, 2]), "text": ["red, star", "blue", "a, b"], "mask": torch.randint(0, 4, (3, 16, 16))}
+    x, sigma = torch.randn(3, 4, 8, 8), torch.full((3,), 2.0)
+    with torch.no_grad():
+        got = guided_denoiser(denoiser, *guidance_branches(cs, cond, {"class": 2.0, "text": 5.0}, 3, ["text"]))(x, sigma)
+        assert calls == [12]  # one batched forward: uncond, class, two text parts
+        kept = {"mask": cond["mask"]}
+        d_u = denoiser(x, sigma, condition(cs, kept, 3))
+        d_class = denoiser(x, sigma, condition(cs, {**kept, "class": cond["class"]}, 3))
+        d_1 = denoiser(x, sigma, condition(cs, {**kept, "text": ["red", "blue", "a"]}, 3))
+        d_2 = denoiser(x, sigma, condition(cs, {**kept, "text": ["star", "", "b"]}, 3))
+        want = d_u + 2.0 * (d_class - d_u) + 5.0 * ((d_1 - d_u) + (d_2 - d_u))
+        torch.testing.assert_close(got, want)
+        # the null caption's branch is the unconditional one: "blue" has no second part, which adds nothing
+        d_null = denoiser(x, sigma, condition(cs, {**kept, "text": ["", "", ""]}, 3))
+        torch.testing.assert_close(d_null, d_u)
+
+        class Process:  # the identity sigma-space view, to check that one weight guides every given key
+            def denoiser(self, net):
+                return net
+
+        no_mask = {"class": cond["class"], "text": cond["text"]}
+        one = guided_model(denoiser, cs, Process(), no_mask, 5.0, 3, compose=["text"])(x, sigma)
+        e_u = denoiser(x, sigma, condition(cs, {}, 3))
+        e_class = denoiser(x, sigma, condition(cs, {"class": cond["class"]}, 3))
+        e_1 = denoiser(x, sigma, condition(cs, {"text": ["red", "blue", "a"]}, 3))
+        e_2 = denoiser(x, sigma, condition(cs, {"text": ["star", "", "b"]}, 3))
+        torch.testing.assert_close(one, e_u + 5.0 * ((e_class - e_u) + (e_1 - e_u) + (e_2 - e_u)))
+    with pytest.raises(ValueError, match=r"compose names '.*class', but conditioner 'class' .* cannot split"):
+        guidance_branches(cs, cond, {"class": 2.0}, 3, ["class"])
+    with pytest.raises(ValueError, match=r"compose names condition key\(s\) \['text'\] that guidance gives no weight"):
+        guidance_branches(cs, cond, {"class": 2.0}, 3, ["text"])
+    with pytest.raises(ValueError, match=r"compose names unknown condition key\(s\) \['txt'\]"):
+        guidance_branches(cs, cond, {"text": 2.0}, 3, ["txt"])
+
+
 # ---------------------------------------------------------------------------- data and end to end
 def test_latent_cache_keeps_captions_and_masks(tmp_path):
     from mmldm.latents import LatentStats
@@ -480,6 +531,12 @@ def test_text_conditioned_run_exports_the_tokenizer_and_samples_from_a_caption(t
     assert a.shape == (2, 3, 32, 32)
     torch.testing.assert_close(a, b)  # one guided key = plain guidance
     assert not torch.allclose(a, c)
+    # a caption without commas is one part: composed guidance is plain guidance; with commas it is not
+    torch.testing.assert_close(pipe.sample(2, cond=cond, steps=2, guidance=2.0, seed=0, progress=False,
+                                           compose=["text"]), a)
+    parts = {"text": ["a small red star, on the left", "a large blue circle, on the right"]}
+    d = pipe.sample(2, cond=parts, steps=2, guidance=2.0, seed=0, progress=False, compose=["text"])
+    assert torch.isfinite(d).all() and not torch.allclose(d, a)
 
 
 def test_runs_and_mmldm_sample_condition_on_held_out_items_and_given_captions(tmp_path):

@@ -80,11 +80,17 @@ def test_settings_the_model_cannot_take_are_refused(capsys, export):
     code, err = _sample(capsys, export, "text=a red star")  # was: silently ignored
     assert code == 2 and "'text=a red star' given, but the model has no text conditioner (it is conditioned on " \
         "class); drop text=" in _one_line(err)
+    code, err = _sample(capsys, export, "compose=class")  # a class label has no parts
+    assert code == 2 and "compose names 'class', but conditioner 'class' (ClassConditioner) cannot split its " \
+        "condition into parts" in _one_line(err)
+    code, err = _sample(capsys, export, "compose=text")
+    assert code == 2 and "compose names unknown condition key(s) ['text']; the conditioners read ['class']" in \
+        _one_line(err)
     code, err = _sample(capsys, export, "sampler=nope")
     assert code == 2 and "invalid value 'nope' for 'sampler': expected one of: ddim, ddpm" in _one_line(err)
 
 
-SETTINGS = "n, steps, sampler, guidance, class, text, seed, out"
+SETTINGS = "n, steps, sampler, guidance, class, text, seed, out, compose"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -30,22 +30,38 @@ def null_condition(conditioners: Sequence[Conditioner], batch_size: int) -> Cond
 
 
 def guidance_branches(
-    conditioners: Sequence[Conditioner], cond: Mapping[str, Any] | None, weights: Mapping[str, float], batch_size: int
+    conditioners: Sequence[Conditioner], cond: Mapping[str, Any] | None, weights: Mapping[str, float], batch_size: int,
+    compose: Sequence[str] = (),
 ) -> tuple[Conditioning, list[Conditioning], list[float]]:
     """Branches of compositional guidance: ``(uncond, [cond_i], [w_i])`` for :func:`guided_denoiser`.
 
     ``uncond`` nulls every key named in ``weights`` and keeps the other given
     conditions; branch ``i`` adds condition ``i`` (a key missing from ``cond`` has no branch).
+    A key named in ``compose`` gives one branch per part of its value (:meth:`Conditioner.parts`, e.g. a
+    caption's comma-separated parts), each with the key's weight: Composable Diffusion's sum over concepts.
     """
-    unknown = sorted(set(weights) - {c.key for c in conditioners})
-    if unknown:
-        raise ValueError(f"guidance names unknown condition key(s) {unknown}; "
-                         f"the conditioners read {[c.key for c in conditioners]}")
+    known = {c.key: c for c in conditioners}
+    for what, keys in (("compose", compose), ("guidance", weights)):
+        unknown = sorted(set(keys) - set(known))
+        if unknown:
+            raise ValueError(f"{what} names unknown condition key(s) {unknown}; "
+                             f"the conditioners read {[c.key for c in conditioners]}")
+    unweighted = sorted(set(compose) - set(weights))
+    if unweighted:
+        raise ValueError(f"compose names condition key(s) {unweighted} that guidance gives no weight; "
+                         f"guidance weighs {sorted(weights)}")
     cond = dict(cond or {})
     kept = {k: v for k, v in cond.items() if k not in weights}
-    guided = [k for k in weights if k in cond]
-    branches = [condition(conditioners, {**kept, k: cond[k]}, batch_size) for k in guided]
-    return condition(conditioners, kept, batch_size), branches, [float(weights[k]) for k in guided]
+    values, branch_weights = [], []
+    for k in (k for k in weights if k in cond):
+        parts = known[k].parts(cond[k], batch_size) if k in compose else [cond[k]]
+        if parts is None:
+            raise ValueError(f"compose names '{k}', but conditioner '{k}' ({type(known[k]).__name__}) cannot "
+                             "split its condition into parts; compose only keys of conditioners with parts()")
+        values += [(k, part) for part in parts]
+        branch_weights += [float(weights[k])] * len(parts)
+    branches = [condition(conditioners, {**kept, k: v}, batch_size) for k, v in values]
+    return condition(conditioners, kept, batch_size), branches, branch_weights
 
 
 def resolve_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -101,6 +117,7 @@ def sample_latents(
     spacing: str = "auto",
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: bool = False,
+    compose: Sequence[str] = (),
     **sampler_options: Any,
 ) -> Tensor:
     """Draw latents of ``shape`` ``[n, c, *s]`` (in the space the denoiser was trained on).
@@ -118,6 +135,9 @@ def sample_latents(
         guidance (`float | Mapping[str, float]`): one weight for all conditions, or a weight per
             condition key (compositional guidance, :func:`guidance_branches`), e.g.
             ``{"class": 2.0, "text": 4.0}``; still one batched forward pass per step.
+        compose (`Sequence[str]`): condition keys guided part by part (:func:`guidance_branches`; a caption's
+            comma-separated parts, Composable Diffusion's AND); with one weight, every given condition key
+            gets that weight (compositional guidance instead of one joint branch).
         generator (`torch.Generator | Sequence[torch.Generator]`, *optional*): the noise source; with one
             generator per sample (:func:`sample_generators`) each sample's starting noise is its own, so
             with a deterministic sampler (``ddim`` with ``eta=0``, ``euler``, ``heun``, ``dpmpp_2m``)
@@ -130,13 +150,13 @@ def sample_latents(
     ref = next(denoiser.parameters())
     sigmas = process.sigmas(steps, spacing).to(device=ref.device, dtype=ref.dtype)
     x = initial_noise(shape, generator, ref.device, ref.dtype) * sigmas[0]
-    fn = guided_model(denoiser, conditioners, process, cond, guidance, shape[0])
+    fn = guided_model(denoiser, conditioners, process, cond, guidance, shape[0], compose=compose)
     return sample_fn(fn, x, sigmas, generator=generator, disable=not progress, **sampler_options)
 
 
 def guided_model(
     denoiser: nn.Module, conditioners: Sequence[Conditioner], process: Process, cond: Mapping[str, Any] | None,
-    guidance: float | Mapping[str, float], n: int, keep: Sequence[str] = (),
+    guidance: float | Mapping[str, float], n: int, keep: Sequence[str] = (), compose: Sequence[str] = (),
 ) -> Callable[..., Tensor]:
     """The sampler's model ``D(x, sigma) -> z0`` for ``n`` samples: the network in the process's sigma space
     (:meth:`Process.denoiser`) under classifier-free guidance (one weight, :func:`cfg_denoiser`) or
@@ -144,9 +164,13 @@ def guided_model(
 
     ``keep``: condition keys that one weight does not guide: the unconditional branch keeps what ``cond`` gives
     them instead of their null (trained inpainting's known latent and mask, as Stable Diffusion's inpainting
-    pipelines keep the masked image in both branches). A weight per key guides only the keys it names anyway."""
+    pipelines keep the masked image in both branches). A weight per key guides only the keys it names anyway.
+    ``compose``: keys guided part by part (:func:`guidance_branches`); one weight then applies to every given
+    key outside ``keep``."""
     model = process.denoiser(denoiser)
+    if compose and not isinstance(guidance, Mapping):
+        guidance = {k: guidance for k in dict.fromkeys([*(cond or {}), *compose]) if k not in keep}
     if isinstance(guidance, Mapping):
-        return guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n))
+        return guided_denoiser(model, *guidance_branches(conditioners, cond, guidance, n, compose))
     kept = {k: v for k, v in (cond or {}).items() if k in keep}
     return cfg_denoiser(model, condition(conditioners, cond, n), condition(conditioners, kept, n), guidance)

@@ -87,6 +87,13 @@ class TextConditionerBase(Conditioner):
             out.append(text if whole else ", ".join(p for p, k in zip(parts, keep) if k))
         return out
 
+    def parts(self, value: Any, batch_size: int) -> list[list[str]]:
+        """Each caption's comma-separated parts, part ``j`` of every caption as one batch of captions (``""``, the
+        null caption, where a caption has fewer parts): the branches of compositional guidance over a caption."""
+        split = [[p.strip() for p in text.split(",") if p.strip()] or [""] for text in self.texts({self.key: value},
+                                                                                                  batch_size)]
+        return [[parts[j] if j < len(parts) else "" for parts in split] for j in range(max(map(len, split)))]
+
     #: whether the tokenizer's vocabulary was learned from the training captions, so that a word it does not
     #: hold as one token is a word the captions never had (see :meth:`unknown_words`)
     vocabulary_from_captions = False
