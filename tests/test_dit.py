@@ -245,7 +245,7 @@ def test_a_patch_size_that_does_not_divide_the_latents_fails_before_training():
 
 
 @pytest.mark.parametrize("preset", ["image", "voxel", "voxel_quick", "voxel_2d", "audio", "audio_fsdd",
-                                    "audio_fsdd_text"])
+                                    "audio_fsdd_text", "image_text"])
 @pytest.mark.parametrize("denoiser", ["dit", "unet"])
 def test_every_preset_composes_with_every_denoiser(preset, denoiser):
     """A preset selects denoiser options rather than setting one denoiser's keys, so a denoiser chosen on the

@@ -239,3 +239,20 @@ def test_frechet_distance_hand_computed_gaussians():
     assert frechet_distance(torch.from_numpy(a), torch.from_numpy(a)) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="differ in shape"):
         frechet_distance_from_stats(mu1, s1, np.zeros(3), np.eye(3))
+
+
+def test_image_text_preset_composes_the_measured_text_recipe_on_captioned_scenes():
+    """``preset=image_text``: the captioned scenes with the recipe of the composition studies (rectified flow,
+    caption tokens for cross-attention and their mean as a vector); command-line choices still win."""
+    from mmldm.build import build_modality
+    from mmldm.configuration import compose
+
+    cfg = compose(["modality=image", "preset=image_text", "modality.num_samples=40"])
+    assert (cfg.modality.source, cfg.conditioner.name, list(cfg.conditioner.outputs)) == (
+        "shapes", "text", ["crossattn", "vector"])
+    assert cfg.diffusion.process.name == "flow"
+    assert cfg.autoencoder == compose(["modality=image", "autoencoder=conv_image"]).autoencoder
+    item = build_modality(cfg.modality).dataset("train")[0]
+    assert isinstance(item["cond"]["text"], str) and item["cond"]["text"].startswith("a ")
+    cfg = compose(["modality=image", "preset=image_text", "process=vp", "conditioner.outputs=[crossattn]"])
+    assert cfg.diffusion.process.name == "vp" and list(cfg.conditioner.outputs) == ["crossattn"]
