@@ -28,6 +28,12 @@ from .config import TEXT_TOKENIZERS, TextConditionerConfig
 from .tokenizer import BYTE_VOCAB_SIZE, TokenBatcher, byte_tokenizer, from_bytes, to_bytes, train_bpe
 
 
+def caption_parts(text: str) -> list[str]:
+    """A caption's comma-separated parts, stripped, empty ones left out (what tag dropout and composed
+    guidance treat as its parts)."""
+    return [p for p in (p.strip() for p in text.split(",")) if p]
+
+
 class TextConditionerBase(Conditioner):
     """Captions ``list[str]`` (length ``B``) -> ``Conditioning``.
 
@@ -77,11 +83,9 @@ class TextConditionerBase(Conditioner):
         whose parts all drop, or that has one part, is kept whole: condition dropout alone decides the null."""
         if not self.tag_dropout:
             return value
-        texts = self.texts({self.key: value}, batch_size)
         out = []
-        for text in texts:
-            parts = [p.strip() for p in text.split(",")]
-            parts = [p for p in parts if p]
+        for text in self.texts({self.key: value}, batch_size):
+            parts = caption_parts(text)
             keep = (torch.rand(len(parts)) >= self.tag_dropout).tolist()
             whole = len(parts) < 2 or all(keep) or not any(keep)
             out.append(text if whole else ", ".join(p for p, k in zip(parts, keep) if k))
@@ -90,8 +94,7 @@ class TextConditionerBase(Conditioner):
     def parts(self, value: Any, batch_size: int) -> list[list[str]]:
         """Each caption's comma-separated parts, part ``j`` of every caption as one batch of captions (``""``, the
         null caption, where a caption has fewer parts): the branches of compositional guidance over a caption."""
-        split = [[p.strip() for p in text.split(",") if p.strip()] or [""] for text in self.texts({self.key: value},
-                                                                                                  batch_size)]
+        split = [caption_parts(text) or [""] for text in self.texts({self.key: value}, batch_size)]
         return [[parts[j] if j < len(parts) else "" for parts in split] for j in range(max(map(len, split)))]
 
     #: whether the tokenizer's vocabulary was learned from the training captions, so that a word it does not
