@@ -573,7 +573,9 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         training = train_model(compose_config(variant, shared), run)
         weights = (1.0,) if ingredient.guidance == (1.0,) else (args.guidances or ingredient.guidance
                                                                   or (args.guidance,))
-        for guidance, composed in [(w, c) for w in weights for c in ((False, True) if args.compose else (False,))]:
+        # composing adds the null caption's branch, which a variant sampled only without guidance never trained
+        composes = (False, True) if args.compose and ingredient.guidance != (1.0,) else (False,)
+        for guidance, composed in [(w, c) for w in weights for c in composes]:
             variant.guidance, variant.compose = guidance, composed
             held, seen, samples, captions = judge_run(variant, run / "export", data)
             if guidance == weights[0] and not composed:

@@ -24,7 +24,8 @@ settings are key=value pairs:
   compose=text      guide the named condition part by part (Composable Diffusion): each comma-separated
                     part of the caption is its own guidance branch with the guidance weight, so
                     text="seven, spoken by george" is guided as "seven" AND "spoken by george"
-                    (compose=text,class names several); for models trained with conditioner.tag_dropout
+                    (several keys: comma-separated; each must be a condition with parts, as captions
+                    are); meant for models trained with conditioner.tag_dropout
 Conditions not given (a text model without text=, a segmentation model's masks) come from the
 held-out items of the model's modality, as in the samples a training run leaves.
   seed=0            random seed >= 0 (same seed, same samples)

@@ -359,12 +359,14 @@ def test_study_compares_variants_on_the_same_judges(tmp_path, monkeypatch):
     """``--study --quick`` with two of the variants: one row per variant and guidance weight, one report."""
     monkeypatch.setattr(text_composition, "INGREDIENTS", {
         "default": text_composition.Ingredient(guidance=(1.0, 3.0)),
-        "pooled vector": text_composition.Ingredient(("conditioner.outputs=[vector]",))})
+        "pooled vector": text_composition.Ingredient(("conditioner.outputs=[vector]",)),
+        "no dropout": text_composition.Ingredient(("conditioner.dropout=0",), guidance=(1.0,))})
     out = tmp_path / "study"
     results = text_composition.main(["--task", "scenes", "--quick", "--study", "--compose", "--out", str(out)])
+    # the variant without caption dropout never trained the null caption: no composed row (it needs that branch)
     assert [(r["variant"], r["guidance"], r["compose"]) for r in results["rows"]] == [
         ("default", 1.0, False), ("default", 1.0, True), ("default", 3.0, False), ("default", 3.0, True),
-        ("pooled vector", 3.0, False), ("pooled vector", 3.0, True)]
+        ("pooled vector", 3.0, False), ("pooled vector", 3.0, True), ("no dropout", 1.0, False)]
     assert all(r["held_out"]["all"]["accuracy_n"] == 8 and r["phase2_steps"] for r in results["rows"])
     plain, composed = results["rows"][2], results["rows"][3]  # scene captions have no commas: one part each
     assert plain["held_out"] == composed["held_out"] and plain["seen"] == composed["seen"]
