@@ -215,3 +215,30 @@ def test_add_merges_settings_into_the_saved_report_of_the_same_items(tmp_path) -
     other = {**new, "headline": "b", "targets": {"x": True}}
     kept = editing.merge_added(json.loads(json.dumps(saved)), other, editing.TASKS["mnist"], "p.png")
     assert kept["headline"] == "a" and kept["targets"] == saved["targets"]
+
+
+def test_complete_infers_the_class_at_the_settings_noise_levels_then_guides_by_it() -> None:
+    """A setting that infers the class asks ``classify`` with its own ``levels`` (the ``mnist_long`` task's headline
+    asks for 128) and the same seed as the completion, then completes with the most likely class as the condition."""
+    calls: list[tuple[str, dict]] = []
+
+    class Pipe:
+        def classify(self, x, mask, **kw):
+            calls.append(("classify", kw))
+            return torch.log_softmax(torch.tensor([[0.0, 5.0, 1.0]]).expand(len(x), 3), -1)
+
+        def inpaint(self, x, mask, cond, **kw):
+            calls.append(("inpaint", {"cond": cond, **kw}))
+            return x + 1
+
+    head = editing.TASKS["mnist_long"].settings[0]
+    assert head.class_inferred and head.levels == 128 and editing.TASKS["mnist_long"].judge_from == "mnist"
+    assert "diffusion.max_steps=4500" in editing.TASKS["mnist_long"].budget
+    x = torch.zeros(3, 1, 4, 4)
+    out, inferred = editing.complete(Pipe(), x, torch.ones_like(x), torch.tensor([1, 1, 2]), head, seed=7, batch=2)
+    assert torch.equal(out, x + 1) and inferred.tolist() == [1, 1, 1]
+    assert [c[0] for c in calls] == ["classify", "inpaint", "classify", "inpaint"]
+    assert [c[1]["levels"] for c in calls if c[0] == "classify"] == [128, 128]
+    assert [c[1]["seed"] for c in calls] == [7, 7, 8, 8]
+    assert calls[1][1]["cond"]["class"].tolist() == [1, 1] and calls[1][1]["guidance"] == 3.0
+    assert editing.Setting("default").levels == 64  # LatentDiffusion.classify's default
