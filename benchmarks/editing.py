@@ -129,8 +129,8 @@ TASKS = {
     # the mnist task's model trained three times as long (4,500 phase-2 steps, about 34 min on this machine): what
     # more phase-2 compute buys the class the model infers from the kept half; the mnist task's judge
     "mnist_long": EditTask("mnist", ["phase1.max_steps=700", "diffusion.max_steps=4500"],
-                           [Setting("class not given: inferred by the model from the kept half (128 noise levels), "
-                                    "guidance 3", guidance=3.0, class_inferred=True, levels=128),
+                           [Setting("class not given: inferred by the model from the kept half, guidance 3", guidance=3.0,
+                                    class_inferred=True, levels=128),
                             Setting("class given, guidance 3", True, 3.0), UNCOND],
                            n=1000, judge_from="mnist"),
     # the mnist budget trained with the inpainting conditioner beside the class (conditioner=class_inpaint, its
@@ -405,7 +405,8 @@ def train(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         cfg = generation.compose_config(generation_args(args))
         print(f"training both phases ({' '.join(budget)}) in {run_dir}", flush=True)
         training = generation.train_model(cfg, run_dir)
-    training["budget"] = TASKS[args.task].budget
+    # the task's step budget and every --set that changed the model (a later --reuse report states what it trained)
+    training["budget"] = [*TASKS[args.task].budget, *(o for o in args.set if o != "resume=true")]
     (run_dir / "training.json").write_text(json.dumps(training, indent=2, default=float))
     print(f"training took {training['wall_seconds'] / 60:.1f} min", flush=True)
     return training
@@ -934,11 +935,12 @@ def report(results: dict[str, Any]) -> str:
                              f"{100 * d['ci'][1]:+.1f})")
     inferred = {name: m["inferred_class"] for name, m in results["methods"].items() if "inferred_class" in m}
     if inferred:
-        lines += ["", f"Class not given but inferred: the model's own most likely class for the partial input "
-                  f"(`LatentDiffusion.classify`, the kept part's denoising error at 64 noise levels unless the setting's name "
-                  "gives another number, no classifier trained) is given as the condition. The inferred class was the "
-                  "true one:", ""]
-        lines += [f"- {name}: {format_proportion(p)}" for name, p in inferred.items()]
+        # reports written before settings had their own levels used classify's default, 64
+        levels = {c["name"]: c.get("levels", 64) for c in results["settings"].get("completion_settings", [])}
+        lines += ["", "Class not given but inferred: the model's own most likely class for the partial input "
+                  "(`LatentDiffusion.classify`, the kept part's denoising error at the noise levels given per row, no "
+                  "classifier trained) is given as the condition. The inferred class was the true one:", ""]
+        lines += [f"- {name} ({levels.get(name, 64)} noise levels): {format_proportion(p)}" for name, p in inferred.items()]
     ref = results.get("partial_reference")
     if ref:
         what = {"mnist": "digit", "fsdd": "spoken digit"}.get(base, "class")

@@ -505,11 +505,11 @@ def editing_rows() -> list[Row]:
          "`python -m benchmarks.editing --task mnist` / `--task mnist_long` / `--task mnist_trained`",
          _marked(f"judge on completions, class not given ({_setting(mn['headline'])}): "
                  f"{_judged(mn['methods'][mn['headline']])}", all(mn["targets"].values()), ">= 90%")
-         + _inferred(mn["methods"][mn["headline"]])
+         + _inferred(mn)
          + _marked(f"; the model trained three times as long ({ml['training']['diffusion_steps']:,} phase-2 steps, "
                    f"`--task mnist_long`), {_setting(ml['headline'])}: {_judged(ml['methods'][ml['headline']])}",
                    all(ml["targets"].values()), ">= 90%")
-         + _inferred(ml["methods"][ml["headline"]])
+         + _inferred(ml)
          + _marked(f"; best setting with no class, given or inferred ({_setting(best_free)}) "
                    f"{_judged(mn['methods'][best_free])}", mn["methods"][best_free]["judge"]["value"] >= 0.9, ">= 90%")
          + _marked(f"; trained inpainting {_judged(mt['methods'][mt['headline']])}", all(mt["targets"].values()),
@@ -536,10 +536,13 @@ def _setting(name: str) -> str:
     return name.removeprefix("class not given").lstrip(":, ")
 
 
-def _inferred(row: dict[str, Any]) -> str:
-    """``; the class it inferred was the true one for 86.5% ...`` of a setting that infers the class, else ``""``."""
-    p = row.get("inferred_class")
-    return f" (the class it inferred was the true one for {share(p['value'], p['n'])})" if p else ""
+def _inferred(results: dict[str, Any]) -> str:
+    """`` (the class it inferred at 64 noise levels was the true one for 86.5% ...)`` of a report whose headline
+    infers the class, else ``""`` (reports written before settings had their own levels used classify's 64)."""
+    p = results["methods"][results["headline"]].get("inferred_class")
+    levels = {c["name"]: c.get("levels", 64) for c in results["settings"]["completion_settings"]}
+    return (f" (the class it inferred at {levels.get(results['headline'], 64)} noise levels was the true one for "
+            f"{share(p['value'], p['n'])})") if p else ""
 
 
 def _partial(ref: dict[str, Any]) -> str:

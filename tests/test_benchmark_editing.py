@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -209,7 +210,10 @@ def test_add_merges_settings_into_the_saved_report_of_the_same_items(tmp_path) -
     assert list(merged["methods"]) == ["a", head.name] and merged["headline"] == head.name
     assert [c["name"] for c in merged["settings"]["completion_settings"]] == ["a", head.name]
     text = editing.report(merged)
-    assert f"- {head.name}: 66.7% (2/3, 95% CI" in text and "target one: **not met**" in text
+    # a saved setting without its own levels was inferred at classify's default, 64
+    assert f"- {head.name} (64 noise levels): 66.7% (2/3, 95% CI" in text and "target one: **not met**" in text
+    merged["settings"]["completion_settings"][-1]["levels"] = 128
+    assert f"- {head.name} (128 noise levels): 66.7%" in editing.report(merged)
     assert f"Added later with `--add` (same model, judge, items and seeds): {head.name}. Picture: " \
            "`examples_added1.png`" in text
     other = {**new, "headline": "b", "targets": {"x": True}}
@@ -242,3 +246,14 @@ def test_complete_infers_the_class_at_the_settings_noise_levels_then_guides_by_i
     assert [c[1]["seed"] for c in calls] == [7, 7, 8, 8]
     assert calls[1][1]["cond"]["class"].tolist() == [1, 1] and calls[1][1]["guidance"] == 3.0
     assert editing.Setting("default").levels == 64  # LatentDiffusion.classify's default
+
+
+def test_training_record_states_the_set_overrides_that_changed_the_model(tmp_path, monkeypatch) -> None:
+    """``--set`` beside the task's step budget (e.g. ``diffusion.max_steps=4500``) is recorded in ``training.json``,
+    so a later ``--reuse`` report states the budget the model was trained with, not the task's default."""
+    monkeypatch.setattr(editing.generation, "compose_config", lambda args: args)
+    monkeypatch.setattr(editing.generation, "train_model", lambda cfg, run_dir: {"wall_seconds": 1.0})
+    args = editing.parse_args(["--task", "mnist", "--set", "diffusion.max_steps=4500"])
+    editing.train(args, tmp_path)
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["budget"] == ["phase1.max_steps=700", "diffusion.max_steps=1500", "diffusion.max_steps=4500"]
